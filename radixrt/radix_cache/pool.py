@@ -1,0 +1,95 @@
+"""KV slot pool (page size 1) and the request-to-token table.
+
+Slot 0 is reserved as a padding slot: it is never handed out, so padded batches (CUDA graphs)
+can write their dummy tokens there without touching anyone's cache.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class KVPool:
+    """Per-layer K and V buffers `[num_slots, n_kv_heads, head_dim]` plus a free list of slot ids."""
+
+    def __init__(
+        self,
+        num_slots: int,
+        num_layers: int,
+        n_kv_heads: int,
+        head_dim: int,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ):
+        if num_slots < 2:
+            raise ValueError(f"num_slots must be >= 2 (slot 0 is padding), got {num_slots}")
+        self.num_slots = num_slots
+        self.device = torch.device(device)
+        shape = (num_slots, n_kv_heads, head_dim)
+        self.k_buffers = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.v_buffers = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self._free = torch.arange(1, num_slots, dtype=torch.int64)
+        self._num_free = num_slots - 1
+        self._is_free = torch.ones(num_slots, dtype=torch.bool)
+        self._is_free[0] = False  # the padding slot is never free
+
+    @property
+    def capacity(self) -> int:
+        """Slots that can ever be handed out (all but the padding slot)."""
+        return self.num_slots - 1
+
+    @property
+    def num_free(self) -> int:
+        return self._num_free
+
+    def alloc(self, n: int) -> torch.Tensor | None:
+        """Take `n` free slots (int64 on CPU), or None when fewer are free; nothing changes then."""
+        if n < 0:
+            raise ValueError(f"cannot allocate {n} slots")
+        if n > self._num_free:
+            return None
+        start = self._num_free - n
+        out = self._free[start : self._num_free].clone()
+        self._is_free[out] = False
+        self._num_free = start
+        return out
+
+    def free(self, slots: torch.Tensor) -> None:
+        n = int(slots.numel())
+        if n == 0:
+            return
+        slots = slots.to(torch.int64).cpu()
+        if bool(self._is_free[slots].any()) or bool((slots == 0).any()) or slots.unique().numel() != n:
+            raise RuntimeError("double free in KVPool")
+        self._is_free[slots] = True
+        self._free[self._num_free : self._num_free + n] = slots
+        self._num_free += n
+
+    @staticmethod
+    def bytes_per_slot(num_layers: int, n_kv_heads: int, head_dim: int, dtype: torch.dtype) -> int:
+        return 2 * num_layers * n_kv_heads * head_dim * torch.empty(0, dtype=dtype).element_size()
+
+
+class ReqToToken:
+    """`[max_running, max_context]` table of slot ids per running request, plus free rows."""
+
+    def __init__(self, max_running: int, max_context: int, device: torch.device | str = "cpu"):
+        self.table = torch.zeros((max_running, max_context), dtype=torch.int64, device=device)
+        self.max_context = max_context
+        self._free_rows = list(range(max_running - 1, -1, -1))
+
+    @property
+    def num_free(self) -> int:
+        return len(self._free_rows)
+
+    def alloc(self) -> int | None:
+        return self._free_rows.pop() if self._free_rows else None
+
+    def free(self, row: int) -> None:
+        self._free_rows.append(row)
+
+    def write(self, row: int, start: int, slots: torch.Tensor) -> None:
+        self.table[row, start : start + slots.numel()] = slots.to(self.table.device)
+
+    def read(self, row: int, length: int) -> torch.Tensor:
+        return self.table[row, :length]

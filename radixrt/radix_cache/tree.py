@@ -1,0 +1,369 @@
+"""Radix tree over token ids whose nodes own KV slots of a `KVPool`.
+
+Each edge holds a run of token ids (`key`) and the pool slots of their KV entries (`value`).
+Nodes are keyed in their parent by the first token of their run, so a lookup walks edge by edge.
+
+    root ── [1 2 3] ──┬── [4 5]      "1 2 3 4 5" and "1 2 3 9" share the slots of "1 2 3"
+                      └── [9]
+
+Slot ownership (the books every test checks):
+    pool.num_free + slots held by the tree + slots held only by running requests == capacity
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterator, Sequence
+from typing import Any, NamedTuple
+
+import torch
+
+from radixrt.radix_cache.pool import KVPool
+
+# Edges are compared a chunk at a time before falling back to single tokens.
+_CHUNK = 32
+
+
+class TreeNode:
+    """One edge of the tree: a token run, its slots, and bookkeeping for locking and LRU."""
+
+    __slots__ = ("children", "hit_count", "id", "key", "last_access", "lock_ref", "parent", "value")
+
+    def __init__(self, node_id: int, key: list[int], value: torch.Tensor, parent: TreeNode | None):
+        self.id = node_id
+        self.key = key
+        self.value = value  # [len(key)] int64 slot ids
+        self.parent = parent
+        self.children: dict[int, TreeNode] = {}
+        self.lock_ref = 0
+        self.last_access = 0  # the cache's logical clock, not wall time
+        self.hit_count = 0
+
+    def __repr__(self) -> str:
+        return f"TreeNode(id={self.id}, len={len(self.key)}, lock_ref={self.lock_ref})"
+
+
+class MatchResult(NamedTuple):
+    slots: torch.Tensor  # [matched] int64, a copy the caller may keep
+    last_node: TreeNode  # ends exactly at the match; the root when nothing matched
+
+
+class CacheSize(NamedTuple):
+    evictable: int  # slots held by unlocked nodes
+    protected: int  # slots held by locked nodes
+    total: int
+
+
+def _as_list(ids: Sequence[int] | torch.Tensor) -> list[int]:
+    return ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
+
+
+def _match_len(key: list[int], ids: list[int], start: int) -> int:
+    """Length of the common prefix of `key` and `ids[start:]`, by slice compares."""
+    n = min(len(key), len(ids) - start)
+    if key[:n] == ids[start : start + n]:
+        return n
+    i = 0
+    while key[i : i + _CHUNK] == ids[start + i : start + i + _CHUNK]:
+        i += _CHUNK
+    while key[i] == ids[start + i]:  # a mismatch lies within this chunk
+        i += 1
+    return i
+
+
+class RadixCache:
+    """Prefix cache of KV slots: match, insert, lock running prefixes, evict LRU leaves.
+
+    With `disabled=True` nothing is ever cached: matches are empty and `insert` frees what it
+    is given, so a scheduler runs the same code path as the ablation of the cache.
+    """
+
+    def __init__(self, pool: KVPool, *, disabled: bool = False):
+        self.pool = pool
+        self.disabled = disabled
+        self.hit_tokens = 0  # tokens served from the cache by match_prefix, ever
+        self.queried_tokens = 0  # tokens asked for by match_prefix, ever
+        self._clock = 0
+        self._next_id = 0
+        self.root = self._new_node([], torch.empty(0, dtype=torch.int64), None)
+        self._leaves: set[TreeNode] = set()
+        self._evictable = 0
+        self._protected = 0
+
+    def _new_node(self, key: list[int], value: torch.Tensor, parent: TreeNode | None) -> TreeNode:
+        node = TreeNode(self._next_id, key, value, parent)
+        self._next_id += 1
+        return node
+
+    def _tick(self) -> int:
+        self._clock += 1
+        return self._clock
+
+    # ---- lookup and insertion -------------------------------------------------------------
+
+    def match_prefix(self, ids: Sequence[int] | torch.Tensor) -> MatchResult:
+        """Longest cached prefix of `ids`: its slots and the node that ends exactly there.
+
+        A match that ends inside an edge splits that edge, so `last_node` can be locked to pin
+        exactly the matched tokens. Every node on the path is touched for LRU. The caller that
+        needs logits for the last prompt token should match `ids[:-1]`.
+        """
+        ids = _as_list(ids)
+        self.queried_tokens += len(ids)
+        if self.disabled:
+            return MatchResult(torch.empty(0, dtype=torch.int64), self.root)
+        now = self._tick()
+        node, pos, values = self.root, 0, []
+        while pos < len(ids) and (child := node.children.get(ids[pos])) is not None:
+            m = _match_len(child.key, ids, pos)
+            if m < len(child.key):
+                child = self._split(child, m)
+            child.last_access = now
+            child.hit_count += 1
+            values.append(child.value)
+            node, pos = child, pos + m
+        self.hit_tokens += pos
+        slots = torch.cat(values) if values else torch.empty(0, dtype=torch.int64)
+        return MatchResult(slots, node)
+
+    def insert(self, ids: Sequence[int] | torch.Tensor, slots: torch.Tensor) -> int:
+        """Cache `ids` with their KV `slots`; returns how many leading tokens were already cached.
+
+        Ownership contract (identical in disabled mode), with `r` the returned length and
+        `cached` the length the caller got from `match_prefix` (and kept locked):
+          - the tree takes `slots[r:]`; the caller must not free them;
+          - the tree keeps its own slots for `ids[:r]`, so `slots[cached:r]` are duplicates
+            the caller allocated itself and must now free: `pool.free(slots[cached:r])`;
+          - `slots[:cached]` came from the tree and stay owned by it.
+        Disabled: nothing is cached, all `slots` are freed here, and the return is 0 (the empty
+        tree holds no prefix), so the caller's `slots[cached:r]` is empty and nothing leaks.
+        """
+        ids = _as_list(ids)
+        if len(ids) != slots.numel():
+            raise ValueError(f"insert got {len(ids)} ids but {slots.numel()} slots")
+        slots = slots.to(device="cpu", dtype=torch.int64).reshape(-1)
+        if self.disabled:
+            self.pool.free(slots)
+            return 0
+        now = self._tick()
+        node, pos = self.root, 0
+        while pos < len(ids):
+            child = node.children.get(ids[pos])
+            if child is None:
+                # NOTE: clone, since the caller's tensor is often a view of a reused table row.
+                self._add_leaf(node, ids[pos:], slots[pos:].clone(), now)
+                break
+            m = _match_len(child.key, ids, pos)
+            if m < len(child.key):
+                child = self._split(child, m)
+            child.last_access = now
+            node, pos = child, pos + m
+        return pos
+
+    def _split(self, node: TreeNode, m: int) -> TreeNode:
+        """Cut `node`'s edge after `m` tokens; returns the new upper node.
+
+        `node` keeps the lower part, so handles that callers hold (and locked) still end
+        where they did. The upper node copies its lock count, so the counters do not change.
+        """
+        parent = node.parent
+        upper = self._new_node(node.key[:m], node.value[:m], parent)
+        upper.lock_ref = node.lock_ref
+        upper.last_access = node.last_access
+        upper.hit_count = node.hit_count
+        parent.children[node.key[0]] = upper
+        node.key, node.value = node.key[m:], node.value[m:]
+        node.parent = upper
+        upper.children[node.key[0]] = node
+        return upper
+
+    def _add_leaf(self, parent: TreeNode, key: list[int], value: torch.Tensor, now: int) -> None:
+        leaf = self._new_node(key, value, parent)
+        leaf.last_access = now
+        parent.children[key[0]] = leaf
+        self._leaves.discard(parent)
+        self._leaves.add(leaf)
+        self._evictable += len(key)
+
+    # ---- locking --------------------------------------------------------------------------
+
+    def lock(self, node: TreeNode) -> None:
+        """Pin `node` and its ancestors (a running request uses their slots)."""
+        self._check_attached(node)
+        while node is not self.root:
+            if node.lock_ref == 0:
+                self._evictable -= len(node.key)
+                self._protected += len(node.key)
+            node.lock_ref += 1
+            node = node.parent
+
+    def unlock(self, node: TreeNode) -> None:
+        """Undo one `lock(node)`; raises RuntimeError if `node` is not locked."""
+        self._check_attached(node)
+        if node is not self.root and node.lock_ref <= 0:
+            raise RuntimeError(f"unlock of an unlocked node {node!r}")
+        # NOTE: an ancestor's lock_ref is never below its descendant's, so the walk cannot
+        # go negative once the first node checked out.
+        while node is not self.root:
+            node.lock_ref -= 1
+            if node.lock_ref == 0:
+                self._protected -= len(node.key)
+                self._evictable += len(node.key)
+            node = node.parent
+
+    def _check_attached(self, node: TreeNode) -> None:
+        if node is not self.root and node.parent is None:
+            raise RuntimeError(f"{node!r} is no longer in the tree (evicted or reset)")
+
+    # ---- eviction -------------------------------------------------------------------------
+
+    def evict(self, n_slots: int) -> int:
+        """Free at least `n_slots` slots (fewer only if the tree runs out) to the pool.
+
+        Takes least-recently-used unlocked leaves first; a parent that becomes an unlocked
+        leaf joins the candidates. Returns the number of slots freed.
+        """
+        heap = [(n.last_access, n.id, n) for n in self._leaves if n.lock_ref == 0]
+        heapq.heapify(heap)
+        freed, victims = 0, []
+        while freed < n_slots and heap:
+            _, _, leaf = heapq.heappop(heap)
+            victims.append(leaf.value)
+            freed += len(leaf.key)
+            parent = self._remove_leaf(leaf)
+            if parent is not self.root and not parent.children and parent.lock_ref == 0:
+                heapq.heappush(heap, (parent.last_access, parent.id, parent))
+        if victims:
+            self.pool.free(torch.cat(victims))
+        return freed
+
+    def _remove_leaf(self, leaf: TreeNode) -> TreeNode:
+        parent = leaf.parent
+        del parent.children[leaf.key[0]]
+        leaf.parent = None
+        self._leaves.discard(leaf)
+        if not parent.children and parent is not self.root:
+            self._leaves.add(parent)
+        self._evictable -= len(leaf.key)
+        return parent
+
+    def reset(self) -> None:
+        """Flush: free every cached slot to the pool. Raises RuntimeError if anything is locked."""
+        if self._protected:
+            raise RuntimeError(f"cannot reset the cache: {self._protected} slots are locked")
+        nodes = list(self._walk())
+        for n in nodes:
+            n.parent = None  # stale handles now fail loudly in lock()
+        if nodes:
+            self.pool.free(torch.cat([n.value for n in nodes]))
+        # NOTE: the root object stays, so requests holding it (an empty match) stay valid.
+        self.root.children.clear()
+        self._leaves.clear()
+        self._evictable = 0
+
+    # ---- accounting and debugging ---------------------------------------------------------
+
+    def size_info(self) -> CacheSize:
+        return CacheSize(self._evictable, self._protected, self._evictable + self._protected)
+
+    def _walk(self) -> Iterator[TreeNode]:
+        """Every node but the root, parents before children."""
+        stack = list(self.root.children.values())
+        while stack:
+            node = stack.pop()
+            yield node
+            stack.extend(node.children.values())
+
+    def check_integrity(self, running_only_slots: int = 0) -> None:
+        """Walk the tree; raise AssertionError (with the numbers) if any invariant is broken.
+
+        `running_only_slots`: slots that running requests hold outside the tree.
+        """
+        evictable = protected = 0
+        values, leaves = [], set()
+        for node in self._walk():
+            _check_node(node)
+            values.append(node.value)
+            if node.lock_ref:
+                protected += len(node.key)
+            else:
+                evictable += len(node.key)
+            if not node.children:
+                leaves.add(node)
+        if (evictable, protected) != (self._evictable, self._protected):
+            raise AssertionError(
+                f"counters evictable={self._evictable} protected={self._protected}, "
+                f"tree walk evictable={evictable} protected={protected}"
+            )
+        if leaves != self._leaves:
+            raise AssertionError(f"leaf set has {len(self._leaves)} nodes, tree has {len(leaves)}")
+        _check_slots(values)
+        total, free, cap = evictable + protected, self.pool.num_free, self.pool.capacity
+        if free + total + running_only_slots != cap:
+            raise AssertionError(
+                f"slot books do not balance: free {free} + tree {total} + running-only "
+                f"{running_only_slots} = {free + total + running_only_slots} != capacity {cap}"
+            )
+
+    def to_dict(self, tokenizer: Any = None) -> dict[str, Any]:
+        """Nested plain-data view of the tree (JSON-able), for a debug page."""
+        return _node_dict(self.root, tokenizer)
+
+    def pretty(self, tokenizer: Any = None) -> str:
+        """Indented text drawing of the tree, one node per line."""
+        lines: list[str] = []
+        _draw(self.to_dict(tokenizer), 0, lines)
+        return "\n".join(lines)
+
+
+def _check_node(node: TreeNode) -> None:
+    parent = node.parent
+    problems = []
+    if not node.key or len(node.key) != node.value.numel():
+        problems.append(f"key length {len(node.key)} vs {node.value.numel()} slots")
+    if parent is None or parent.children.get(node.key[0] if node.key else None) is not node:
+        problems.append("not linked from its parent under its first token")
+    upper_lock = parent.lock_ref if parent is not None and parent.parent is not None else None
+    if node.lock_ref < 0 or (upper_lock is not None and upper_lock < node.lock_ref):
+        problems.append(f"lock_ref {node.lock_ref} vs parent's {upper_lock}")
+    if problems:
+        raise AssertionError(f"{node!r}: " + "; ".join(problems))
+
+
+def _check_slots(values: list[torch.Tensor]) -> None:
+    if not values:
+        return
+    slots = torch.cat(values)
+    if bool((slots == 0).any()):
+        raise AssertionError("the tree holds the padding slot 0")
+    unique = int(torch.unique(slots).numel())
+    if unique != slots.numel():
+        raise AssertionError(f"{slots.numel() - unique} slots are held twice by the tree")
+
+
+def _node_dict(node: TreeNode, tokenizer: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "id": node.id,
+        "key": list(node.key),
+        "slots": node.value.tolist(),
+        "lock_ref": node.lock_ref,
+        "last_access": node.last_access,
+        "hit_count": node.hit_count,
+    }
+    if tokenizer is not None:
+        out["text"] = tokenizer.decode(list(node.key))
+    out["children"] = [_node_dict(c, tokenizer) for _, c in sorted(node.children.items())]
+    return out
+
+
+def _draw(d: dict[str, Any], depth: int, lines: list[str]) -> None:
+    if depth == 0:
+        label = "<root>"
+    else:
+        label = repr(d["text"]) if "text" in d else " ".join(map(str, d["key"]))
+    lines.append(
+        f"{'  ' * depth}{label}  [id={d['id']} n={len(d['key'])} lock={d['lock_ref']} "
+        f"t={d['last_access']} hits={d['hit_count']}]"
+    )
+    for child in d["children"]:
+        _draw(child, depth + 1, lines)

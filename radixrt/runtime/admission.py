@@ -1,0 +1,118 @@
+"""Which requests get tokens this step, and how many.
+
+Running requests go first (oldest first): one token for decode, a chunk for an unfinished
+prefill. When decode cannot get a slot even after eviction, the newest running request is
+retracted. Then waiting requests are admitted in policy order while the token budget, free
+rows and KV memory (free + evictable, minus what running requests still need) allow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from radixrt.runtime.cache_manager import CacheManager
+from radixrt.runtime.config import ServerArgs
+from radixrt.runtime.policy import order_waiting
+from radixrt.runtime.req import Req
+
+DECODE_RESERVE_CLIP = 256  # decode tokens reserved per request at most (retraction covers the rest)
+IN_BATCH_SHARE_MIN = 32  # defer a request sharing this many uncached tokens with one admitted this step
+
+Plan = list[tuple[Req, int]]
+
+
+class Admission:
+    def __init__(self, args: ServerArgs, cache: CacheManager):
+        self.args = args
+        self.cache = cache
+
+    def schedule(self, running: list[Req], waiting: list[Req], retract: Callable[[Req], None]) -> Plan:
+        budget = self.args.chunked_prefill_size
+        plan: Plan = []
+        for req in sorted(running, key=lambda r: r.arrival):
+            if budget <= 0:
+                break
+            n = min(req.pending, budget)
+            if n <= 0 or req.finished:
+                continue
+            if not self._grow(req, n, running, plan, retract):
+                continue
+            plan.append((req, n))
+            budget -= n
+        if budget > 0 and waiting:
+            plan += self._admit(running, waiting, budget, plan)
+        return plan
+
+    def _grow(self, req: Req, n: int, running: list[Req], plan: Plan, retract: Callable[[Req], None]) -> bool:
+        slots = self.cache.alloc(n)
+        while slots is None:
+            planned = {id(r) for r, _ in plan}
+            victims = [r for r in running if id(r) not in planned and r is not req]
+            if not victims:
+                return False
+            retract(max(victims, key=lambda r: r.arrival))
+            slots = self.cache.alloc(n)
+        self.cache.append(req, slots)
+        return True
+
+    def _admit(self, running: list[Req], waiting: list[Req], budget: int, plan: Plan) -> Plan:
+        planned = {id(r): n for r, n in plan}
+        reserved = sum(r.pending - planned.get(id(r), 0) + r.decode_reserve(DECODE_RESERVE_CLIP) for r in running)
+        matches = {id(r): self.cache.match_len(r) for r in waiting} if self.args.schedule_policy != "fcfs" else {}
+        order = order_waiting(
+            self.args.schedule_policy,
+            waiting,
+            lambda r: matches.get(id(r), 0),
+            self.args.max_wait_passes,
+            node_of=lambda r: self.cache.tree.match_prefix(r.fill_ids(0, r.max_reusable_prefix)).last_node,
+        )
+        admitted: Plan = []
+        for req in order:
+            if budget <= 0 or len(running) >= self.args.max_running_requests or not self.cache.table.num_free:
+                break
+            if req.grammar_future is not None:
+                continue  # still compiling
+            if self._shares_with_batch(req, admitted, matches.get(id(req), 0)):
+                continue  # next step it hits the cache instead of computing the same prefix twice
+            self.cache.borrow_prefix(req)
+            need = req.pending + req.decode_reserve(DECODE_RESERVE_CLIP)
+            if self.cache.available() - reserved < need:
+                self.cache.undo_borrow(req)
+                break
+            n = min(req.pending, budget)
+            slots = self.cache.alloc(n)
+            if slots is None:
+                self.cache.undo_borrow(req)
+                break
+            self.cache.append(req, slots)
+            waiting.remove(req)
+            running.append(req)
+            admitted.append((req, n))
+            budget -= n
+            reserved += need - n
+        for req in waiting:
+            req.wait_passes += 1
+        return admitted
+
+    def _shares_with_batch(self, req: Req, admitted: Plan, cached: int) -> bool:
+        if self.cache.disabled or req.wait_passes >= self.args.max_wait_passes:
+            return False
+        ids = req.fill_ids(0, req.max_reusable_prefix)
+        for other, _ in admitted:
+            if _common_prefix_len(ids, other.input_ids) >= cached + IN_BATCH_SHARE_MIN:
+                return True
+        return False
+
+
+def _common_prefix_len(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    if a[:n] == b[:n]:
+        return n
+    lo, hi = 0, n  # binary search on slice equality: C-speed compares instead of a Python loop
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo

@@ -1,0 +1,91 @@
+"""Server arguments: one frozen dataclass; the CLI is generated from its fields."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any
+
+POLICIES = ("lpm", "dfs-weight", "fcfs")
+
+
+def _opt(help_text: str, **kw: Any) -> Any:
+    return field(metadata={"help": help_text, **kw.pop("meta", {})}, **kw)
+
+
+@dataclass(frozen=True)
+class ServerArgs:
+    model: str = _opt("model folder (HF layout) or 'default' for the embedded SmolLM2-135M-Instruct", default="default")
+    dtype: str = _opt("auto | bfloat16 | float32 | float16", default="auto")
+    device: str = _opt("auto | cpu | cuda", default="auto")
+    load_format: str = _opt("auto | dummy (random weights from config.json)", default="auto")
+    attention_backend: str = _opt("auto | torch | flashinfer", default="auto")
+    host: str = _opt("HTTP bind address", default="127.0.0.1")
+    port: int = _opt("HTTP port", default=30000)
+    zmq_port: int = _opt("ZMQ ROUTER port for DSL clients (0: HTTP port + 1)", default=0)
+    api_key: str | None = _opt("require this key (HTTP Bearer / ZMQ field)", default=None)
+    disable_radix_cache: bool = _opt("turn prefix reuse off (benchmark ablation)", default=False)
+    schedule_policy: str = _opt("lpm | dfs-weight | fcfs", default="lpm")
+    max_wait_passes: int = _opt("LPM starvation bound: a request waiting this many passes goes first", default=32)
+    max_running_requests: int = _opt("running requests at most", default=64)
+    kv_slots: int = _opt("KV cache size in tokens (0: from --mem-fraction)", default=0)
+    mem_fraction: float = _opt("fraction of free memory for the KV cache when --kv-slots is 0", default=0.5)
+    chunked_prefill_size: int = _opt("tokens per scheduler step at most (prefill chunks)", default=2048)
+    context_length: int = _opt("max prompt + output tokens (0: the model's)", default=0)
+    max_new_tokens_limit: int = _opt("largest max_new_tokens a request may ask for", default=8192)
+    max_queued_requests: int = _opt("waiting requests at most before 503", default=4096)
+    disable_jump_forward: bool = _opt("decode grammar-forced text token by token", default=False)
+    grammar_time_limit: float = _opt("seconds a grammar may take to compile", default=10.0)
+    seed: int = _opt("base seed for unseeded sampling", default=0)
+    log_level: str = _opt("debug | info | warning", default="info")
+    ipc_dir: str = _opt("private dir for ipc:// sockets (default: a fresh 0700 temp dir)", default="")
+
+    def __post_init__(self) -> None:
+        if self.schedule_policy not in POLICIES:
+            raise ValueError(f"schedule_policy must be one of {POLICIES}, got {self.schedule_policy!r}")
+        for name in ("max_running_requests", "chunked_prefill_size", "max_wait_passes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        if self.kv_slots < 0 or not 0.0 < self.mem_fraction <= 1.0:
+            raise ValueError("kv_slots must be >= 0 and mem_fraction in (0, 1]")
+
+    @property
+    def zmq_address(self) -> str:
+        return f"tcp://{self.host}:{self.zmq_port or self.port + 1}"
+
+    def make_ipc_dir(self) -> str:
+        path = self.ipc_dir or tempfile.mkdtemp(prefix=f"radixrt-{os.getpid()}-")
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        os.chmod(path, 0o700)
+        return path
+
+    def replace(self, **changes: Any) -> ServerArgs:
+        return dataclasses.replace(self, **changes)
+
+    @staticmethod
+    def add_cli_args(parser: argparse.ArgumentParser) -> None:
+        for f in dataclasses.fields(ServerArgs):
+            flag = "--" + f.name.replace("_", "-")
+            if f.type in ("bool", bool):
+                parser.add_argument(flag, action="store_true", help=f.metadata["help"])
+            else:
+                kind = {"int": int, "float": float}.get(str(f.type), str)
+                parser.add_argument(flag, type=kind, default=f.default, help=f.metadata["help"])
+
+    @classmethod
+    def from_cli(cls, args: argparse.Namespace) -> ServerArgs:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in vars(args).items() if k in names})
+
+    @classmethod
+    def from_kwargs(cls, **kwargs: Any) -> ServerArgs:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(kwargs) - names)
+        if unknown:
+            raise TypeError(f"unknown server arguments: {unknown}")
+        return cls(**kwargs)
+
+

@@ -1,0 +1,108 @@
+"""A request inside the worker: a few counters with derived properties.
+
+The one scheduling rule: a request knows `known` tokens (prompt + output) and has the KV of
+`computed` of them in the pool; each step gives it tokens under a budget until computed
+catches up with known. Prefill, chunked prefill, prefix hits, decode and jump-forward are
+all that one case.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from radixrt.runtime.protocol import SamplingParams, TokenizedRequest
+
+
+@dataclass
+class Req:
+    rid: str
+    input_ids: list[int]
+    sampling: SamplingParams
+    arrival: int
+    return_logprob: bool = False
+    logprob_start_len: int = -1
+    top_logprobs_num: int = 0
+    stream: bool = False
+    output_ids: list[int] = field(default_factory=list)
+    computed: int = 0  # leading tokens of fill_ids whose KV this request holds
+    prefix_len: int = 0  # leading tokens borrowed (locked) from the radix tree
+    last_node: Any = None  # tree node locked for the borrowed prefix
+    row: int | None = None  # ReqToToken row while running
+    cached_tokens: int = -1  # prompt tokens reused from the cache at first admission
+    wait_passes: int = 0  # scheduling passes spent waiting (LPM aging)
+    finish_reason: dict[str, Any] | None = None
+    sent: int = 0  # output ids already sent to the frontend
+    sent_input_logprobs: bool = False
+    matcher: Any = None  # grammar matcher, when constrained
+    grammar_future: Any = None
+    jump_forward_tokens: int = 0
+    output_logprobs: list[float] = field(default_factory=list)
+    output_top_logprobs: list[list[tuple[float, int]]] = field(default_factory=list)
+    input_logprobs: list[float | None] = field(default_factory=list)
+    input_top_logprobs: list[list[tuple[float, int]]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        assert self.input_ids, "a request needs at least one prompt token"
+
+    @classmethod
+    def from_msg(cls, msg: TokenizedRequest, arrival: int) -> Req:
+        return cls(
+            rid=msg.rid,
+            input_ids=list(msg.input_ids),
+            sampling=msg.sampling,
+            arrival=arrival,
+            return_logprob=msg.return_logprob,
+            logprob_start_len=msg.logprob_start_len,
+            top_logprobs_num=msg.top_logprobs_num,
+            stream=msg.stream,
+        )
+
+    @property
+    def prompt_len(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def known(self) -> int:
+        return len(self.input_ids) + len(self.output_ids)
+
+    @property
+    def pending(self) -> int:
+        """Known tokens whose KV is not computed yet."""
+        return self.known - self.computed
+
+    @property
+    def private_slots(self) -> int:
+        """Slots this request holds that no tree node holds."""
+        return self.computed - self.prefix_len
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+    @property
+    def wants_prompt_logprobs(self) -> bool:
+        return self.return_logprob and self.logprob_start_len >= 0
+
+    @property
+    def max_reusable_prefix(self) -> int:
+        """How many leading tokens may come from the cache: the last known token is always
+        recomputed (its logits are needed), and prompt logprobs need their rows computed."""
+        cap = self.known - 1
+        if self.wants_prompt_logprobs:
+            cap = min(cap, max(self.logprob_start_len - 1, 0))
+        return cap
+
+    def fill_ids(self, start: int = 0, end: int | None = None) -> list[int]:
+        """Slice of prompt + output without building the whole concatenation."""
+        end = self.known if end is None else end
+        n = self.prompt_len
+        if end <= n:
+            return self.input_ids[start:end]
+        if start >= n:
+            return self.output_ids[start - n : end - n]
+        return self.input_ids[start:] + self.output_ids[: end - n]
+
+    def decode_reserve(self, clip: int) -> int:
+        """Slots this request may still need for decoding (an estimate capped at `clip`)."""
+        return max(0, min(self.sampling.max_new_tokens, clip) - len(self.output_ids))

@@ -1,0 +1,38 @@
+"""Attention backends behind one interface; `create_backend` picks one for a device."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+
+from radixrt.workers.layers.attention.base import AttentionBackend, KVBuffers
+from radixrt.workers.layers.attention.torch_backend import TorchAttentionBackend
+
+BACKENDS = ("auto", "torch", "flashinfer")
+
+__all__ = ["AttentionBackend", "KVBuffers", "TorchAttentionBackend", "create_backend"]
+
+
+def create_backend(
+    name: str,
+    device: torch.device | str,
+    *,
+    num_heads: int,
+    num_kv_heads: int,
+    head_dim: int,
+    dtype: torch.dtype,
+    scale: float | None = None,
+) -> AttentionBackend:
+    """Build backend `name`; "auto" is flashinfer on CUDA when importable, else torch."""
+    if name not in BACKENDS:
+        raise ValueError(f"unknown attention backend {name!r}; choose from {BACKENDS}")
+    device = torch.device(device)
+    if name == "auto":
+        usable = device.type == "cuda" and importlib.util.find_spec("flashinfer") is not None
+        name = "flashinfer" if usable else "torch"
+    if name == "torch":
+        return TorchAttentionBackend(num_heads, num_kv_heads, head_dim, scale)
+    from radixrt.workers.layers.attention.flashinfer_backend import FlashInferAttentionBackend
+
+    return FlashInferAttentionBackend(num_heads, num_kv_heads, head_dim, dtype, device, scale)

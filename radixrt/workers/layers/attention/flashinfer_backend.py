@@ -1,0 +1,73 @@
+"""FlashInfer paged attention (CUDA only; `flashinfer` is imported when the backend is built).
+
+The KV pool is a paged cache with page size 1: a slot is a page, so a request's pages are its
+`kv_indices`, every `last_page_len` is 1, and a layer's buffer `[num_slots, Hkv, D]` is viewed
+as the NHD page table `[num_slots, 1, Hkv, D]`. One wrapper is planned per forward (decode
+wrapper for all-decode batches, prefill wrapper otherwise) and run by every layer.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from radixrt.workers.forward_batch import ForwardBatch
+from radixrt.workers.layers.attention.base import AttentionBackend, KVBuffers
+
+WORKSPACE_BYTES = 128 * 1024 * 1024
+
+
+class FlashInferAttentionBackend(AttentionBackend):
+    """Batched prefill/decode over the slot pool with FlashInfer's paged-KV wrappers."""
+
+    def __init__(
+        self,
+        num_heads: int,
+        num_kv_heads: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: torch.device | str = "cuda",
+        scale: float | None = None,
+    ):
+        super().__init__(num_heads, num_kv_heads, head_dim, scale)
+        import flashinfer
+
+        self.device = torch.device(device)
+        if self.device.type != "cuda":
+            raise ValueError(f"the flashinfer backend needs a CUDA device, got {self.device}")
+        self.dtype = dtype
+        workspace = torch.zeros(WORKSPACE_BYTES, dtype=torch.uint8, device=self.device)
+        self._prefill = flashinfer.BatchPrefillWithPagedKVCacheWrapper(workspace, "NHD")
+        # NOTE: tensor cores pay off for decode when several query heads share a kv head.
+        self._decode = flashinfer.BatchDecodeWithPagedKVCacheWrapper(
+            workspace, "NHD", use_tensor_cores=num_heads // num_kv_heads >= 4
+        )
+        self._wrapper = None
+        self._out_slots: torch.Tensor | None = None
+
+    def prepare(self, batch: ForwardBatch) -> None:
+        self._out_slots = batch.out_slots
+        kv_indices = batch.kv_indices.to(torch.int32)
+        last_page_len = torch.ones(batch.batch_size, dtype=torch.int32, device=self.device)
+        common = dict(q_data_type=self.dtype, kv_data_type=self.dtype, sm_scale=self.scale)
+        heads = (self.num_heads, self.num_kv_heads, self.head_dim, 1)  # page size 1
+        if batch.is_decode:
+            self._decode.plan(batch.kv_indptr, kv_indices, last_page_len, *heads, **common)
+            self._wrapper = self._decode
+        else:
+            self._prefill.plan(
+                batch.qo_indptr, batch.kv_indptr, kv_indices, last_page_len, *heads,
+                causal=True, **common,
+            )
+            self._wrapper = self._prefill
+
+    def attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer_id: int, kv_pool: KVBuffers
+    ) -> torch.Tensor:
+        assert self._wrapper is not None and self._out_slots is not None, "prepare() first"
+        self.store_kv(k, v, layer_id, kv_pool, self._out_slots)
+        pages = (
+            kv_pool.k_buffers[layer_id].unsqueeze(1),  # [num_slots, 1, Hkv, D]
+            kv_pool.v_buffers[layer_id].unsqueeze(1),
+        )
+        out = self._wrapper.run(q.contiguous(), pages)  # [T, H, D]
+        return out.view(q.shape[0], -1)

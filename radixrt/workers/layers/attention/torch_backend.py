@@ -1,0 +1,151 @@
+"""Reference attention in plain PyTorch (CPU and GPU).
+
+Requests with one new token (decode) are attended together as one padded batch; requests
+with several new tokens (extend/prefill) are attended one at a time with
+`F.scaled_dot_product_attention`. All index and mask tensors are built once per forward in
+`prepare`, not per layer.
+
+Causal masking with a cached prefix of length P (E new tokens, S = P + E):
+
+    new token j (position P + j) sees kv 0 .. P + j      mask[j, s] = s <= P + j
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import accumulate
+
+import torch
+import torch.nn.functional as F
+
+from radixrt.workers.forward_batch import ForwardBatch
+from radixrt.workers.layers.attention.base import AttentionBackend, KVBuffers
+
+
+@dataclass
+class _DecodeGroup:
+    rows: torch.Tensor | None  # [B] rows of the T tokens; None when the whole batch decodes
+    slots: torch.Tensor  # [B * L] kv slot of each (request, kv position), padded with slot 0
+    mask: torch.Tensor | None  # [B, 1, 1, L] bool, False on padding; None when nothing is padded
+    batch: int
+    max_len: int
+
+
+@dataclass
+class _Extend:
+    q_start: int
+    q_end: int
+    slots: torch.Tensor | None  # [S] kv slots when a cached prefix must be read from the pool
+    mask: torch.Tensor | None  # [E, S] bool; None means plain causal over the new tokens
+
+
+class TorchAttentionBackend(AttentionBackend):
+    """Reference backend; see the module docstring."""
+
+    def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, scale: float | None = None):
+        super().__init__(num_heads, num_kv_heads, head_dim, scale)
+        self._out_slots: torch.Tensor | None = None
+        self._decode: _DecodeGroup | None = None
+        self._extends: list[_Extend] = []
+
+    def prepare(self, batch: ForwardBatch) -> None:
+        self._out_slots = batch.out_slots
+        q_starts = [0, *accumulate(batch.extend_lens)]
+        kv_starts = [0, *accumulate(batch.seq_lens)]
+        decode_ids = [i for i, n in enumerate(batch.extend_lens) if n == 1]
+        self._decode = None
+        if decode_ids:
+            all_decode = len(decode_ids) == batch.batch_size
+            rows = None if all_decode else [q_starts[i] for i in decode_ids]
+            self._decode = _prepare_decode(batch, decode_ids, [kv_starts[i] for i in decode_ids], rows)
+        self._extends = [
+            _prepare_extend(batch, i, q_starts[i], kv_starts[i])
+            for i, n in enumerate(batch.extend_lens)
+            if n > 1
+        ]
+
+    def attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer_id: int, kv_pool: KVBuffers
+    ) -> torch.Tensor:
+        assert self._out_slots is not None, "prepare() must run before attend()"
+        self.store_kv(k, v, layer_id, kv_pool, self._out_slots)
+        k_buf, v_buf = kv_pool.k_buffers[layer_id], kv_pool.v_buffers[layer_id]
+        group = self._decode
+        if group is not None and group.rows is None:
+            return self._attend_decode(q, k_buf, v_buf, group)
+        out = torch.empty_like(q)  # [T, H, D]
+        if group is not None:
+            decoded = self._attend_decode(q[group.rows], k_buf, v_buf, group)
+            out.index_copy_(0, group.rows, decoded.view(-1, *q.shape[1:]))
+        for ext in self._extends:
+            out[ext.q_start : ext.q_end] = self._attend_extend(q, k, v, k_buf, v_buf, ext)
+        return out.view(q.shape[0], -1)
+
+    def _attend_decode(
+        self, q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor, g: _DecodeGroup
+    ) -> torch.Tensor:
+        """One padded batch; the G query heads sharing a kv head act as G query rows."""
+        hkv, d = self.num_kv_heads, self.head_dim
+        shape = (g.batch, g.max_len, hkv, d)
+        keys = k_buf.index_select(0, g.slots).view(shape).transpose(1, 2)  # [B, Hkv, L, D]
+        values = v_buf.index_select(0, g.slots).view(shape).transpose(1, 2)
+        queries = q.reshape(g.batch, hkv, -1, d)  # [B, Hkv, G, D]
+        out = F.scaled_dot_product_attention(
+            queries, keys, values, attn_mask=g.mask, scale=self.scale
+        )  # [B, Hkv, G, D]
+        return out.reshape(g.batch, -1)
+
+    def _attend_extend(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        k_buf: torch.Tensor,
+        v_buf: torch.Tensor,
+        ext: _Extend,
+    ) -> torch.Tensor:
+        queries = q[ext.q_start : ext.q_end].transpose(0, 1)  # [H, E, D]
+        if ext.slots is None:
+            keys = k[ext.q_start : ext.q_end]
+            values = v[ext.q_start : ext.q_end]
+        else:
+            keys = k_buf.index_select(0, ext.slots)  # [S, Hkv, D]
+            values = v_buf.index_select(0, ext.slots)
+        out = F.scaled_dot_product_attention(
+            queries,
+            keys.transpose(0, 1),
+            values.transpose(0, 1),
+            attn_mask=ext.mask,
+            is_causal=ext.mask is None,
+            scale=self.scale,
+            enable_gqa=self.num_heads != self.num_kv_heads,
+        )  # [H, E, D]
+        return out.transpose(0, 1)
+
+
+def _prepare_decode(
+    batch: ForwardBatch, ids: list[int], kv_starts: list[int], rows: list[int] | None
+) -> _DecodeGroup:
+    device = batch.kv_indices.device
+    lens_list = [batch.seq_lens[i] for i in ids]
+    max_len = max(lens_list)
+    lens = torch.tensor(lens_list, device=device)
+    offsets = torch.arange(max_len, device=device)
+    valid = offsets[None, :] < lens[:, None]  # [B, L]
+    pos = torch.where(valid, torch.tensor(kv_starts, device=device)[:, None] + offsets, 0)
+    slots = torch.where(valid, batch.kv_indices[pos], 0).view(-1)
+    mask = valid[:, None, None, :] if min(lens_list) != max_len else None
+    row_tensor = None if rows is None else torch.tensor(rows, device=device)
+    return _DecodeGroup(row_tensor, slots, mask, len(ids), max_len)
+
+
+def _prepare_extend(batch: ForwardBatch, i: int, q_start: int, kv_start: int) -> _Extend:
+    extend_len, seq_len = batch.extend_lens[i], batch.seq_lens[i]
+    prefix = seq_len - extend_len
+    if prefix == 0:
+        return _Extend(q_start, q_start + extend_len, None, None)
+    slots = batch.kv_indices[kv_start : kv_start + seq_len]
+    device = slots.device
+    q_pos = prefix + torch.arange(extend_len, device=device)
+    mask = torch.arange(seq_len, device=device)[None, :] <= q_pos[:, None]  # [E, S]
+    return _Extend(q_start, q_start + extend_len, slots, mask)

@@ -1,0 +1,151 @@
+"""Load a model onto a device and run forward batches over a KV pool the runtime owns.
+
+The runner never builds the pool itself (workers import no radix_cache code); it tells the
+runtime the pool's shape (`kv_shape`, `bytes_per_slot`, `suggest_num_slots`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from radixrt.workers.forward_batch import ForwardBatch
+from radixrt.workers.layers.attention import KVBuffers, create_backend
+from radixrt.workers.model_config import ModelConfig
+from radixrt.workers.models.llama import LlamaForCausalLM
+from radixrt.workers.weights import init_dummy_weights, load_safetensors, safetensors_files
+
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+LOAD_FORMATS = ("auto", "dummy")
+CPU_DEFAULT_SLOTS = 65536
+
+
+class ModelRunner:
+    """A loaded llama-family model plus its attention backend."""
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        *,
+        dtype: str = "auto",
+        device: str = "auto",
+        load_format: str = "auto",
+        attention_backend: str = "auto",
+    ):
+        if load_format not in LOAD_FORMATS:
+            raise ValueError(f"unknown load_format {load_format!r}; choose from {LOAD_FORMATS}")
+        self.model_path = Path(model_path)
+        self.model_config = ModelConfig.from_dir(self.model_path)
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        if self.device.type == "cpu":
+            use_all_cores()
+        self.model = build_model(self.model_config, self.dtype, self.device)
+        if load_format == "dummy":
+            init_dummy_weights(self.model)
+        else:
+            load_safetensors(self.model, self.model_path)
+        self.model.fuse_projections()
+        cfg = self.model_config
+        self.backend = create_backend(
+            attention_backend,
+            self.device,
+            num_heads=cfg.num_attention_heads,
+            num_kv_heads=cfg.num_key_value_heads,
+            head_dim=cfg.head_dim,
+            dtype=self.dtype,
+        )
+
+    def kv_shape(self) -> tuple[int, int, int]:
+        """(num_layers, n_kv_heads, head_dim) of the KV pool this model needs."""
+        cfg = self.model_config
+        return cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim
+
+    def bytes_per_slot(self) -> int:
+        """Bytes of K and V, over all layers, for one token."""
+        layers, heads, dim = self.kv_shape()
+        return 2 * layers * heads * dim * torch.empty(0, dtype=self.dtype).element_size()
+
+    def suggest_num_slots(self, mem_fraction: float = 0.8) -> int:
+        """KV slots (padding slot included) that fit in `mem_fraction` of the free memory.
+
+        CUDA: free device memory after the weights are loaded. CPU: enough for 64k tokens,
+        bounded by the available RAM.
+        """
+        if not 0 < mem_fraction <= 1:
+            raise ValueError(f"mem_fraction must be in (0, 1], got {mem_fraction}")
+        if self.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(self.device)
+            return max(2, int(free * mem_fraction) // self.bytes_per_slot())
+        fit = int(_available_ram() * mem_fraction) // self.bytes_per_slot()
+        return max(2, min(CPU_DEFAULT_SLOTS + 1, fit))
+
+    @torch.inference_mode()
+    def forward(self, batch: ForwardBatch, kv_pool: KVBuffers) -> torch.Tensor:
+        """Logits `[len(batch.logits_indices), vocab]` float32; writes the batch's K/V to the pool."""
+        return self.model(batch, kv_pool, self.backend)
+
+
+def build_model(config: ModelConfig, dtype: torch.dtype, device: torch.device) -> LlamaForCausalLM:
+    """The model with uninitialised parameters on `device` (no time spent on a random init)."""
+    with torch.device("meta"):
+        model = LlamaForCausalLM(config, dtype)
+    model.to_empty(device=device)
+    return model.requires_grad_(False).eval()
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type not in ("cpu", "cuda"):
+        raise ValueError(f"unsupported device {device!r}; use auto, cpu or cuda")
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but CUDA is not available")
+    return resolved
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """"auto": bfloat16 on CUDA and on CPUs with native bf16 math, else float32."""
+    if dtype == "auto":
+        fast_bf16 = device.type == "cuda" or cpu_has_fast_bf16()
+        return torch.bfloat16 if fast_bf16 else torch.float32
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose from auto, {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def cpu_has_fast_bf16() -> bool:
+    """AMX or AVX512-BF16 in /proc/cpuinfo (Linux; False elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"amx_bf16", "avx512_bf16"})
+    except OSError:
+        pass
+    return False
+
+
+def use_all_cores() -> None:
+    """torch intra-op threads = the cores this process may run on."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if cores and torch.get_num_threads() != cores:
+        torch.set_num_threads(cores)
+
+
+def _available_ram() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 8 * 1024**3
+
+
+__all__ = ["ModelRunner", "build_model", "resolve_device", "resolve_dtype", "safetensors_files"]
