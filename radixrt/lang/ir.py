@@ -6,6 +6,7 @@ records it. `"Q: " + gen("a")` and `gen("a") + "\\n"` build an `ExprList`.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +30,8 @@ class Expr:
 
     @property
     def kind(self) -> str:
-        return type(self).__name__.lower()
+        """snake_case class name: "text", "gen", "role_begin", ..."""
+        return re.sub(r"(?<!^)(?=[A-Z])", "_", type(self).__name__).lower()
 
 
 @dataclass(eq=False)
@@ -77,6 +79,7 @@ class SetVar(Expr):
 
     name: str
     value: Any
+    meta: Any = None
 
 
 @dataclass(eq=False)

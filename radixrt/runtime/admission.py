@@ -57,7 +57,8 @@ class Admission:
 
     def _admit(self, running: list[Req], waiting: list[Req], budget: int, plan: Plan) -> Plan:
         planned = {id(r): n for r, n in plan}
-        reserved = sum(r.pending - planned.get(id(r), 0) + r.decode_reserve(DECODE_RESERVE_CLIP) for r in running)
+        ratio = self.args.decode_reserve_ratio
+        reserved = sum(r.pending - planned.get(id(r), 0) + r.decode_reserve(DECODE_RESERVE_CLIP, ratio) for r in running)
         matches = {id(r): self.cache.match_len(r) for r in waiting} if self.args.schedule_policy != "fcfs" else {}
         order = order_waiting(
             self.args.schedule_policy,
@@ -75,7 +76,7 @@ class Admission:
             if self._shares_with_batch(req, admitted, matches.get(id(req), 0)):
                 continue  # next step it hits the cache instead of computing the same prefix twice
             self.cache.borrow_prefix(req)
-            need = req.pending + req.decode_reserve(DECODE_RESERVE_CLIP)
+            need = req.pending + req.decode_reserve(DECODE_RESERVE_CLIP, ratio)
             if self.cache.available() - reserved < need:
                 self.cache.undo_borrow(req)
                 break

@@ -33,6 +33,8 @@ class ServerArgs:
     max_running_requests: int = _opt("running requests at most", default=64)
     kv_slots: int = _opt("KV cache size in tokens (0: from --mem-fraction)", default=0)
     mem_fraction: float = _opt("fraction of free memory for the KV cache when --kv-slots is 0", default=0.5)
+    decode_reserve_ratio: float = _opt("share of a request's remaining max_new_tokens reserved at admission "
+                                       "(lower admits more; retraction covers a shortfall)", default=0.5)
     chunked_prefill_size: int = _opt("tokens per scheduler step at most (prefill chunks)", default=2048)
     context_length: int = _opt("max prompt + output tokens (0: the model's)", default=0)
     max_new_tokens_limit: int = _opt("largest max_new_tokens a request may ask for", default=8192)
@@ -49,6 +51,8 @@ class ServerArgs:
         for name in ("max_running_requests", "chunked_prefill_size", "max_wait_passes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        if not 0.0 <= self.decode_reserve_ratio <= 1.0:
+            raise ValueError("decode_reserve_ratio must be in [0, 1]")
         if self.kv_slots < 0 or not 0.0 < self.mem_fraction <= 1.0:
             raise ValueError("kv_slots must be >= 0 and mem_fraction in (0, 1]")
 

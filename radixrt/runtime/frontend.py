@@ -62,9 +62,10 @@ class Stream:
     Leaving it early (`close`, or the consuming task being cancelled) aborts the request.
     """
 
-    def __init__(self, frontend: Frontend, handler: Handler, client_rid: str):
+    def __init__(self, frontend: Frontend, handler: Handler, rid: str, client_rid: str):
         self.frontend = frontend
         self.handler = handler
+        self.rid = rid  # namespaced
         self.client_rid = client_rid
         self.queue: asyncio.Queue[Any] = asyncio.Queue()
         self.done = False
@@ -108,6 +109,7 @@ class Frontend:
         self.worker_error: str | None = None
         self.counters: Counter[str] = Counter()
         self._streams: dict[str, Stream] = {}  # worker rid -> stream
+        self._by_rid: dict[str, Stream] = {}  # namespaced client rid -> stream
         self._control: deque[asyncio.Future[dict[str, Any]]] = deque()
 
     # ---- submitting ------------------------------------------------------------------------
@@ -120,34 +122,44 @@ class Frontend:
 
     def submit(self, prepared: tuple[Any, list[Any]], client_rid: str) -> Stream:
         """Send a prepared request to the worker; its outputs arrive on the returned Stream."""
-        handler, tokenized = prepared
-        return self._start(handler, tokenized, client_rid)
+        state, tokenized = prepared
+        return self._start(state, tokenized, state.req.rid, client_rid)
 
     def generate(self, req: protocol.GenerateRequest, namespace: str) -> Stream:
         return self.submit(self.prepare(req, namespace), req.rid)
 
     def score(self, req: protocol.ScoreRequest, namespace: str) -> Stream:
         job = self.tm.score(msgspec.structs.replace(req, rid=namespace + req.rid, api_key=None))
-        return self._start(ScoreHandler(job), job.requests, req.rid)
+        return self._start(ScoreHandler(job), job.requests, job.rid, req.rid)
 
-    def _start(self, handler: Handler, tokenized: list[Any], client_rid: str) -> Stream:
+    def _start(self, handler: Handler, tokenized: list[Any], rid: str, client_rid: str) -> Stream:
         self.check_worker()
-        taken = [rid for rid in handler.worker_rids if rid in self._streams]
-        if taken:
+        if rid in self._by_rid or any(r in self._streams for r in handler.worker_rids):
             raise InvalidRequest(f"rid {client_rid!r} is already in use by a running request", "rid")
-        stream = Stream(self, handler, client_rid)
-        for rid in handler.worker_rids:
-            self._streams[rid] = stream
+        stream = Stream(self, handler, rid, client_rid)
+        self._by_rid[rid] = stream
+        for worker_rid in handler.worker_rids:
+            self._streams[worker_rid] = stream
         for t in tokenized:
             self.link.send(t)
         self.counters["requests_received"] += 1
         return stream
 
     def abort(self, stream: Stream) -> None:
+        """Forget a request nobody listens to any more and tell the worker to drop it."""
+        if self._by_rid.pop(stream.rid, None) is None:
+            return  # it had ended already; its last messages were just not read
         for rid in stream.handler.worker_rids:
             if self._streams.pop(rid, None) is not None:
                 self.link.send(protocol.Abort(rid=rid))
         self.counters["requests_aborted"] += 1
+
+    def request_abort(self, rid: str) -> None:
+        """A client's explicit abort: the request ends through the worker's finish_reason "abort"."""
+        stream = self._by_rid.get(rid)
+        for worker_rid in stream.handler.worker_rids if stream else []:
+            if worker_rid in self._streams:
+                self.link.send(protocol.Abort(rid=worker_rid))
 
     def check_worker(self) -> None:
         if self.worker_error is not None:
@@ -155,7 +167,7 @@ class Frontend:
 
     @property
     def in_flight(self) -> int:
-        return len({id(s) for s in self._streams.values()})
+        return len(self._by_rid)
 
     # ---- control ---------------------------------------------------------------------------
 
@@ -165,7 +177,10 @@ class Frontend:
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._control.append(future)
         self.link.send(msg)
-        return await asyncio.wait_for(future, timeout)
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except asyncio.TimeoutError:
+            raise Overloaded(f"the worker did not answer {type(msg).__name__} within {timeout:g}s") from None
 
     async def stats(self, timeout: float) -> dict[str, Any]:
         worker = await self.control(protocol.GetStats(), timeout)
@@ -221,6 +236,7 @@ class Frontend:
         self._finish(stream, "requests_failed")
 
     def _finish(self, stream: Stream, counter: str) -> None:
+        self._by_rid.pop(stream.rid, None)
         for rid in stream.handler.worker_rids:
             self._streams.pop(rid, None)
         stream.queue.put_nowait(_END)
@@ -237,9 +253,8 @@ class Frontend:
     def fail_all(self, message: str) -> None:
         """The worker is gone: every waiting request and control call fails with 503."""
         self.worker_error = message
-        for stream in list({id(s): s for s in self._streams.values()}.values()):
-            rid = stream.handler.worker_rids[0]
-            stream.queue.put_nowait(ErrorReply(rid=rid, status=Overloaded.status, message=message))
+        for stream in list(self._by_rid.values()):
+            stream.queue.put_nowait(ErrorReply(rid=stream.rid, status=Overloaded.status, message=message))
             self._finish(stream, "requests_failed")
         while self._control:
             future = self._control.popleft()

@@ -8,6 +8,7 @@ all that one case.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,6 +104,8 @@ class Req:
             return self.output_ids[start - n : end - n]
         return self.input_ids[start:] + self.output_ids[: end - n]
 
-    def decode_reserve(self, clip: int) -> int:
-        """Slots this request may still need for decoding (an estimate capped at `clip`)."""
-        return max(0, min(self.sampling.max_new_tokens, clip) - len(self.output_ids))
+    def decode_reserve(self, clip: int, ratio: float) -> int:
+        """Slots to reserve for this request's remaining decode: `ratio` of what it may still
+        generate, capped at `clip` (retraction covers an underestimate)."""
+        remaining = max(0, min(self.sampling.max_new_tokens, clip) - len(self.output_ids))
+        return math.ceil(remaining * ratio)

@@ -15,7 +15,7 @@ import signal
 import sys
 
 from radixrt.runtime.config import ServerArgs
-from radixrt.runtime.zmq_io import WorkerAddresses, WorkerShutdown, ZmqWorkerIO
+from radixrt.runtime.zmq_io import WorkerAddresses, ZmqWorkerIO
 
 logger = logging.getLogger("radixrt.worker")
 
@@ -36,15 +36,17 @@ def run_worker(args: ServerArgs, addresses: WorkerAddresses, parent_pid: int | N
     io = ZmqWorkerIO(addresses, parent_pid)
 
     def request_stop(signum: int, _frame: object) -> None:
+        if not io.serving:
+            raise KeyboardInterrupt  # still loading: nothing to finish cleanly
         io.stop_requested = True
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     try:
         Scheduler(args, io).run_forever()
+        logger.info("worker stopped")
         return 0
-    except (WorkerShutdown, KeyboardInterrupt) as e:
-        logger.info("worker stopping: %s", e or "interrupted")
+    except KeyboardInterrupt:
         return 0
     except Exception:
         logger.exception("worker crashed")

@@ -35,10 +35,6 @@ class WorkerAddresses(NamedTuple):
         return cls(f"ipc://{Path(ipc_dir) / 'to_worker'}", f"ipc://{Path(ipc_dir) / 'from_worker'}")
 
 
-class WorkerShutdown(Exception):
-    """Raised by `ZmqWorkerIO.recv` when the worker should stop (signal, or the frontend is gone)."""
-
-
 def decode_or_drop(decoder: msgspec.msgpack.Decoder, frame: bytes, side: str) -> object | None:
     """The decoded Struct, or None (logged) when the frame is not one of the decoder's types."""
     try:
@@ -51,8 +47,8 @@ def decode_or_drop(decoder: msgspec.msgpack.Decoder, frame: bytes, side: str) ->
 class ZmqWorkerIO:
     """Worker side: `recv(timeout)` drains every pending message, `send(msg)` never blocks.
 
-    `stop_requested` (set from a signal handler) and a changed parent pid make `recv` raise
-    WorkerShutdown, so the scheduler stops between steps, never inside one.
+    `recv` returns None (the scheduler's stop signal) once `stop_requested` is set (from a
+    signal handler) or the parent process is gone, so the loop stops between steps, never in one.
     """
 
     def __init__(self, addresses: WorkerAddresses, parent_pid: int | None = None):
@@ -64,14 +60,17 @@ class ZmqWorkerIO:
         self.push.connect(addresses.from_worker)
         self.parent_pid = parent_pid
         self.stop_requested = False
+        self.serving = False  # set by the first recv: the model is loaded and the loop runs
         self._encoder = protocol.encoder()
         self._decoder = protocol.decoder(WorkerInMsg)
 
-    def recv(self, timeout: float | None) -> list[WorkerInMsg]:
+    def recv(self, timeout: float | None) -> list[WorkerInMsg] | None:
         """Messages that arrived; waits up to `timeout` seconds (None: until one arrives)."""
+        self.serving = True
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            self._check_alive()
+            if self.should_stop():
+                return None
             left_ms = POLL_SLICE_MS if deadline is None else int((deadline - time.monotonic()) * 1000)
             if self.pull.poll(max(0, min(POLL_SLICE_MS, left_ms))):
                 msgs = self._drain()
@@ -91,11 +90,11 @@ class ZmqWorkerIO:
             if msg is not None:
                 msgs.append(msg)
 
-    def _check_alive(self) -> None:
-        if self.stop_requested:
-            raise WorkerShutdown("stop requested")
-        if self.parent_pid is not None and os.getppid() != self.parent_pid:
-            raise WorkerShutdown("the frontend process is gone")
+    def should_stop(self) -> bool:
+        orphaned = self.parent_pid is not None and os.getppid() != self.parent_pid
+        if orphaned:
+            logger.warning("the frontend process is gone; stopping")
+        return self.stop_requested or orphaned
 
     def send(self, msg: WorkerOutMsg) -> None:
         self.push.send(self._encoder.encode(msg))

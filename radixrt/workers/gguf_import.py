@@ -85,7 +85,7 @@ def import_gguf(gguf_path: str | Path, out_dir: str | Path, *, progress: bool = 
         raise FileExistsError(f"{out_dir} already exists and is not an empty folder")
     reader = gguf.GGUFReader(gguf_path)
     meta = read_metadata(reader)
-    config = build_config(meta)
+    config = build_config(meta, {tensor.name for tensor in reader.tensors})
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
@@ -100,8 +100,8 @@ def read_metadata(reader: gguf.GGUFReader) -> dict[str, Any]:
     return {name: field.contents() for name, field in reader.fields.items()}
 
 
-def build_config(meta: dict[str, Any]) -> dict[str, Any]:
-    """HF `config.json` for the GGUF's architecture, from its metadata."""
+def build_config(meta: dict[str, Any], tensor_names: set[str]) -> dict[str, Any]:
+    """HF `config.json` for the GGUF's architecture, from its metadata and the tensors it holds."""
     arch_name = meta.get("general.architecture")
     if arch_name not in ARCHITECTURES:
         raise ValueError(f"GGUF architecture {arch_name!r} is not supported; supported: {', '.join(ARCHITECTURES)}")
@@ -130,7 +130,7 @@ def build_config(meta: dict[str, Any]) -> dict[str, Any]:
         "max_position_embeddings": key("context_length"),
         "attention_bias": arch.attention_bias,
         "mlp_bias": False,
-        "tie_word_embeddings": True,  # set from the tensors in _write_folder
+        "tie_word_embeddings": "output.weight" not in tensor_names,
         "bos_token_id": meta.get("tokenizer.ggml.bos_token_id"),
         "eos_token_id": meta.get("tokenizer.ggml.eos_token_id"),
         "pad_token_id": meta.get("tokenizer.ggml.padding_token_id"),
@@ -151,7 +151,7 @@ def convert_tensors(
         weight = weight.reshape(tuple(reversed(tensor.shape.tolist())))  # GGUF lists dims innermost first
         if arch.rope_permuted and name.endswith(("q_proj.weight", "k_proj.weight")):
             heads = config["num_attention_heads" if "q_proj" in name else "num_key_value_heads"]
-            pass
+            weight = unpermute_rope(weight, heads)
         out[name] = weight.contiguous()
     return out
 
@@ -182,7 +182,6 @@ def _write_folder(
     folder: Path, reader: gguf.GGUFReader, meta: dict[str, Any], config: dict[str, Any], src: Path, progress: bool
 ) -> None:
     tensors = convert_tensors(reader, config, progress=progress)
-    config["tie_word_embeddings"] = "lm_head.weight" not in tensors
     generation = {key: config[key] for key in ("bos_token_id", "eos_token_id", "pad_token_id")}
     _write_json(folder / "config.json", config)
     _write_json(folder / "generation_config.json", generation)

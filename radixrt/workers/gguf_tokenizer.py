@@ -78,10 +78,9 @@ def _post_processor(meta: dict[str, Any], tokens: list[str]) -> processors.PostP
         return processors.ByteLevel(trim_offsets=False)
     specials = [(t, tokens.index(t)) for t in (bos, eos) if t is not None]
     head, tail = [bos] if bos else [], [eos] if eos else []
+    second = [f"{t}:1" for t in head] + ["$B:1"] + [f"{t}:1" for t in tail]
     return processors.TemplateProcessing(
-        single=" ".join(head + ["$A"] + tail),
-        pair=" ".join(head + ["$A"] + tail + head + ["$B"] + tail),
-        special_tokens=specials,
+        single=" ".join(head + ["$A"] + tail), pair=" ".join(head + ["$A"] + tail + second), special_tokens=specials
     )
 
 

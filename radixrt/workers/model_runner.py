@@ -15,7 +15,7 @@ from radixrt.workers.forward_batch import ForwardBatch
 from radixrt.workers.layers.attention import KVBuffers, create_backend
 from radixrt.workers.model_config import ModelConfig
 from radixrt.workers.models.llama import LlamaForCausalLM
-from radixrt.workers.weights import init_dummy_weights, load_safetensors, safetensors_files
+from radixrt.workers.weights import init_dummy_weights, load_safetensors
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 LOAD_FORMATS = ("auto", "dummy")
@@ -147,5 +147,3 @@ def _available_ram() -> int:
         pass
     return 8 * 1024**3
 
-
-__all__ = ["ModelRunner", "build_model", "resolve_device", "resolve_dtype", "safetensors_files"]

@@ -70,7 +70,12 @@ def embedded_model(cache_dir: Path) -> Path:
     if folder.exists():
         _discard(folder)
     logger.info("importing embedded model %s into %s", src.name, folder)
-    return import_gguf(src, folder, progress=sys.stderr.isatty())
+    try:
+        return import_gguf(src, folder, progress=sys.stderr.isatty())
+    except FileExistsError:
+        if _is_current(folder, src):  # another process finished the same import meanwhile
+            return folder
+        raise
 
 
 def embedded_gguf() -> Path:

@@ -32,7 +32,9 @@ def iter_safetensors(model_dir: str | Path) -> Iterator[tuple[str, torch.Tensor]
     """(name, tensor) for every tensor of every shard, read lazily one at a time."""
     files = safetensors_files(model_dir)
     if not files:
-        raise FileNotFoundError(f"no *.safetensors files in {model_dir}")
+        raise FileNotFoundError(
+            f"no *.safetensors files in {model_dir} (load_format='dummy' uses random weights)"
+        )
     for path in files:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             for name in f.keys():

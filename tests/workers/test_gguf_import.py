@@ -18,6 +18,7 @@ from tokenizers import Tokenizer
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Qwen2Config
 
 from radixrt.workers.gguf_import import OUTPUT_FILES, import_gguf, read_metadata, unpermute_rope
+from radixrt.workers.gguf_tokenizer import build_tokenizer
 from radixrt.workers.model_store import embedded_gguf, resolve_model
 
 TEXTS = [
@@ -98,15 +99,24 @@ def test_tokenizer_json_encodes_and_decodes_like_gguf_tokenizer(text, reference_
     expected = reference_tokenizer(text)["input_ids"]
     assert hf(text)["input_ids"] == expected
     assert raw.encode(text).ids == expected
-    assert hf.decode(expected) == reference_tokenizer.decode(expected) == raw.decode(expected, skip_special_tokens=False)
+    assert (
+        hf.decode(expected) == reference_tokenizer.decode(expected) == raw.decode(expected, skip_special_tokens=False)
+    )
     assert hf.decode(expected) == text  # byte-level BPE is lossless
-    assert hf.decode(expected, skip_special_tokens=True) == reference_tokenizer.decode(expected, skip_special_tokens=True)
+    assert hf.decode(expected, skip_special_tokens=True) == reference_tokenizer.decode(
+        expected, skip_special_tokens=True
+    )
 
 
 def test_special_tokens_stay_whole(tokenizers_under_test):
     hf, raw = tokenizers_under_test
     assert raw.encode("<|im_start|><|im_end|><|endoftext|>").ids == [1, 2, 0]
-    assert (hf.bos_token, hf.eos_token, hf.pad_token, hf.eos_token_id) == ("<|im_start|>", "<|im_end|>", "<|im_end|>", 2)
+    assert (hf.bos_token, hf.eos_token, hf.pad_token, hf.eos_token_id) == (
+        "<|im_start|>",
+        "<|im_end|>",
+        "<|im_end|>",
+        2,
+    )
     assert hf.decode([1, 4093, 2], skip_special_tokens=True) == "user"
 
 
@@ -193,8 +203,10 @@ def write_gguf(path: Path, model, arch: str, tokenizer_meta: dict, pre: str) -> 
 
 
 def tiny_model(arch: str):
-    shape = dict(vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=2, max_position_embeddings=128, rope_theta=10000.0)  # fmt: skip
+    shape = {
+        "vocab_size": 49152, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128, "rope_theta": 10000.0,
+    }  # fmt: skip
     # A large init range makes attention scores big enough that a wrong q/k row order shows in the logits.
     if arch == "llama":
         config = LlamaConfig(**shape, tie_word_embeddings=False, initializer_range=0.3)
@@ -228,6 +240,19 @@ def test_tiny_gguf_round_trips_to_the_same_model_and_tokenizer(arch, pre, tokeni
     ours = Tokenizer.from_file(str(folder / "tokenizer.json"))
     for text in TEXTS:
         assert ours.encode(text).ids == reference(text)["input_ids"], text
+
+
+def test_add_bos_flag_makes_the_tokenizer_prepend_bos(tokenizer_meta):
+    meta = {**tokenizer_meta, "tokenizer.ggml.add_bos_token": True}
+    assert build_tokenizer(meta).encode("hi there").ids == [1, 6004, 665]
+    assert build_tokenizer(tokenizer_meta).encode("hi there").ids == [6004, 665]
+
+
+def test_unsupported_tokenizers_are_refused_by_name(tokenizer_meta):
+    with pytest.raises(ValueError, match="pre-tokenizer 'mystery'"):
+        build_tokenizer({**tokenizer_meta, "tokenizer.ggml.pre": "mystery"})
+    with pytest.raises(ValueError, match="tokenizer 'llama' is not supported"):
+        build_tokenizer({**tokenizer_meta, "tokenizer.ggml.model": "llama"})
 
 
 # --- model store ---------------------------------------------------------------------------------
@@ -291,10 +316,10 @@ def test_cli_import_gguf_writes_a_loadable_folder(tokenizer_meta, tmp_path):
     path = write_gguf(tmp_path / "tiny.gguf", model, "llama", tokenizer_meta, "smollm")
     out = tmp_path / "folder"
     command = [sys.executable, "-m", "radixrt", "import-gguf", str(path), str(out), "--no-progress"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == str(out)
     assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUT_FILES)
     assert json.loads((out / "config.json").read_text())["tie_word_embeddings"] is False
-    again = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    again = subprocess.run(command, check=False, capture_output=True, text=True, timeout=300)
     assert again.returncode == 1 and "already exists" in again.stderr

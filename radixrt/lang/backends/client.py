@@ -1,0 +1,219 @@
+"""Thread-safe ZMQ client of a radixrt frontend: one DEALER socket, one background I/O thread.
+
+Any thread may call `call` / `stream` / `abort`. Requests are queued to the I/O thread (the only
+thread touching the socket), woken through a socketpair. Replies are routed by `rid` to a
+per-request queue; rid-less replies (Ack, StatsReply, ModelInfo) answer control requests in the
+order they were sent. A frame the typed decoder rejects is logged and dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import socket
+import threading
+from collections import deque
+from collections.abc import Iterator
+
+import msgspec
+import zmq
+
+from radixrt.errors import InvalidRequest, Overloaded, RadixRTError, Unauthorized
+from radixrt.runtime import protocol
+from radixrt.runtime.protocol import AbortRequest, ErrorReply, GenerateResult, ScoreResult
+
+logger = logging.getLogger(__name__)
+
+_TERMINAL = (GenerateResult, ScoreResult, ErrorReply)
+_BY_STATUS = {401: Unauthorized, 403: Unauthorized, 503: Overloaded}
+
+
+def error_from_reply(reply: ErrorReply) -> RadixRTError:
+    """The exception a server ErrorReply stands for, carrying its message, status and param."""
+    if 400 <= reply.status < 500 and reply.status not in _BY_STATUS:
+        err: RadixRTError = InvalidRequest(reply.message, reply.param)
+    else:
+        err = _BY_STATUS.get(reply.status, RadixRTError)(reply.message)
+        err.param = reply.param
+    err.status = reply.status
+    return err
+
+
+class ClientClosed(RadixRTError):
+    status = 503
+    kind = "client_closed"
+
+
+class RuntimeClient:
+    """Talks to a radixrt frontend's ROUTER socket at `address` (tcp://... or ipc://...).
+
+    `timeout`: seconds to wait for each reply message (None waits forever); on a timeout the
+    request is aborted on the server and TimeoutError is raised.
+    """
+
+    def __init__(self, address: str, timeout: float | None = None):
+        self.address, self.timeout = address, timeout
+        self._ctx = zmq.Context()
+        self._sock = self._ctx.socket(zmq.DEALER)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.connect(address)
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._encoder = protocol.encoder()
+        self._decoder = protocol.decoder(protocol.ServerMsg)
+        self._lock = threading.Lock()
+        self._outbox: deque[bytes] = deque()
+        self._pending: dict[str, queue.SimpleQueue] = {}
+        self._control: deque[queue.SimpleQueue] = deque()
+        self._closed = False
+        self._thread = threading.Thread(target=self._io_loop, name="radixrt-client-io", daemon=True)
+        self._thread.start()
+
+    # ---- public API ------------------------------------------------------------------------
+
+    def call(self, msg: protocol.ClientMsg, timeout: float | None = None) -> protocol.ServerMsg:
+        """Send one request and return its final reply; an ErrorReply raises its RadixRTError."""
+        rid = getattr(msg, "rid", None)
+        waiter = self._submit(msg)
+        return self._next(waiter, rid, timeout)
+
+    def stream(self, msg: protocol.GenerateRequest, timeout: float | None = None) -> Iterator[protocol.ServerMsg]:
+        """Yield a streaming request's GenerateChunks, then its GenerateResult.
+
+        Closing the iterator early aborts the request on the server.
+        """
+        waiter = self._submit(msg)
+        done = False
+        try:
+            while not done:
+                reply = self._next(waiter, msg.rid, timeout)
+                done = isinstance(reply, GenerateResult)
+                yield reply
+        finally:
+            if not done:
+                self.abort(msg.rid)
+
+    def abort(self, rid: str) -> None:
+        """Ask the server to stop `rid`; its later replies are dropped."""
+        with self._lock:
+            self._pending.pop(rid, None)
+        self._submit(AbortRequest(rid=rid))
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            waiters = list(self._pending.values()) + list(self._control)
+            self._pending.clear()
+            self._control.clear()
+        for w in waiters:
+            w.put(ClientClosed("the client was closed"))
+        self._wake()
+        self._thread.join(timeout=5)
+        self._sock.close()
+        self._ctx.term()
+        self._wake_r.close()
+        self._wake_w.close()
+
+    def __enter__(self) -> RuntimeClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- caller side -----------------------------------------------------------------------
+
+    def _submit(self, msg: protocol.ClientMsg) -> queue.SimpleQueue | None:
+        waiter = None if isinstance(msg, AbortRequest) else queue.SimpleQueue()
+        with self._lock:
+            if self._closed:
+                raise ClientClosed("the client was closed")
+            frame = self._encoder.encode(msg)
+            rid = getattr(msg, "rid", None)
+            if waiter is not None and rid is not None:
+                self._pending[rid] = waiter
+            elif waiter is not None:
+                self._control.append(waiter)
+            self._outbox.append(frame)
+        self._wake()
+        return waiter
+
+    def _next(self, waiter: queue.SimpleQueue, rid: str | None, timeout: float | None) -> protocol.ServerMsg:
+        wait = self.timeout if timeout is None else timeout
+        try:
+            reply = waiter.get(timeout=wait)
+        except queue.Empty:
+            if rid is not None:
+                self.abort(rid)
+            raise TimeoutError(f"no reply from {self.address} within {wait}s (rid={rid})") from None
+        if isinstance(reply, Exception):
+            raise reply
+        if isinstance(reply, ErrorReply):
+            raise error_from_reply(reply)
+        return reply
+
+    def _wake(self) -> None:
+        try:
+            self._wake_w.send(b"\0")
+        except (BlockingIOError, OSError):
+            pass  # the I/O thread is already woken (buffer full) or gone (closed)
+
+    # ---- I/O thread ------------------------------------------------------------------------
+
+    def _io_loop(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self._sock, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
+        while True:
+            with self._lock:
+                if self._closed:
+                    return
+                blocked = self._flush_outbox()
+            events = dict(poller.poll(10 if blocked else None))
+            if self._wake_r in events:
+                self._drain_wake()
+            if self._sock in events:
+                self._receive_all()
+
+    def _flush_outbox(self) -> bool:
+        """Send queued frames (lock held). True when the socket would block (peer not ready)."""
+        while self._outbox:
+            try:
+                self._sock.send(self._outbox[0], zmq.NOBLOCK)
+            except zmq.Again:
+                return True
+            self._outbox.popleft()
+        return False
+
+    def _drain_wake(self) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+
+    def _receive_all(self) -> None:
+        while True:
+            try:
+                frames = self._sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self._dispatch(frames[-1])
+
+    def _dispatch(self, frame: bytes) -> None:
+        try:
+            msg = self._decoder.decode(frame)
+        except (msgspec.DecodeError, msgspec.ValidationError) as e:
+            logger.warning("dropping a malformed frame from %s (%d bytes): %s", self.address, len(frame), e)
+            return
+        rid = getattr(msg, "rid", None)
+        with self._lock:
+            if rid is not None and rid in self._pending:
+                waiter = self._pending.pop(rid) if isinstance(msg, _TERMINAL) else self._pending[rid]
+            elif (rid is None or (isinstance(msg, ErrorReply) and not rid)) and self._control:
+                waiter = self._control.popleft()
+            else:
+                logger.debug("dropping a reply for unknown or finished rid %r", rid)
+                return
+        waiter.put(msg)

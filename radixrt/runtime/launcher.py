@@ -1,0 +1,157 @@
+"""`radixrt serve`: the frontend in this process, the worker as a child process.
+
+Start-up order: resolve the model, bind the HTTP and ZMQ ports (a taken port fails before the
+model loads), start the worker, wait for its WorkerReady, then serve. SIGINT/SIGTERM stop both
+processes; a worker that dies makes every request fail with 503 and the command exit non-zero.
+Everything started is stopped in reverse order by one exit stack.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import shutil
+import signal
+import socket
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+import uvicorn
+
+from radixrt.runtime.config import ServerArgs
+from radixrt.runtime.frontend import Frontend
+from radixrt.runtime.http_api import create_app
+from radixrt.runtime.server_handle import ServerHandle, launch_server
+from radixrt.runtime.worker import setup_logging, worker_argv
+from radixrt.runtime.zmq_io import FrontendWorkerLink, WorkerAddresses
+from radixrt.runtime.zmq_server import ZmqServer
+
+__all__ = ["ServerHandle", "add_arguments", "launch_server", "main", "serve"]
+
+logger = logging.getLogger("radixrt.launcher")
+T = TypeVar("T")
+
+READY_TIMEOUT_S = 1800.0  # the first start imports the embedded model
+WORKER_DEATH_GRACE_S = 5.0  # after the worker died, answer 503 this long, then exit
+STOP_TIMEOUT_S = 10.0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    ServerArgs.add_cli_args(parser)
+
+
+def main(ns: argparse.Namespace) -> int:
+    args = ServerArgs.from_cli(ns)
+    setup_logging(args.log_level, "frontend")
+    try:
+        return asyncio.run(serve(args))
+    except (RuntimeError, OSError, ValueError) as e:
+        logger.error("radixrt serve failed: %s", e)
+        return 1
+
+
+async def serve(args: ServerArgs) -> int:
+    """Serve until SIGINT/SIGTERM (exit status 0) or the worker's death (1)."""
+    from radixrt.runtime.tokenizer_manager import TokenizerManager
+    from radixrt.workers.model_store import resolve_model
+
+    stop = _stop_on_signals()
+    model_dir = await asyncio.to_thread(resolve_model, args.model)
+    args = args.replace(model=str(model_dir))
+    async with contextlib.AsyncExitStack() as stack:
+        ipc_dir = args.make_ipc_dir()
+        if not args.ipc_dir:
+            stack.callback(shutil.rmtree, ipc_dir, True)
+        http_sock = stack.enter_context(_bind_http(args.host, args.port))
+        zmq_server = ZmqServer(args.zmq_address, args.api_key)
+        stack.callback(zmq_server.close)
+        link = FrontendWorkerLink(WorkerAddresses.in_dir(ipc_dir))
+        stack.callback(link.close)
+        worker = await asyncio.create_subprocess_exec(*worker_argv(args, ipc_dir), start_new_session=True)
+        stack.push_async_callback(_stop_worker, worker)
+        ready = await _unless_stopped(stop, link.wait_ready(lambda: worker.returncode is None, READY_TIMEOUT_S))
+        if ready is None:
+            return 0
+        frontend = Frontend(link, TokenizerManager(model_dir, args, ready.context_length), worker.pid)
+        tasks = [asyncio.ensure_future(frontend.run()), asyncio.ensure_future(zmq_server.run(frontend))]
+        stack.callback(lambda: [t.cancel() for t in tasks])
+        http = await _start_http(create_app(frontend, args), http_sock, args.log_level)
+        stack.push_async_callback(_stop_http, http, frontend)
+        print(f"radixrt ready: http://{args.host}:{args.port}  zmq {args.zmq_address}", flush=True)
+        return await _until_end(worker, stop, frontend)
+
+
+def _stop_on_signals() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+def _bind_http(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise OSError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+    sock.listen(1024)
+    return sock
+
+
+async def _unless_stopped(stop: asyncio.Event, work: Awaitable[T]) -> T | None:
+    """`work`'s result, or None if a stop signal comes first."""
+    task = asyncio.ensure_future(work)
+    stopped = asyncio.ensure_future(stop.wait())
+    await asyncio.wait([task, stopped], return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    if not task.done():
+        task.cancel()
+        return None
+    return task.result()
+
+
+async def _until_end(worker: asyncio.subprocess.Process, stop: asyncio.Event, frontend: Frontend) -> int:
+    exited = asyncio.ensure_future(worker.wait())
+    if await _unless_stopped(stop, exited) is None:
+        exited.cancel()
+        return 0
+    message = f"the worker process died (exit status {worker.returncode})"
+    logger.error("%s; answering 503 for %.0fs, then exiting", message, WORKER_DEATH_GRACE_S)
+    frontend.fail_all(message)
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(stop.wait(), WORKER_DEATH_GRACE_S)
+    return 1
+
+
+async def _start_http(app: Any, sock: socket.socket, log_level: str) -> tuple[uvicorn.Server, asyncio.Task[None]]:
+    level = "info" if log_level == "debug" else "warning"
+    config = uvicorn.Config(app, log_level=level, access_log=False, lifespan="off", timeout_graceful_shutdown=2)
+    server = uvicorn.Server(config)
+    await server.startup(sockets=[sock])
+    return server, asyncio.ensure_future(server.main_loop())
+
+
+async def _stop_http(http: tuple[uvicorn.Server, asyncio.Task[None]], frontend: Frontend) -> None:
+    server, main_loop = http
+    if frontend.worker_error is None:
+        frontend.fail_all("the server is shutting down")  # ends open streams, so connections close
+    server.should_exit = True
+    await main_loop
+    await server.shutdown()
+
+
+async def _stop_worker(worker: asyncio.subprocess.Process) -> None:
+    if worker.returncode is not None:
+        return
+    worker.send_signal(signal.SIGTERM)
+    try:
+        await asyncio.wait_for(worker.wait(), STOP_TIMEOUT_S)
+    except asyncio.TimeoutError:
+        logger.warning("the worker did not stop within %.0fs; killing it", STOP_TIMEOUT_S)
+        worker.kill()
+        await worker.wait()

@@ -1,0 +1,144 @@
+"""The ZMQ ROUTER endpoint for DSL clients (DEALER sockets, one msgpack protocol Struct a frame).
+
+A client sends ClientMsg frames; replies go back to the same connection only:
+GenerateRequest -> GenerateChunk* then GenerateResult (n of them for n > 1) or one ErrorReply;
+ScoreRequest -> ScoreResult or ErrorReply; AbortRequest -> the aborted request ends (its last
+message has finish_reason "abort"); FlushCache -> Ack(ok=flushed); GetStats -> StatsReply;
+GetModelInfo -> ModelInfo. Client rids live in a per-connection namespace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+from typing import Any
+
+import msgspec
+import zmq
+import zmq.asyncio
+
+from radixrt.errors import RadixRTError, Unauthorized
+from radixrt.runtime import protocol
+from radixrt.runtime.frontend import Frontend, Stream
+from radixrt.runtime.protocol import ClientMsg, ErrorReply
+from radixrt.runtime.zmq_io import decode_or_drop
+
+logger = logging.getLogger(__name__)
+
+MAX_FRAME_BYTES = 8 << 20
+
+
+class ZmqServer:
+    """Binds one ROUTER socket at once (a taken port fails early); `run(frontend)` serves it."""
+
+    def __init__(self, address: str, api_key: str | None, control_timeout: float = 60.0):
+        self.frontend: Frontend | None = None
+        self.api_key = api_key.encode() if api_key else None
+        self.control_timeout = control_timeout
+        self.ctx = zmq.asyncio.Context()
+        self.sock = self.ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # sending to a gone client raises: abort its work
+        self.sock.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        try:
+            self.sock.bind(address)
+        except zmq.ZMQError as e:
+            self.close()
+            raise OSError(f"cannot bind the ZMQ socket at {address}: {e}") from None
+        self._encoder = protocol.encoder()
+        self._decoder = protocol.decoder(ClientMsg)
+        self._tasks: dict[tuple[bytes, str], asyncio.Task[None]] = {}
+
+    async def run(self, frontend: Frontend) -> None:
+        self.frontend = frontend
+        while True:
+            frames = await self.sock.recv_multipart()
+            try:
+                await self.handle(frames)
+            except Exception:
+                logger.exception("zmq: failed to handle a frame")
+
+    async def handle(self, frames: list[bytes]) -> None:
+        """One client frame: [identity, (delimiter,) payload]."""
+        if len(frames) < 2:
+            return
+        route, payload = frames[:-1], frames[-1]
+        msg = decode_or_drop(self._decoder, payload, "zmq client")
+        if msg is None:
+            rid = _recover_rid(payload)
+            if rid is not None:
+                await self._send(route, ErrorReply(rid=rid, status=400, message="malformed message"))
+            return
+        await self._dispatch(route, msg)
+
+    async def _dispatch(self, route: list[bytes], msg: Any) -> None:
+        namespace = f"zmq{route[0].hex()}/"
+        if isinstance(msg, (protocol.GenerateRequest, protocol.ScoreRequest)):
+            self._start(route, namespace, msg)
+        elif isinstance(msg, protocol.AbortRequest):
+            self.frontend.request_abort(namespace + msg.rid)
+        else:
+            await self._send(route, await self._control(msg))
+
+    def _start(self, route: list[bytes], namespace: str, msg: Any) -> None:
+        try:
+            self._check_key(msg.api_key)
+            is_score = isinstance(msg, protocol.ScoreRequest)
+            stream = self.frontend.score(msg, namespace) if is_score else self.frontend.generate(msg, namespace)
+        except RadixRTError as e:
+            reply = ErrorReply(rid=msg.rid, status=e.status, message=str(e), param=getattr(e, "param", None))
+            asyncio.ensure_future(self._send(route, reply))
+            return
+        key = (route[0], msg.rid)
+        task = asyncio.ensure_future(self._pump(route, stream))
+        self._tasks[key] = task
+        task.add_done_callback(lambda _t: self._tasks.pop(key, None))
+
+    def _check_key(self, given: str | None) -> None:
+        if self.api_key is not None and not hmac.compare_digest((given or "").encode(), self.api_key):
+            raise Unauthorized("missing or wrong api_key")
+
+    async def _pump(self, route: list[bytes], stream: Stream) -> None:
+        try:
+            async for msg in stream:
+                if not await self._send(route, msg):
+                    return
+        finally:
+            stream.close()
+
+    async def _control(self, msg: Any) -> Any:
+        try:
+            if isinstance(msg, protocol.GetModelInfo):
+                return self.frontend.tm.model_info()
+            if isinstance(msg, protocol.FlushCache):
+                answer = await self.frontend.control(msg, self.control_timeout)
+                return protocol.Ack(ok=bool(answer.get("flushed", False)))
+            return protocol.StatsReply(stats=await self.frontend.stats(self.control_timeout))
+        except RadixRTError as e:
+            return ErrorReply(rid="", status=e.status, message=str(e))
+
+    async def _send(self, route: list[bytes], msg: Any) -> bool:
+        """Send to one client; False when it has gone (its work is then abandoned)."""
+        try:
+            await self.sock.send_multipart([*route, self._encoder.encode(msg)])
+            return True
+        except zmq.ZMQError as e:
+            logger.info("zmq: client %s is gone (%s)", route[0].hex(), e)
+            return False
+
+    def close(self) -> None:
+        for task in list(self._tasks.values()):
+            task.cancel()
+        self.sock.close(linger=0)
+        self.ctx.term()
+
+
+def _recover_rid(payload: bytes) -> str | None:
+    """The rid of a frame the typed decoder rejected, when it is a map with a string rid."""
+    try:
+        raw = msgspec.msgpack.decode(payload)
+    except msgspec.DecodeError:
+        return None
+    rid = raw.get("rid") if isinstance(raw, dict) else None
+    return rid if isinstance(rid, str) else None

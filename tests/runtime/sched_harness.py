@@ -1,0 +1,66 @@
+"""Drive the real Scheduler synchronously through the in-process seam (no threads, no sockets)."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+from radixrt.runtime.config import ServerArgs
+from radixrt.runtime.protocol import ErrorOut, SamplingParams, StatsOut, TokenBatch, TokenizedRequest
+from radixrt.runtime.scheduler import Scheduler
+from radixrt.runtime.scheduler_io import InProcessIO
+
+_rids = itertools.count()
+
+
+class Harness:
+    def __init__(self, model_dir, **args: Any):
+        args.setdefault("kv_slots", 4096)
+        args.setdefault("dtype", "float32")
+        self.io = InProcessIO()
+        self.sched = Scheduler(ServerArgs(model=str(model_dir), **args), self.io, model_dir=str(model_dir))
+        self.io.outbox.get()  # WorkerReady
+        self.outputs: dict[str, list[int]] = {}
+        self.finals: dict[str, Any] = {}
+        self.errors: dict[str, ErrorOut] = {}
+
+    def request(self, ids: list[int], max_new_tokens: int = 8, rid: str | None = None, **kw: Any) -> str:
+        rid = rid or f"r{next(_rids)}"
+        params = {k: kw.pop(k) for k in list(kw) if k in SamplingParams.__struct_fields__}
+        params.setdefault("temperature", 0.0)
+        msg = TokenizedRequest(rid=rid, input_ids=ids, sampling=SamplingParams(max_new_tokens=max_new_tokens, **params), **kw)
+        self.sched.handle(msg)
+        self.outputs[rid] = []
+        return rid
+
+    def run(self, max_steps: int = 10_000, check_every_step: bool = True) -> None:
+        for _ in range(max_steps):
+            busy = self.sched.step()
+            self.drain()
+            if check_every_step:
+                self.sched.cache.check(self.sched.running)
+            if not busy and not self.sched.running and not any(r.grammar_future for r in self.sched.waiting):
+                if not self.sched.waiting:
+                    return
+        raise AssertionError("scheduler did not finish")
+
+    def drain(self) -> None:
+        while not self.io.outbox.empty():
+            msg = self.io.outbox.get()
+            if isinstance(msg, TokenBatch):
+                for out in msg.outs:
+                    self.outputs[out.rid].extend(out.new_ids)
+                    if out.finish_reason is not None:
+                        self.finals[out.rid] = out
+            elif isinstance(msg, ErrorOut):
+                self.errors[msg.rid] = msg
+            elif isinstance(msg, StatsOut):
+                self.last_stats = msg.stats
+
+    def stats(self) -> dict[str, Any]:
+        return self.sched.stats()
+
+    def assert_books_balance(self) -> None:
+        s = self.stats()
+        assert s["kv_slots_free"] + s["kv_slots_cached"] + s["kv_slots_in_use"] == s["kv_slots_total"], s
+        self.sched.cache.check(self.sched.running)
