@@ -21,6 +21,7 @@ logger = logging.getLogger(__name__)
 
 ROLES = ("system", "user", "assistant")
 _SYS, _U1, _A1, _U2, _A2 = "RADIXRTSYS0", "RADIXRTUSR1", "RADIXRTAST1", "RADIXRTUSR2", "RADIXRTAST2"
+_BOS = "RADIXRTBOS"
 
 
 class TemplateError(ValueError):
@@ -62,14 +63,15 @@ class ChatTemplate:
         return cls()
 
     @classmethod
-    def from_jinja(cls, source: str | None, bos_token: str | None = None, eos_token: str | None = None) -> ChatTemplate:
+    def from_jinja(cls, source: str | None, eos_token: str | None = None) -> ChatTemplate:
         """Derive the roles from a jinja chat template; plain "Role: ...\\n" roles with a warning
-        when there is no template or it cannot be split into per-role strings."""
+        when there is no template or it cannot be split into per-role strings. A BOS the template
+        writes is left out: the server's tokenizer adds it."""
         if not source:
             logger.warning("the model has no chat template; roles use the plain 'Role: ...' format")
             return cls.plain()
         try:
-            return _derive(_Renderer(source, bos_token, eos_token))
+            return _derive(_Renderer(source, eos_token))
         except Exception as e:  # noqa: BLE001 - any template failure means the same fallback
             logger.warning("cannot derive chat roles from the model's template (%s); using plain 'Role: ...' format", e)
             return cls.plain()
@@ -78,7 +80,7 @@ class ChatTemplate:
 class _Renderer:
     """Renders a chat template the way transformers' apply_chat_template does."""
 
-    def __init__(self, source: str, bos_token: str | None, eos_token: str | None):
+    def __init__(self, source: str, eos_token: str | None):
         from jinja2.ext import loopcontrols
         from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -87,15 +89,16 @@ class _Renderer:
         env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
         env.filters["tojson"] = lambda value, indent=None, **_: json.dumps(value, indent=indent, ensure_ascii=False)
         self._template = env.from_string(source)
-        self.bos, self.eos = bos_token or "", eos_token or ""
+        self.eos = eos_token or ""
 
     def __call__(self, turns: list[tuple[str, str]], add_generation_prompt: bool = False) -> str:
         messages = [{"role": r, "content": c} for r, c in turns]
         text = self._template.render(
-            messages=messages, add_generation_prompt=add_generation_prompt, bos_token=self.bos, eos_token=self.eos
+            messages=messages, add_generation_prompt=add_generation_prompt, bos_token=_BOS, eos_token=self.eos
         )
-        # NOTE: the server's tokenizer adds BOS itself; a BOS in the text would be doubled.
-        return text[len(self.bos) :] if self.bos and text.startswith(self.bos) else text
+        # NOTE: the server's tokenizer adds BOS itself (as it does for any prompt); a BOS
+        # written by the template would be doubled. A sentinel finds it whatever its spelling.
+        return text.removeprefix(_BOS)
 
 
 def _raise_exception(message: str) -> None:

@@ -154,12 +154,12 @@ class Program:
     def _prefetch_prefix(self, backend: Backend) -> None:
         """Cache the text every program of a batch starts with, once, before they all run."""
         try:
-            prefix = self.trace().constant_prefix(backend.chat_template)
-        except Exception:  # noqa: BLE001 - a program that cannot be traced just runs without it
-            logger.debug("no shared prefix: the program cannot be traced", exc_info=True)
-            return
-        if prefix:
-            backend.generate(prefix, SamplingParams(max_new_tokens=0))
+            traced = trace_program(self.func, (), dict(self.bind_arguments), prefix_only=True)
+            prefix = traced.constant_prefix(backend.chat_template)
+            if prefix:
+                backend.generate(prefix, SamplingParams(max_new_tokens=0))
+        except Exception:  # noqa: BLE001 - an optimization only: the programs run without it
+            logger.debug("no shared prefix sent ahead of the batch", exc_info=True)
 
 
 def _raise_first_error(state: ProgramState) -> None:

@@ -27,20 +27,44 @@ class Join(ir.Expr):
     mode: str = "gather_variable"
 
 
+_CONSTANT = (ir.Text, ir.RoleBegin, ir.RoleEnd, ir.VarScopeBegin, ir.VarScopeEnd, ir.SetVar)
+
+
+class _PrefixDone(Exception):
+    """Raised inside a prefix-only trace at the first node whose text is not known."""
+
+
+@dataclass
+class _Limits:
+    max_nodes: int
+    prefix_only: bool
+    count: int = 0
+
+
 class TracerState(StateBase):
     """Records what a program adds instead of running it."""
 
-    def __init__(self, nodes: list[ir.Expr]):
-        self.nodes = nodes
+    def __init__(self, nodes: list[ir.Expr], limits: _Limits):
+        self.nodes, self._limits = nodes, limits
 
     def _submit(self, expr: Any) -> None:
-        self.nodes.extend(ir.flatten(expr))
+        for node in ir.flatten(expr):
+            self._record(node)
+
+    def _record(self, node: ir.Expr) -> None:
+        limits = self._limits
+        if limits.prefix_only and not isinstance(node, _CONSTANT):
+            raise _PrefixDone
+        limits.count += 1
+        if limits.count > limits.max_nodes:
+            raise RuntimeError(f"trace exceeded {limits.max_nodes} nodes: does the program loop on a generated value?")
+        self.nodes.append(node)
 
     def __getitem__(self, name: str) -> ir.Variable:
         return ir.Variable(name)
 
     def __setitem__(self, name: str, value: Any) -> None:
-        self.nodes.append(ir.SetVar(name, value))
+        self._record(ir.SetVar(name, value))
 
     get_var = __getitem__
     set_var = __setitem__
@@ -50,8 +74,8 @@ class TracerState(StateBase):
 
     def fork(self, size: int = 1, position_ids_offset: Any = None) -> TracerGroup:
         node = Fork([[] for _ in range(size)])
-        self.nodes.append(node)
-        return TracerGroup([TracerState(branch) for branch in node.branches], self, 0)
+        self._record(node)
+        return TracerGroup([TracerState(branch, self._limits) for branch in node.branches], self, 0)
 
     def copy(self) -> TracerState:
         return self.fork(1)[0]
@@ -68,7 +92,7 @@ class TracerState(StateBase):
 
 class TracerGroup(ProgramStateGroup):
     def join(self, mode: str = "gather_variable") -> None:
-        self.src_state.nodes.append(Join(mode))
+        self.src_state._record(Join(mode))
 
 
 @dataclass
@@ -153,14 +177,19 @@ def _describe(node: ir.Expr) -> str:
     return node.kind
 
 
-def trace_program(func: Callable, args: tuple, kwargs: dict[str, Any]) -> TracedProgram:
+def trace_program(
+    func: Callable, args: tuple, kwargs: dict[str, Any], max_nodes: int = 100_000, prefix_only: bool = False
+) -> TracedProgram:
     """Run `func(state, *args, **kwargs)` against a TracerState; unbound parameters become
-    `Argument` placeholders."""
-    state = TracerState([])
+    `Argument` placeholders. `prefix_only` stops at the first node whose text is unknown."""
+    state = TracerState([], _Limits(max_nodes, prefix_only))
     bound = inspect.signature(func).bind_partial(state, *args, **kwargs)
     for name, param in inspect.signature(func).parameters.items():
         plain = param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY)
         if plain and name not in bound.arguments and param.default is param.empty:
             bound.arguments[name] = ir.Argument(name)
-    func(*bound.args, **bound.kwargs)
+    try:
+        func(*bound.args, **bound.kwargs)
+    except _PrefixDone:
+        pass
     return TracedProgram(state.nodes)

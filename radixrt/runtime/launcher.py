@@ -15,7 +15,7 @@ import logging
 import shutil
 import signal
 import socket
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterator
 from typing import Any, TypeVar
 
 import uvicorn
@@ -128,21 +128,31 @@ async def _until_end(worker: asyncio.subprocess.Process, stop: asyncio.Event, fr
     return 1
 
 
+class _HttpServer(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield  # the launcher owns SIGINT/SIGTERM
+
+
 async def _start_http(app: Any, sock: socket.socket, log_level: str) -> tuple[uvicorn.Server, asyncio.Task[None]]:
     level = "info" if log_level == "debug" else "warning"
     config = uvicorn.Config(app, log_level=level, access_log=False, lifespan="off", timeout_graceful_shutdown=2)
-    server = uvicorn.Server(config)
-    await server.startup(sockets=[sock])
-    return server, asyncio.ensure_future(server.main_loop())
+    server = _HttpServer(config)
+    task = asyncio.ensure_future(server.serve(sockets=[sock]))
+    while not server.started:
+        if task.done():
+            task.result()
+            raise RuntimeError("the HTTP server did not start")
+        await asyncio.sleep(0.02)
+    return server, task
 
 
 async def _stop_http(http: tuple[uvicorn.Server, asyncio.Task[None]], frontend: Frontend) -> None:
-    server, main_loop = http
+    server, task = http
     if frontend.worker_error is None:
         frontend.fail_all("the server is shutting down")  # ends open streams, so connections close
     server.should_exit = True
-    await main_loop
-    await server.shutdown()
+    await task
 
 
 async def _stop_worker(worker: asyncio.subprocess.Process) -> None:

@@ -18,6 +18,7 @@ _ARCH_BY_MODEL_TYPE = {
     "qwen2": "Qwen2ForCausalLM",
 }
 _ROPE_TYPES = ("llama3", "linear")
+DEFAULT_MAX_POSITIONS = 4096
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,9 @@ class RopeScaling:
 
     def __post_init__(self) -> None:
         if self.rope_type not in _ROPE_TYPES:
-            raise ValueError(f"unsupported rope scaling {self.rope_type!r}; supported: {_ROPE_TYPES}")
+            raise ValueError(
+                f"unsupported rope scaling {self.rope_type!r}; supported: {_ROPE_TYPES}"
+            )
         if self.factor <= 0:
             raise ValueError(f"rope scaling factor must be > 0, got {self.factor}")
         if self.rope_type == "llama3" and self.high_freq_factor <= self.low_freq_factor:
@@ -65,9 +68,16 @@ class ModelConfig:
             raise ValueError(
                 f"unsupported architecture {self.architecture!r}; supported: {SUPPORTED_ARCHITECTURES}"
             )
-        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                     "num_attention_heads", "num_key_value_heads", "head_dim",
-                     "max_position_embeddings"):
+        for name in (
+            "vocab_size",
+            "hidden_size",
+            "intermediate_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "num_key_value_heads",
+            "head_dim",
+            "max_position_embeddings",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.num_attention_heads % self.num_key_value_heads:
@@ -120,7 +130,7 @@ class ModelConfig:
             rms_norm_eps=float(d.get("rms_norm_eps", 1e-6)),
             rope_theta=rope_theta,
             rope_scaling=rope_scaling,
-            max_position_embeddings=int(d.get("max_position_embeddings", 4096)),
+            max_position_embeddings=int(d.get("max_position_embeddings", DEFAULT_MAX_POSITIONS)),
             tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
             # NOTE: Qwen2 always has q/k/v biases; its config has no such field.
             attention_bias=bool(d.get("attention_bias", arch == "Qwen2ForCausalLM")),
@@ -157,7 +167,7 @@ def _rope(d: dict[str, Any]) -> tuple[float, RopeScaling | None]:
         high_freq_factor=float(params.get("high_freq_factor", 4.0)),
         original_max_position_embeddings=int(
             params.get("original_max_position_embeddings")
-            or d.get("max_position_embeddings", 8192)
+            or d.get("max_position_embeddings", DEFAULT_MAX_POSITIONS)
         ),
     )
     return theta, scaling

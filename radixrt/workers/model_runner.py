@@ -69,18 +69,17 @@ class ModelRunner:
         return 2 * layers * heads * dim * torch.empty(0, dtype=self.dtype).element_size()
 
     def suggest_num_slots(self, mem_fraction: float = 0.8) -> int:
-        """KV slots (padding slot included) that fit in `mem_fraction` of the free memory.
-
-        CUDA: free device memory after the weights are loaded. CPU: enough for 64k tokens,
-        bounded by the available RAM.
+        """Usable KV slots (tokens; the pool's padding slot not counted) for `mem_fraction`
+        of the free memory. CUDA: free device memory once the weights are loaded. CPU:
+        enough for 64k tokens, bounded by the available RAM.
         """
         if not 0 < mem_fraction <= 1:
             raise ValueError(f"mem_fraction must be in (0, 1], got {mem_fraction}")
         if self.device.type == "cuda":
             free, _ = torch.cuda.mem_get_info(self.device)
-            return max(2, int(free * mem_fraction) // self.bytes_per_slot())
+            return max(1, int(free * mem_fraction) // self.bytes_per_slot() - 1)
         fit = int(_available_ram() * mem_fraction) // self.bytes_per_slot()
-        return max(2, min(CPU_DEFAULT_SLOTS + 1, fit))
+        return max(1, min(CPU_DEFAULT_SLOTS, fit))
 
     @torch.inference_mode()
     def forward(self, batch: ForwardBatch, kv_pool: KVBuffers) -> torch.Tensor:
@@ -108,7 +107,7 @@ def resolve_device(device: str) -> torch.device:
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """"auto": bfloat16 on CUDA and on CPUs with native bf16 math, else float32."""
+    """ "auto": bfloat16 on CUDA and on CPUs with native bf16 math, else float32."""
     if dtype == "auto":
         fast_bf16 = device.type == "cuda" or cpu_has_fast_bf16()
         return torch.bfloat16 if fast_bf16 else torch.float32
@@ -146,4 +145,3 @@ def _available_ram() -> int:
     except OSError:
         pass
     return 8 * 1024**3
-

@@ -37,7 +37,7 @@ def iter_safetensors(model_dir: str | Path) -> Iterator[tuple[str, torch.Tensor]
         )
     for path in files:
         with safe_open(str(path), framework="pt", device="cpu") as f:
-            for name in f.keys():
+            for name in f.keys():  # noqa: SIM118 (safe_open is not a dict)
                 yield name, f.get_tensor(name)
 
 
@@ -59,7 +59,9 @@ def load_safetensors(model: nn.Module, model_dir: str | Path) -> None:
             unexpected.append(name)
             continue
         if param.shape != tensor.shape:
-            raise ValueError(f"{name}: checkpoint shape {tuple(tensor.shape)} != {tuple(param.shape)}")
+            raise ValueError(
+                f"{name}: checkpoint shape {tuple(tensor.shape)} != {tuple(param.shape)}"
+            )
         with torch.no_grad():
             param.copy_(tensor)
         loaded.add(name)

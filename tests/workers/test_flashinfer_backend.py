@@ -47,7 +47,7 @@ def test_flashinfer_matches_torch_reference(requests, dtype):
         )
         for _ in range(LAYERS)
     ]
-    common = dict(num_heads=HEADS, num_kv_heads=KV_HEADS, head_dim=HEAD_DIM, dtype=dtype)
+    common = {"num_heads": HEADS, "num_kv_heads": KV_HEADS, "head_dim": HEAD_DIM, "dtype": dtype}
     reference = run_layers(create_backend("torch", "cuda", **common), batch, pool, qkv)
     flash = run_layers(create_backend("flashinfer", "cuda", **common), batch, pool, qkv)
     for layer, (ref, out) in enumerate(zip(reference, flash)):

@@ -18,15 +18,15 @@ from radixrt.radix_cache.pool import KVPool
 from radixrt.workers.forward_batch import ForwardBatch
 from radixrt.workers.model_runner import ModelRunner
 
-SHAPE = dict(
-    hidden_size=64,
-    intermediate_size=96,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    vocab_size=256,
-    max_position_embeddings=128,
-    initializer_range=0.1,
-)
+SHAPE = {
+    "hidden_size": 64,
+    "intermediate_size": 96,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "vocab_size": 256,
+    "max_position_embeddings": 128,
+    "initializer_range": 0.1,
+}
 CONFIGS = {
     "llama_tied": lambda: LlamaConfig(**SHAPE, num_hidden_layers=2, tie_word_embeddings=True),
     "llama3_rope_bias": lambda: LlamaConfig(
@@ -154,8 +154,8 @@ def test_prefix_cached_extend_equals_one_shot_prefill(tiny_model):
     runner = ModelRunner(path, dtype="float32", device="cpu", attention_backend="torch")
     pool = KVPool(64, *runner.kv_shape(), dtype=torch.float32)
     tokens = torch.arange(3, 23).tolist()
-    (one_shot, _), = run_step(runner, pool, [(Seq(tokens), 20, True)])
+    ((one_shot, _),) = run_step(runner, pool, [(Seq(tokens), 20, True)])
     cached = Seq(tokens)
     run_step(runner, pool, [(cached, 12, False)])
-    (extended, _), = run_step(runner, pool, [(cached, 8, True)])
+    ((extended, _),) = run_step(runner, pool, [(cached, 8, True)])
     torch.testing.assert_close(extended, one_shot[12:], rtol=1e-5, atol=1e-5)

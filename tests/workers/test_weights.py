@@ -13,8 +13,15 @@ from radixrt.radix_cache.pool import KVPool
 from radixrt.workers.forward_batch import ForwardBatch
 from radixrt.workers.model_runner import ModelRunner
 
-CONFIG = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-              num_key_value_heads=2, vocab_size=64, max_position_embeddings=64)
+CONFIG = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "vocab_size": 64,
+    "max_position_embeddings": 64,
+}
 
 
 def save_tiny(path, **save_kwargs):

@@ -60,7 +60,7 @@ class RuntimeEndpoint(Backend):
         info = self.model_info()
         with self._info_lock:
             if self._template is None:
-                self._template = ChatTemplate.from_jinja(info.chat_template, info.bos_token, info.eos_token)
+                self._template = ChatTemplate.from_jinja(info.chat_template, info.eos_token)
             return self._template
 
     def generate(

@@ -33,6 +33,8 @@ def create_backend(
         name = "flashinfer" if usable else "torch"
     if name == "torch":
         return TorchAttentionBackend(num_heads, num_kv_heads, head_dim, scale)
-    from radixrt.workers.layers.attention.flashinfer_backend import FlashInferAttentionBackend
+    from radixrt.workers.layers.attention import flashinfer_backend
 
-    return FlashInferAttentionBackend(num_heads, num_kv_heads, head_dim, dtype, device, scale)
+    return flashinfer_backend.FlashInferAttentionBackend(
+        num_heads, num_kv_heads, head_dim, dtype, device, scale
+    )

@@ -48,15 +48,20 @@ class FlashInferAttentionBackend(AttentionBackend):
         self._out_slots = batch.out_slots
         kv_indices = batch.kv_indices.to(torch.int32)
         last_page_len = torch.ones(batch.batch_size, dtype=torch.int32, device=self.device)
-        common = dict(q_data_type=self.dtype, kv_data_type=self.dtype, sm_scale=self.scale)
+        common = {"q_data_type": self.dtype, "kv_data_type": self.dtype, "sm_scale": self.scale}
         heads = (self.num_heads, self.num_kv_heads, self.head_dim, 1)  # page size 1
         if batch.is_decode:
             self._decode.plan(batch.kv_indptr, kv_indices, last_page_len, *heads, **common)
             self._wrapper = self._decode
         else:
             self._prefill.plan(
-                batch.qo_indptr, batch.kv_indptr, kv_indices, last_page_len, *heads,
-                causal=True, **common,
+                batch.qo_indptr,
+                batch.kv_indptr,
+                kv_indices,
+                last_page_len,
+                *heads,
+                causal=True,
+                **common,
             )
             self._wrapper = self._prefill
 

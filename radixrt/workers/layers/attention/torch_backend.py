@@ -42,7 +42,9 @@ class _Extend:
 class TorchAttentionBackend(AttentionBackend):
     """Reference backend; see the module docstring."""
 
-    def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, scale: float | None = None):
+    def __init__(
+        self, num_heads: int, num_kv_heads: int, head_dim: int, scale: float | None = None
+    ):
         super().__init__(num_heads, num_kv_heads, head_dim, scale)
         self._out_slots: torch.Tensor | None = None
         self._decode: _DecodeGroup | None = None
@@ -57,7 +59,9 @@ class TorchAttentionBackend(AttentionBackend):
         if decode_ids:
             all_decode = len(decode_ids) == batch.batch_size
             rows = None if all_decode else [q_starts[i] for i in decode_ids]
-            self._decode = _prepare_decode(batch, decode_ids, [kv_starts[i] for i in decode_ids], rows)
+            self._decode = _prepare_decode(
+                batch, decode_ids, [kv_starts[i] for i in decode_ids], rows
+            )
         self._extends = [
             _prepare_extend(batch, i, q_starts[i], kv_starts[i])
             for i, n in enumerate(batch.extend_lens)
