@@ -7,7 +7,7 @@ One character is one token. Replies are exact, so tests can assert text, not sha
 - score: logprobs from `scores[continuation]` (default -1.0 per character).
 - a prompt containing a key of `errors` gets ErrorReply(400, errors[key], "text").
 - `hold` > 1 keeps generate replies until that many are pending (or 0.3 s pass), then answers
-  them newest first: concurrent requests get interleaved, out-of-order replies.
+  them newest first, stream chunks round-robin: concurrent requests get interleaved replies.
 """
 
 from __future__ import annotations
@@ -114,10 +114,13 @@ class FakeServer:
             self._pending = [(i, r) for i, r in self._pending if r.rid != msg.rid]
 
     def _flush(self) -> None:
+        """Answer the held requests newest first, their stream chunks interleaved round-robin."""
         batch, self._pending = self._pending, []
-        for ident, req in reversed(batch):
-            for reply in self._generate(req):
-                self._send(ident, reply)
+        queues = [(ident, self._generate(req)) for ident, req in reversed(batch)]
+        while queues:
+            for ident, replies in queues:
+                self._send(ident, replies.pop(0))
+            queues = [(ident, replies) for ident, replies in queues if replies]
 
     def _generate(self, req: p.GenerateRequest) -> list[p.ServerMsg]:
         prompt = req.text or ""
