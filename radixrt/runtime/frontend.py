@@ -24,6 +24,7 @@ from radixrt.runtime.zmq_io import FrontendWorkerLink
 logger = logging.getLogger(__name__)
 
 _END = object()  # queued after a request's last message
+COUNTERS = ("requests_received", "requests_served", "requests_failed", "requests_aborted")
 
 
 class Handler(Protocol):
@@ -188,7 +189,7 @@ class Frontend:
 
     def frontend_stats(self) -> dict[str, Any]:
         return {
-            **{k: self.counters[k] for k in ("requests_received", "requests_served", "requests_failed", "requests_aborted")},
+            **{k: self.counters[k] for k in COUNTERS},
             "requests_in_flight": self.in_flight,
             "worker_pid": self.worker_pid,
             "worker_alive": self.worker_error is None,
@@ -220,18 +221,27 @@ class Frontend:
         stream = self._streams.get(out.rid)
         if stream is None:
             return  # aborted or already failed: late outputs are dropped
-        for client_msg in stream.handler.on_output(out):
+        try:
+            client_msgs = stream.handler.on_output(out)
+        except Exception as e:  # one request's failure (e.g. detokenizing) ends that request only
+            logger.exception("request %s failed", stream.rid)
+            self._fail(stream, ErrorReply(rid=stream.rid, status=500, message=f"internal error: {e}"))
+            return
+        for client_msg in client_msgs:
             stream.queue.put_nowait(client_msg)
         if stream.handler.finished:
             self._finish(stream, "requests_served")
 
     def _on_error(self, err: ErrorOut) -> None:
         stream = self._streams.get(err.rid)
-        if stream is None:
-            return
-        stream.queue.put_nowait(stream.handler.on_error(err))
-        for rid in stream.handler.worker_rids:  # n > 1: the siblings are useless now
-            if rid != err.rid and rid in self._streams:
+        if stream is not None:
+            self._fail(stream, stream.handler.on_error(err), gone=err.rid)
+
+    def _fail(self, stream: Stream, reply: ErrorReply, gone: str | None = None) -> None:
+        """End a request with `reply`; the worker drops its other sequences (n > 1)."""
+        stream.queue.put_nowait(reply)
+        for rid in stream.handler.worker_rids:
+            if rid != gone and rid in self._streams:
                 self.link.send(protocol.Abort(rid=rid))
         self._finish(stream, "requests_failed")
 

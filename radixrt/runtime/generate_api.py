@@ -19,6 +19,7 @@ from radixrt.runtime.protocol import ErrorReply, GenerateChunk, GenerateRequest,
 SAMPLING_FIELDS = frozenset(SamplingParams.__struct_fields__)
 UNSUPPORTED = ("image_data", "input_embeds", "lora_path", "custom_logit_processor", "return_hidden_states")
 UNSUPPORTED_SAMPLING = ("stop_regex", "custom_params", "ebnf", "structural_tag")
+PER_PROMPT = (("rid", str), ("return_logprob", bool), ("logprob_start_len", int), ("top_logprobs_num", int))
 _PATH = re.compile(r"at `\$\.?(\w+)?")
 
 
@@ -42,13 +43,9 @@ def parse_generate(body: Any) -> GenerateCall:
     k = len(prompts)
     if k == 0:
         raise InvalidRequest("the prompt list is empty", "text" if body.get("text") is not None else "input_ids")
-    items = {
-        "sampling": [sampling_params(p) for p in _per_item(body, "sampling_params", k, is_batch)],
-        "rid": [_typed(r, str, "rid") for r in _per_item(body, "rid", k, is_batch)],
-        "return_logprob": [_typed(v, bool, "return_logprob") for v in _per_item(body, "return_logprob", k, is_batch)],
-        "logprob_start_len": [_typed(v, int, "logprob_start_len") for v in _per_item(body, "logprob_start_len", k, is_batch)],
-        "top_logprobs_num": [_typed(v, int, "top_logprobs_num") for v in _per_item(body, "top_logprobs_num", k, is_batch)],
-    }
+    items = {"sampling": [sampling_params(p) for p in _per_item(body, "sampling_params", k, is_batch)]}
+    for name, tp in PER_PROMPT:
+        items[name] = [_typed(v, tp, name) for v in _per_item(body, name, k, is_batch)]
     stream = bool(_typed(body.get("stream"), bool, "stream"))
     requests = []
     for i, (text, ids) in enumerate(prompts):
@@ -152,9 +149,9 @@ class StreamText:
         return {**event, "index": index} if with_index else event
 
     def result_event(self, index: int, result: GenerateResult, with_index: bool) -> dict[str, Any] | None:
-        """The final result, unless the chunks already showed exactly this text."""
-        if self.text.get(index) == result.text:
+        """The final result, unless the chunks already showed exactly this text and these ids."""
+        if self.text.get(index) == result.text and self.ids.get(index) == result.output_ids:
             return None
-        self.text[index] = result.text
+        self.text[index], self.ids[index] = result.text, list(result.output_ids)
         event = result_json(result)
         return {**event, "index": index} if with_index else event

@@ -18,7 +18,7 @@ from typing import Any
 
 import msgspec
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 
 from radixrt.errors import InvalidRequest, Overloaded, RadixRTError
 from radixrt.runtime import protocol
@@ -53,6 +53,11 @@ class HttpOptions:
     disconnect_poll: float = 0.5
 
 
+def _json(content: Any, status_code: int = 200) -> Response:
+    """msgspec encodes -inf logprobs as null, where json.dumps(allow_nan=False) would fail."""
+    return Response(msgspec.json.encode(content), status_code=status_code, media_type="application/json")
+
+
 class ApiKeyGuard:
     """ASGI middleware: `Authorization: Bearer KEY` on every path but the health checks."""
 
@@ -65,7 +70,7 @@ class ApiKeyGuard:
             given = dict(scope["headers"]).get(b"authorization", b"")
             if not hmac.compare_digest(given, self.expected):
                 body = error_json(401, "missing or wrong API key (Authorization: Bearer KEY)")
-                await JSONResponse(body, status_code=401)(scope, receive, send)
+                await _json(body, status_code=401)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
@@ -92,6 +97,7 @@ def create_app(frontend: Frontend, args: ServerArgs, options: HttpOptions | None
         app.add_middleware(ApiKeyGuard, api_key=args.api_key)
     app.add_exception_handler(RadixRTError, _radixrt_error)
     app.add_exception_handler(ReplyError, _reply_error)
+    app.add_exception_handler(Exception, _internal_error)
     namespaces = itertools.count()
 
     @app.post("/generate")
@@ -105,7 +111,7 @@ def create_app(frontend: Frontend, args: ServerArgs, options: HttpOptions | None
         if results is None:
             return Response(status_code=499)  # nobody is listening
         many = call.is_batch or len(results) > 1
-        return JSONResponse([result_json(r) for r in results] if many else result_json(results[0]))
+        return _json([result_json(r) for r in results] if many else result_json(results[0]))
 
     @app.get("/health")
     @app.get("/health_generate")
@@ -113,45 +119,49 @@ def create_app(frontend: Frontend, args: ServerArgs, options: HttpOptions | None
         try:
             await frontend.control(protocol.GetStats(), opts.health_timeout)
         except Overloaded as e:
-            return JSONResponse(error_json(503, str(e)), status_code=503)
-        return JSONResponse({"status": "ok"})
+            return _json(error_json(503, str(e)), status_code=503)
+        return _json({"status": "ok"})
 
     @app.get("/get_model_info")
     async def model_info() -> Response:
         info = msgspec.structs.asdict(frontend.tm.model_info())
-        return JSONResponse({**info, "tokenizer_path": info["model_path"], "is_generation": True})
+        return _json({**info, "tokenizer_path": info["model_path"], "is_generation": True})
 
     @app.get("/get_server_info")
     async def server_info() -> Response:
         public = {k: v for k, v in dataclasses.asdict(args).items() if k != "api_key"}
-        return JSONResponse({**public, **frontend.frontend_stats()})
+        return _json({**public, **frontend.frontend_stats()})
 
     @app.api_route("/flush_cache", methods=["GET", "POST"])
     async def flush_cache() -> Response:
         answer = await frontend.control(protocol.FlushCache(), opts.control_timeout)
-        return JSONResponse(answer)
+        return _json(answer)
 
     @app.get("/stats")
     async def stats() -> Response:
-        return JSONResponse(await frontend.stats(opts.control_timeout))
+        return _json(await frontend.stats(opts.control_timeout))
 
     return app
 
 
 async def _radixrt_error(_request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RadixRTError)
-    return JSONResponse(error_json(exc.status, str(exc), getattr(exc, "param", None)), status_code=exc.status)
+    return _json(error_json(exc.status, str(exc), getattr(exc, "param", None)), status_code=exc.status)
+
+
+async def _internal_error(_request: Request, exc: Exception) -> Response:
+    return _json(error_json(500, f"internal error: {exc}"), status_code=500)
 
 
 async def _reply_error(_request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ReplyError)
-    return JSONResponse(reply_error_json(exc.reply), status_code=exc.reply.status)
+    return _json(reply_error_json(exc.reply), status_code=exc.reply.status)
 
 
 def _submit_all(frontend: Frontend, prepared: list[Any], client_rids: list[str]) -> list[Stream]:
     streams: list[Stream] = []
     try:
-        for p, rid in zip(prepared, client_rids):
+        for p, rid in zip(prepared, client_rids, strict=True):
             streams.append(frontend.submit(p, rid))
     except BaseException:
         for stream in streams:

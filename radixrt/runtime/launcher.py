@@ -59,6 +59,8 @@ async def serve(args: ServerArgs) -> int:
 
     stop = _stop_on_signals()
     model_dir = await asyncio.to_thread(resolve_model, args.model)
+    if stop.is_set():
+        return 0
     args = args.replace(model=str(model_dir))
     async with contextlib.AsyncExitStack() as stack:
         ipc_dir = args.make_ipc_dir()
@@ -71,6 +73,7 @@ async def serve(args: ServerArgs) -> int:
         stack.callback(link.close)
         worker = await asyncio.create_subprocess_exec(*worker_argv(args, ipc_dir), start_new_session=True)
         stack.push_async_callback(_stop_worker, worker)
+        logger.info("worker %d is loading %s; HTTP will listen on %s:%d", worker.pid, model_dir, args.host, args.port)
         ready = await _unless_stopped(stop, link.wait_ready(lambda: worker.returncode is None, READY_TIMEOUT_S))
         if ready is None:
             return 0

@@ -36,18 +36,19 @@ class GenerateRequest(_Msg):
 
 class AbortRequest(_Msg):
     rid: str
+    api_key: str | None = None
 
 
 class FlushCache(_Msg):
-    pass
+    api_key: str | None = None
 
 
 class GetStats(_Msg):
-    pass
+    api_key: str | None = None
 
 
 class GetModelInfo(_Msg):
-    pass
+    api_key: str | None = None
 
 
 class ScoreRequest(_Msg):

@@ -130,6 +130,7 @@ class _SubState:
         self.tokenized = tokenized
         self.detok = IncrementalDetokenizer(tm.tokenizer, tokenized.sampling.skip_special_tokens)
         self.shown = 0  # characters of detok.text already streamed
+        self.ids_shown = 0  # output ids already streamed
         self.finish_reason: dict[str, Any] | None = None
         self.meta: dict[str, Any] = {}
         self.output_logprobs: list[float] = []
@@ -199,7 +200,9 @@ class RequestState:
         delta = sub.add(out)
         msgs: list[GenerateChunk | GenerateResult] = []
         if self.req.stream and (delta or out.finish_reason is not None) and len(self.subs) == 1:
-            msgs.append(GenerateChunk(rid=self.req.rid, text=delta, output_ids=out.new_ids, meta_info=self._meta(sub)))
+            ids = sub.detok.ids[sub.ids_shown :]
+            sub.ids_shown = len(sub.detok.ids)
+            msgs.append(GenerateChunk(rid=self.req.rid, text=delta, output_ids=ids, meta_info=self._meta(sub)))
         if self.finished:
             msgs.extend(self.results())
         return msgs

@@ -48,7 +48,7 @@ class ZmqServer:
             raise OSError(f"cannot bind the ZMQ socket at {address}: {e}") from None
         self._encoder = protocol.encoder()
         self._decoder = protocol.decoder(ClientMsg)
-        self._tasks: dict[tuple[bytes, str], asyncio.Task[None]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
 
     async def run(self, frontend: Frontend) -> None:
         self.frontend = frontend
@@ -60,8 +60,9 @@ class ZmqServer:
                 logger.exception("zmq: failed to handle a frame")
 
     async def handle(self, frames: list[bytes]) -> None:
-        """One client frame: [identity, (delimiter,) payload]."""
-        if len(frames) < 2:
+        """One client message: [identity, payload] (DEALER) or [identity, b"", payload] (REQ-style)."""
+        if len(frames) not in (2, 3) or (len(frames) == 3 and frames[1]):
+            logger.warning("zmq client: dropped a message of %d frames", len(frames))
             return
         route, payload = frames[:-1], frames[-1]
         msg = decode_or_drop(self._decoder, payload, "zmq client")
@@ -77,9 +78,10 @@ class ZmqServer:
         if isinstance(msg, (protocol.GenerateRequest, protocol.ScoreRequest)):
             self._start(route, namespace, msg)
         elif isinstance(msg, protocol.AbortRequest):
-            self.frontend.request_abort(namespace + msg.rid)
-        else:
-            await self._send(route, await self._control(msg))
+            if self._key_ok(msg.api_key):
+                self.frontend.request_abort(namespace + msg.rid)
+        else:  # a control call waits for the worker: never in the receive loop
+            self._spawn(self._answer_control(route, msg))
 
     def _start(self, route: list[bytes], namespace: str, msg: Any) -> None:
         try:
@@ -88,15 +90,20 @@ class ZmqServer:
             stream = self.frontend.score(msg, namespace) if is_score else self.frontend.generate(msg, namespace)
         except RadixRTError as e:
             reply = ErrorReply(rid=msg.rid, status=e.status, message=str(e), param=getattr(e, "param", None))
-            asyncio.ensure_future(self._send(route, reply))
+            self._spawn(self._send(route, reply))
             return
-        key = (route[0], msg.rid)
-        task = asyncio.ensure_future(self._pump(route, stream))
-        self._tasks[key] = task
-        task.add_done_callback(lambda _t: self._tasks.pop(key, None))
+        self._spawn(self._pump(route, stream))
+
+    def _spawn(self, work: Any) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _key_ok(self, given: str | None) -> bool:
+        return self.api_key is None or hmac.compare_digest((given or "").encode(), self.api_key)
 
     def _check_key(self, given: str | None) -> None:
-        if self.api_key is not None and not hmac.compare_digest((given or "").encode(), self.api_key):
+        if not self._key_ok(given):
             raise Unauthorized("missing or wrong api_key")
 
     async def _pump(self, route: list[bytes], stream: Stream) -> None:
@@ -107,16 +114,19 @@ class ZmqServer:
         finally:
             stream.close()
 
-    async def _control(self, msg: Any) -> Any:
+    async def _answer_control(self, route: list[bytes], msg: Any) -> None:
         try:
+            self._check_key(msg.api_key)
             if isinstance(msg, protocol.GetModelInfo):
-                return self.frontend.tm.model_info()
-            if isinstance(msg, protocol.FlushCache):
-                answer = await self.frontend.control(msg, self.control_timeout)
-                return protocol.Ack(ok=bool(answer.get("flushed", False)))
-            return protocol.StatsReply(stats=await self.frontend.stats(self.control_timeout))
+                answer: Any = self.frontend.tm.model_info()
+            elif isinstance(msg, protocol.FlushCache):
+                flushed = await self.frontend.control(msg, self.control_timeout)
+                answer = protocol.Ack(ok=bool(flushed.get("flushed", False)))
+            else:
+                answer = protocol.StatsReply(stats=await self.frontend.stats(self.control_timeout))
         except RadixRTError as e:
-            return ErrorReply(rid="", status=e.status, message=str(e))
+            answer = ErrorReply(rid="", status=e.status, message=str(e))
+        await self._send(route, answer)
 
     async def _send(self, route: list[bytes], msg: Any) -> bool:
         """Send to one client; False when it has gone (its work is then abandoned)."""
@@ -128,7 +138,7 @@ class ZmqServer:
             return False
 
     def close(self) -> None:
-        for task in list(self._tasks.values()):
+        for task in list(self._tasks):
             task.cancel()
         self.sock.close(linger=0)
         self.ctx.term()
