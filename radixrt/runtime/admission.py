@@ -17,6 +17,7 @@ from radixrt.runtime.req import Req
 
 DECODE_RESERVE_CLIP = 256  # decode tokens reserved per request at most (retraction covers the rest)
 IN_BATCH_SHARE_MIN = 32  # defer a request sharing this many uncached tokens with one admitted this step
+LPM_MAX_WAITING = 256  # prefix-aware ordering up to this queue length
 
 Plan = list[tuple[Req, int]]
 
@@ -59,9 +60,12 @@ class Admission:
         planned = {id(r): n for r, n in plan}
         ratio = self.args.decode_reserve_ratio
         reserved = sum(r.pending - planned.get(id(r), 0) + r.decode_reserve(DECODE_RESERVE_CLIP, ratio) for r in running)
-        matches = {id(r): self.cache.match_len(r) for r in waiting} if self.args.schedule_policy != "fcfs" else {}
+        # NOTE: matching every waiting request each step costs a tree walk each; past
+        # LPM_MAX_WAITING the order falls back to arrival (in-batch sharing still applies).
+        policy = self.args.schedule_policy if len(waiting) <= LPM_MAX_WAITING else "fcfs"
+        matches = {id(r): self.cache.match_len(r) for r in waiting} if policy != "fcfs" else {}
         order = order_waiting(
-            self.args.schedule_policy,
+            policy,
             waiting,
             lambda r: matches.get(id(r), 0),
             self.args.max_wait_passes,
@@ -96,24 +100,11 @@ class Admission:
         return admitted
 
     def _shares_with_batch(self, req: Req, admitted: Plan, cached: int) -> bool:
+        """Whether req shares IN_BATCH_SHARE_MIN uncached tokens with a request admitted this step."""
         if self.cache.disabled or req.wait_passes >= self.args.max_wait_passes:
             return False
-        ids = req.fill_ids(0, req.max_reusable_prefix)
-        for other, _ in admitted:
-            if _common_prefix_len(ids, other.input_ids) >= cached + IN_BATCH_SHARE_MIN:
-                return True
-        return False
-
-
-def _common_prefix_len(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    if a[:n] == b[:n]:
-        return n
-    lo, hi = 0, n  # binary search on slice equality: C-speed compares instead of a Python loop
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if a[:mid] == b[:mid]:
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
+        k = cached + IN_BATCH_SHARE_MIN
+        if req.max_reusable_prefix < k:
+            return False
+        head = req.fill_ids(0, k)
+        return any(other.fill_ids(0, k) == head for other, _ in admitted)
