@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: setup
-	$(PY) -m radixrt demo
+	$(PY) examples/react_agent.py
 
 test: setup
 	$(PY) -m pytest -q -x tests

@@ -6,6 +6,7 @@ Only plain bytes cross the pipe (no pickle).
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import struct
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 _WORKER = Path(__file__).with_name("compile_worker.py")
 
@@ -33,12 +35,15 @@ class CompileProcess:
         self._argv = [sys.executable, str(_WORKER), str(max_states), str(memory_limit_bytes)]
         self._proc: subprocess.Popen | None = None
 
-    def compile(self, regex: str, time_limit_s: float) -> tuple[bytes, int]:
-        """(serialised Index, number of states); raises CompileError or CompileTimeout."""
+    def compile(self, request: dict[str, Any], time_limit_s: float) -> tuple[str, bytes, int]:
+        """(regex, serialised Index, number of states) of a compile request (see compile_worker).
+
+        Raises CompileError or CompileTimeout.
+        """
         proc = self._started()
         deadline = time.monotonic() + time_limit_s
         try:
-            _write_frame(proc, regex.encode())
+            _write_frame(proc, json.dumps(request).encode())
             reply = self._read_frame(proc, deadline)
         except (BrokenPipeError, EOFError):
             self.close()
@@ -48,8 +53,8 @@ class CompileProcess:
             raise CompileTimeout(f"compiling the grammar took longer than {time_limit_s:g}s") from None
         if reply[:1] == b"E":
             raise CompileError(reply[1:].decode(errors="replace"))
-        (num_states,) = struct.unpack_from(">I", reply, 1)
-        return reply[5:], num_states
+        num_states, regex_len = struct.unpack_from(">II", reply, 1)
+        return reply[9 : 9 + regex_len].decode(), reply[9 + regex_len :], num_states
 
     def close(self) -> None:
         """Kill the child (if running) and reap it."""

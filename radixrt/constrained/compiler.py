@@ -27,7 +27,11 @@ import outlines_core
 
 from radixrt.constrained import sources
 from radixrt.constrained.cache import ByteLRU, DiskCache
-from radixrt.constrained.compile_process import CompileError, CompileProcess, CompileTimeout
+from radixrt.constrained.compile_process import (
+    CompileError,
+    CompileProcess,
+    CompileTimeout,
+)
 from radixrt.constrained.grammar import CompiledGrammar
 from radixrt.constrained.vocabulary import load_token_table
 from radixrt.errors import InvalidRequest
@@ -112,7 +116,7 @@ class GrammarCompiler:
         for process in self._all_processes:
             process.close()
 
-    def __enter__(self) -> GrammarCompiler:
+    def __enter__(self):
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -127,7 +131,7 @@ class GrammarCompiler:
                 self._failures.put(key, exc, 1)
                 del self._inflight[key]
             future.set_exception(exc)
-        except Exception as exc:  # an internal error: report it to this request only
+        except Exception as exc:  # noqa: BLE001 - an internal error fails this request only, not the thread
             with self._lock:
                 del self._inflight[key]
             future.set_exception(exc)
@@ -138,7 +142,7 @@ class GrammarCompiler:
             future.set_result(grammar)
 
     def _load_or_compile(self, kind: str, source: str) -> CompiledGrammar:
-        grammar_source = sources.to_regex(kind, source, self.whitespace_pattern)
+        grammar_source = sources.prepare(kind, source, self.whitespace_pattern)
         disk_key = self._disk_key(kind, source)
         data = self._disk.get(disk_key) if self._disk else None
         if data is not None:
@@ -150,20 +154,20 @@ class GrammarCompiler:
                 with self._lock:
                     self._stats["disk_hits"] += 1
                 return grammar
-        grammar = self._compile(kind, grammar_source.regex)
+        grammar = self._compile(kind, grammar_source)
         if self._disk:
             self._disk.put(disk_key, grammar.to_bytes())
         return grammar
 
-    def _compile(self, kind: str, regex: str) -> CompiledGrammar:
+    def _compile(self, kind: str, grammar_source: sources.GrammarSource) -> CompiledGrammar:
         process = self._processes.get()
         start = time.perf_counter()
         try:
-            binary, num_states = process.compile(regex, self.time_limit_s)
+            regex, binary, num_states = process.compile(grammar_source.request(), self.time_limit_s)
         except CompileTimeout as exc:
             raise InvalidRequest(f"grammar is too complex: {exc}", kind) from None
         except CompileError as exc:
-            raise InvalidRequest(_explain(regex, str(exc)), kind) from None
+            raise InvalidRequest(_explain(grammar_source.regex, str(exc)), kind) from None
         finally:
             self._processes.put(process)
         seconds = time.perf_counter() - start
@@ -186,12 +190,14 @@ def _done(value: CompiledGrammar | BaseException) -> Future:
     return future
 
 
-def _explain(regex: str, message: str) -> str:
-    """A user-facing reason for a failed compile."""
+def _explain(regex: str | None, message: str) -> str:
+    """A user-facing reason for a failed compile (`regex` None for a JSON schema)."""
     first_line = message.splitlines()[0] if message else "unknown error"
+    if first_line.startswith("invalid JSON schema") or "states, more than" in first_line:
+        return first_line[:500]
     if "incompatible" in first_line:
         return f"the model's vocabulary cannot produce this grammar: {first_line[:300]}"
-    if "DFA" in first_line or "NFA" in first_line:
+    if regex is not None and ("DFA" in first_line or "NFA" in first_line):
         try:
             re.compile(regex)
         except re.error as exc:

@@ -1,7 +1,14 @@
 """A compiled grammar: the outlines-core Index of one regex over one vocabulary, shared by requests.
 
-Per-state facts that every request needs (the forced byte string, whether anything but EOS can
-follow) are computed once per state and memoised here; the scheduler thread is their only writer.
+The Index is built for `(?:R)\x00`, where NUL is spelled only by the end token (the primary EOS).
+outlines-core 0.2 marks a state final as soon as R may end there, and then (a) drops one-byte
+continuations out of final states and (b) builds a leftmost-first DFA that forgets longer
+alternatives once a shorter one matched (`yes|yesterday` would never write "yesterday"). With the
+sentinel no state inside R is final, so every continuation survives; "R is complete here" becomes
+"the end token leads to a final state".
+
+Per-state facts every request needs (complete?, anything but the end token allowed?, forced bytes)
+are computed once per state and memoised here; the scheduler thread is their only writer.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ class CompiledGrammar:
     compile_seconds: float
     _forced: dict[int, bytes] = field(default_factory=dict, repr=False)
     _continues: dict[int, bool] = field(default_factory=dict, repr=False)
+    _complete: dict[int, bool] = field(default_factory=dict, repr=False)
 
     def new_matcher(self, stop_token_ids: tuple[int, ...] | list[int] = (), max_rollback: int = 64) -> GrammarMatcher:
         """A GrammarMatcher at the start state; `stop_token_ids` end the request like EOS."""
@@ -47,16 +55,23 @@ class CompiledGrammar:
             self._forced[state] = self._walk_forced(state)
         return self._forced[state]
 
+    def is_complete(self, state: int) -> bool:
+        """True when the text that led to `state` matches the whole regex (EOS may come next)."""
+        if state not in self._complete:
+            after_end = self.index.get_next_state(state, self.table.end_token_id)
+            self._complete[state] = after_end is not None and self.index.is_final_state(after_end)
+        return self._complete[state]
+
     def has_continuation(self, state: int) -> bool:
-        """True when some token other than EOS is allowed in `state`."""
+        """True when some token other than the end token is allowed in `state`."""
         if state not in self._continues:
-            eos = set(self.table.eos_token_ids)
-            self._continues[state] = any(t not in eos for t in self.index.get_allowed_tokens(state) or ())
+            end = self.table.end_token_id
+            self._continues[state] = any(t != end for t in self.index.get_allowed_tokens(state) or ())
         return self._continues[state]
 
     def _walk_forced(self, state: int) -> bytes:
         forced, seen = b"", set()
-        while state not in seen and not self.index.is_final_state(state):
+        while state not in seen and not self.is_complete(state):
             seen.add(state)
             prefix, exact = self._common_prefix(self.index.get_allowed_tokens(state) or [])
             forced += prefix

@@ -1,12 +1,12 @@
 """Per-request cursor into a compiled grammar (wraps an outlines-core Guide).
 
-outlines-core raises when a Guide advances on EOS, so termination is tracked here: EOS (and the
-request's stop token ids) are accepted only in a final state, and then end the match.
+Terminators (the EOS ids and the request's stop token ids) are accepted only where the regex is
+complete; accepting one advances the Guide by the end token (see grammar.py), so termination,
+rollback and state all live in the Guide.
 """
 
 from __future__ import annotations
 
-from collections import deque
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -16,9 +16,6 @@ import torch
 if TYPE_CHECKING:
     from radixrt.constrained.grammar import CompiledGrammar
 
-# A history entry for a token that ended the match (it never entered the Guide).
-_TERMINATOR = True
-
 
 class GrammarMatcher:
     """Which tokens may come next for one request; accepts tokens, rolls back, fills bitmask rows."""
@@ -27,10 +24,8 @@ class GrammarMatcher:
         self.grammar = grammar
         self.terminators = frozenset(grammar.table.eos_token_ids) | frozenset(stop_token_ids)
         self.max_rollback = max_rollback
+        self._end = grammar.table.end_token_id
         self._guide = outlines_core.Guide(grammar.index, max_rollback=max_rollback)
-        self._terminated = False
-        # NOTE: one entry per accepted token (True: a terminator), newest last, for rollback.
-        self._history: deque[bool] = deque(maxlen=max_rollback)
 
     @property
     def state(self) -> int:
@@ -38,19 +33,16 @@ class GrammarMatcher:
 
     def accept_token(self, token_id: int) -> bool:
         """Advance by one token; False (and no change) when the grammar does not allow it here."""
-        if self._terminated:
+        if self._guide.is_finished():
             return False
         if token_id in self.terminators:
-            if not self._guide.is_finished():
+            if not self.grammar.is_complete(self.state):
                 return False
-            self._terminated = True
-            self._history.append(_TERMINATOR)
-            return True
+            token_id = self._end
         try:
             self._guide.advance(token_id, return_tokens=False)
         except (ValueError, OverflowError):
             return False
-        self._history.append(not _TERMINATOR)
         return True
 
     def accept_tokens(self, token_ids: list[int]) -> bool:
@@ -63,44 +55,41 @@ class GrammarMatcher:
 
     def rollback(self, n_tokens: int) -> None:
         """Undo the last `n_tokens` accepted tokens (at most `max_rollback`)."""
-        if n_tokens > len(self._history):
-            raise ValueError(f"cannot roll back {n_tokens} tokens; only {len(self._history)} are remembered")
-        guide_steps = 0
-        for _ in range(n_tokens):
-            if self._history.pop() == _TERMINATOR:
-                self._terminated = False
-            else:
-                guide_steps += 1
-        if guide_steps:
-            self._guide.rollback_state(guide_steps)
+        if n_tokens > self._guide.get_allowed_rollback():
+            raise ValueError(f"cannot roll back {n_tokens} tokens; {self._guide.get_allowed_rollback()} are remembered")
+        if n_tokens:
+            self._guide.rollback_state(n_tokens)
 
     def is_final(self) -> bool:
-        """True when the text so far is a complete match (EOS may come next)."""
-        return self._terminated or self._guide.is_finished()
+        """True when the text so far matches the whole grammar (a terminator may come next)."""
+        return self._guide.is_finished() or self.grammar.is_complete(self.state)
 
     def is_terminated(self) -> bool:
         """True after a terminator was accepted, or when the match is complete and nothing else can follow."""
-        if self._terminated:
+        if self._guide.is_finished():
             return True
-        return self._guide.is_finished() and not self.grammar.has_continuation(self.state)
+        state = self.state
+        return self.grammar.is_complete(state) and not self.grammar.has_continuation(state)
 
     def fill_bitmask(self, bitmask: torch.Tensor, row: int) -> None:
         """Write this request's allowed tokens into `bitmask[row]` (int32 [B, ceil(V/32)], CPU, contiguous).
 
-        Terminator bits are set only in a final state; ids beyond the tokenizer are never allowed.
+        Terminator bits are set only where the grammar is complete; ids beyond the tokenizer are never allowed.
         """
         assert bitmask.dtype == torch.int32 and bitmask.device.type == "cpu" and bitmask.is_contiguous()
         words = bitmask[row]  # [W]
-        if self._terminated:
+        finished = self._guide.is_finished()
+        if finished:
             words.zero_()
         else:
             self._guide.write_mask_into(words.data_ptr(), words.numel(), 4)
+        complete = finished or self.grammar.is_complete(self.state)
         bits = words.numpy().view(np.uint32)
-        final = self.is_final()
-        for token_id in self.terminators:
+        # NOTE: the end token's bit may also have been written for a NUL inside R; it is decided here.
+        for token_id in self.terminators | {self._end}:
             if token_id < 32 * bits.size:
                 word, bit = divmod(token_id, 32)
-                if final:
+                if complete and token_id in self.terminators:
                     bits[word] |= np.uint32(1 << bit)
                 else:
                     bits[word] &= ~np.uint32(1 << bit)
@@ -110,7 +99,7 @@ class GrammarMatcher:
 
         Cut at the last whole UTF-8 character, so the string never ends in half a character.
         """
-        if self._terminated:
+        if self._guide.is_finished():
             return None
         return _utf8_prefix(self.grammar.forced_bytes(self.state)) or None
 

@@ -40,13 +40,8 @@ class CheckedSchema:
     schema: dict[str, Any]
     enforced: set[str] = field(default_factory=set)
     unsupported: list[str] = field(default_factory=list)
+    # placeholder string -> the regex to put where the converter wrote that string (with its quotes)
     placeholders: dict[str, str] = field(default_factory=dict)
-
-    def substitute(self, regex: str) -> str:
-        """Replace each placeholder string in the converter's regex by its range regex."""
-        for token, pattern in self.placeholders.items():
-            regex = regex.replace(f'"{token}"', f"({pattern})")
-        return regex
 
 
 class SchemaChecker:

@@ -41,8 +41,7 @@ def _is_unsafe_char(code: int) -> bool:
 
 def strip_anchors(pattern: str) -> str:
     """`pattern` without a leading `^` and a trailing unescaped `$` (the grammar always matches in full)."""
-    if pattern.startswith("^"):
-        pattern = pattern[1:]
+    pattern = pattern.removeprefix("^")
     trailing_backslashes = len(pattern[:-1]) - len(pattern[:-1].rstrip("\\"))
     if pattern.endswith("$") and trailing_backslashes % 2 == 0:
         pattern = pattern[:-1]

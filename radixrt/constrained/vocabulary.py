@@ -18,6 +18,9 @@ import outlines_core
 from radixrt.constrained.token_bytes import token_bytes_table
 
 _FORMAT = b"radixrt-vocab-1"
+# Grammars are compiled as `(?:R)\x00`: the byte NUL marks the end of R and is spelled only by the
+# primary EOS id. See grammar.py for why (outlines-core loses continuations out of final states).
+END_SENTINEL = b"\x00"
 # NOTE: a memo of a pure function of the tokenizer file's content, so one table per model per process.
 _MEMO: dict[str, TokenTable] = {}
 _MEMO_LOCK = threading.Lock()
@@ -39,13 +42,27 @@ class TokenTable:
         assert self.eos_token_ids, "a vocabulary needs at least one EOS id"
         assert all(t < self.vocab_size for t in self.token_bytes), "token id beyond vocab_size"
 
+    @property
+    def end_token_id(self) -> int:
+        """The token that spells END_SENTINEL in the outlines-core vocabulary: the primary EOS."""
+        return self.eos_token_ids[0]
+
     @cached_property
     def vocabulary(self) -> outlines_core.Vocabulary:
-        """The outlines-core vocabulary (built on first use); its EOS is the first EOS id."""
-        by_bytes: dict[bytes, list[int]] = {}
+        """The outlines-core vocabulary (built on first use).
+
+        Ordinary tokens keep their bytes, except that tokens containing NUL are left out so only the
+        end token spells END_SENTINEL. outlines-core's own EOS slot gets an id no token uses.
+        """
+        by_bytes: dict[bytes, list[int]] = {END_SENTINEL: [self.end_token_id]}
         for token_id, raw in self.token_bytes.items():
-            by_bytes.setdefault(raw, []).append(token_id)
-        return outlines_core.Vocabulary(self.eos_token_ids[0], by_bytes)
+            if END_SENTINEL not in raw:
+                by_bytes.setdefault(raw, []).append(token_id)
+        return outlines_core.Vocabulary(self._unused_token_id(), by_bytes)
+
+    def _unused_token_id(self) -> int:
+        used = set(self.token_bytes) | set(self.eos_token_ids)
+        return next((i for i in range(self.vocab_size) if i not in used), self.vocab_size)
 
     def decode(self, token_ids: list[int]) -> bytes:
         """The raw bytes of `token_ids`; tokens without bytes (EOS, specials) contribute nothing."""

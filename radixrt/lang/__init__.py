@@ -34,6 +34,7 @@ from radixrt.lang.choices import (
 )
 from radixrt.lang.ir import REGEX_BOOL, REGEX_FLOAT, REGEX_INT, REGEX_STR
 from radixrt.lang.program import Program, get_default_backend, set_default_backend
+from radixrt.lang.runtime import Runtime
 from radixrt.lang.state import ProgramState, ProgramStateGroup
 from radixrt.lang.tracer import TracedProgram
 
@@ -48,6 +49,7 @@ __all__ = [
     "Program",
     "ProgramState",
     "ProgramStateGroup",
+    "Runtime",
     "RuntimeEndpoint",
     "TracedProgram",
     "assistant",

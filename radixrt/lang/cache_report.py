@@ -1,6 +1,8 @@
 """Per-request cache accounting of one program run (forks included) and where prompts missed.
 
-The server reports, per request, `prompt_tokens` and `cached_tokens`. For a miss the report
+The server reports, per request, `prompt_tokens` and `cached_tokens`. It always computes the
+last prompt token again (its logits are needed), so a request misses when more than that one
+token had to be computed. For a miss the report
 shows where in the prompt the cached prefix ended: exactly when the server also returns
 `cached_chars` in meta_info, otherwise estimated from the cached fraction of the prompt.
 """
@@ -27,7 +29,7 @@ class CallRecord:
 
     @property
     def missed(self) -> bool:
-        return self.cached_tokens < self.prompt_tokens
+        return self.cached_tokens < self.prompt_tokens - 1
 
     @property
     def miss_position(self) -> int | None:

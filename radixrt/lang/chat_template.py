@@ -19,7 +19,7 @@ from datetime import datetime
 
 logger = logging.getLogger(__name__)
 
-ROLES = ("system", "user", "assistant")
+PLAIN_ROLES = {"system": ("System: ", "\n"), "user": ("User: ", "\n"), "assistant": ("Assistant: ", "\n")}
 _SYS, _U1, _A1, _U2, _A2 = "RADIXRTSYS0", "RADIXRTUSR1", "RADIXRTAST1", "RADIXRTUSR2", "RADIXRTAST2"
 _BOS = "RADIXRTBOS"
 
@@ -32,9 +32,7 @@ class TemplateError(ValueError):
 class ChatTemplate:
     """Each role's (prefix, suffix); `default_system` is inserted before a first non-system role."""
 
-    roles: dict[str, tuple[str, str]] = field(
-        default_factory=lambda: {"system": ("System: ", "\n"), "user": ("User: ", "\n"), "assistant": ("Assistant: ", "\n")}
-    )
+    roles: dict[str, tuple[str, str]] = field(default_factory=lambda: dict(PLAIN_ROLES))
     default_system: str | None = None
     name: str = "plain"
 

@@ -31,12 +31,12 @@ class StreamExecutor(Ops):
     def __init__(
         self,
         backend: Backend,
-        defaults: GenOptions = GenOptions(),
+        defaults: GenOptions | None = None,
         stream: bool = False,
         log: CallLog | None = None,
         branch: str = "",
     ):
-        self.backend, self.defaults, self.stream = backend, defaults, stream
+        self.backend, self.defaults, self.stream = backend, defaults or GenOptions(), stream
         self.log = log if log is not None else CallLog()
         self.branch = branch
         self.text_ = ""
@@ -154,10 +154,12 @@ class StreamExecutor(Ops):
         """
         with self._cond:
             while True:
-                current = self.text_ if var is None else self.streamed.get(var, "")
-                final = self.finished or self.error is not None
-                if var is not None and self._pending[var] == 0 and var in self.streamed:
-                    final = True
+                current, final = self.text_, self.finished or self.error is not None
+                if var is not None:
+                    done = self._pending[var] == 0 and (var in self.streamed or var in self.variables)
+                    # a variable that was not generated here (a gathered list, s[x] = v) comes whole
+                    current = self.streamed.get(var, str(self.variables[var]) if done else "")
+                    final = final or done
                 if len(current) > offset or final:
                     return current[offset:], final
                 self._cond.wait()

@@ -50,9 +50,7 @@ def resolve_backend(backend: Any) -> Backend:
 def split_kwargs(kwargs: dict[str, Any]) -> tuple[GenOptions, dict[str, Any]]:
     """Run keywords -> (sampling defaults, program arguments)."""
     sampling = {k: v for k, v in kwargs.items() if k in _SAMPLING_KEYS and v is not None}
-    if "max_tokens" in kwargs and "max_tokens" not in _SAMPLING_KEYS:
-        sampling.setdefault("max_new_tokens", kwargs["max_tokens"])
-    args = {k: v for k, v in kwargs.items() if k not in _SAMPLING_KEYS | _IGNORED_KEYS | {"max_tokens"}}
+    args = {k: v for k, v in kwargs.items() if k not in _SAMPLING_KEYS | _IGNORED_KEYS}
     return GenOptions.build(**sampling), args
 
 
@@ -147,7 +145,7 @@ class Program:
         state = self._start(backend, defaults, False)
         try:
             self._body(state, (), {**self.bind_arguments, **kwargs})
-        except Exception:  # noqa: BLE001 - kept in the state; the batch goes on
+        except Exception:  # the error stays in the state; the batch goes on
             logger.debug("a program of the batch failed", exc_info=True)
         return state
 
@@ -158,7 +156,7 @@ class Program:
             prefix = traced.constant_prefix(backend.chat_template)
             if prefix:
                 backend.generate(prefix, SamplingParams(max_new_tokens=0))
-        except Exception:  # noqa: BLE001 - an optimization only: the programs run without it
+        except Exception:  # an optimization only: the programs run without it
             logger.debug("no shared prefix sent ahead of the batch", exc_info=True)
 
 

@@ -20,6 +20,9 @@ class LogprobOptions:
     top_logprobs_num: int = 0
 
 
+NO_LOGPROBS = LogprobOptions()
+
+
 @dataclass(frozen=True)
 class GenOptions:
     """Every field None means "not given here": the run's default (or the server's) applies."""

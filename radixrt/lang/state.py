@@ -144,7 +144,7 @@ class ProgramState(StateBase):
             raise self.stream_executor.error
 
     def __repr__(self) -> str:
-        return f"ProgramState({self.text()!r})"
+        return f"ProgramState({self.stream_executor.text_!r})"  # no wait: repr must not block
 
 
 class ProgramStateGroup:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import stat
 import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
 POLICIES = ("lpm", "dfs-weight", "fcfs")
+API_KEY_ENV = "RADIXRT_API_KEY"  # the API key's environment variable (keeps it out of `ps`)
 
 
 def _opt(help_text: str, **kw: Any) -> Any:
@@ -26,7 +28,7 @@ class ServerArgs:
     host: str = _opt("HTTP bind address", default="127.0.0.1")
     port: int = _opt("HTTP port", default=30000)
     zmq_port: int = _opt("ZMQ ROUTER port for DSL clients (0: HTTP port + 1)", default=0)
-    api_key: str | None = _opt("require this key (HTTP Bearer / ZMQ field)", default=None)
+    api_key: str | None = _opt(f"require this key (HTTP Bearer / ZMQ field); default: ${API_KEY_ENV}", default=None)
     disable_radix_cache: bool = _opt("turn prefix reuse off (benchmark ablation)", default=False)
     schedule_policy: str = _opt("lpm | dfs-weight | fcfs", default="lpm")
     max_wait_passes: int = _opt("LPM starvation bound: a request waiting this many passes goes first", default=32)
@@ -38,7 +40,17 @@ class ServerArgs:
     chunked_prefill_size: int = _opt("tokens per scheduler step at most (prefill chunks)", default=2048)
     context_length: int = _opt("max prompt + output tokens (0: the model's)", default=0)
     max_new_tokens_limit: int = _opt("largest max_new_tokens a request may ask for", default=8192)
-    max_queued_requests: int = _opt("waiting requests at most before 503", default=4096)
+    max_queued_requests: int = _opt("requests waiting beyond --max-running-requests at most; more get 503",
+                                    default=4096)
+    max_body_bytes: int = _opt("largest HTTP request body / ZMQ frame in bytes", default=8 << 20)
+    max_prompts_per_request: int = _opt("prompts in one /generate list at most", default=256)
+    max_requests_per_connection: int = _opt("concurrent requests on one ZMQ client connection at most",
+                                            default=1024)
+    max_grammar_bytes: int = _opt("largest regex / JSON schema / choices list a request may send", default=64 << 10)
+    client_timeout: float = _opt("seconds a client may stall (sending its body, reading a stream) before abort",
+                                 default=60.0)
+    restart_worker: bool = _opt("restart a worker process that died (in-flight requests fail)", default=False)
+    shutdown_grace: float = _opt("seconds SIGTERM waits for running requests before stopping", default=10.0)
     disable_jump_forward: bool = _opt("decode grammar-forced text token by token", default=False)
     grammar_time_limit: float = _opt("seconds a grammar may take to compile", default=10.0)
     seed: int = _opt("base seed for unseeded sampling", default=0)
@@ -48,21 +60,33 @@ class ServerArgs:
     def __post_init__(self) -> None:
         if self.schedule_policy not in POLICIES:
             raise ValueError(f"schedule_policy must be one of {POLICIES}, got {self.schedule_policy!r}")
-        for name in ("max_running_requests", "chunked_prefill_size", "max_wait_passes"):
+        for name in ("max_running_requests", "chunked_prefill_size", "max_wait_passes", "max_body_bytes",
+                     "max_prompts_per_request", "max_requests_per_connection", "max_grammar_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
         if not 0.0 <= self.decode_reserve_ratio <= 1.0:
             raise ValueError("decode_reserve_ratio must be in [0, 1]")
         if self.kv_slots < 0 or not 0.0 < self.mem_fraction <= 1.0:
             raise ValueError("kv_slots must be >= 0 and mem_fraction in (0, 1]")
+        if self.max_queued_requests < 0 or self.client_timeout <= 0 or self.shutdown_grace < 0:
+            raise ValueError("max_queued_requests and shutdown_grace must be >= 0, client_timeout > 0")
+
+    @property
+    def max_in_flight(self) -> int:
+        """Requests (sampled sequences) the frontend accepts at once: running plus queued."""
+        return self.max_running_requests + self.max_queued_requests
 
     @property
     def zmq_address(self) -> str:
         return f"tcp://{self.host}:{self.zmq_port or self.port + 1}"
 
     def make_ipc_dir(self) -> str:
+        """A directory only this user can enter, for the ipc:// sockets; raises OSError otherwise."""
         path = self.ipc_dir or tempfile.mkdtemp(prefix=f"radixrt-{os.getpid()}-")
         os.makedirs(path, mode=0o700, exist_ok=True)
+        info = os.lstat(path)
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+            raise OSError(f"--ipc-dir {path} must be a directory owned by this user (not a link)")
         os.chmod(path, 0o700)
         return path
 
@@ -80,9 +104,14 @@ class ServerArgs:
                 parser.add_argument(flag, type=kind, default=f.default, help=f.metadata["help"])
 
     @classmethod
-    def from_cli(cls, args: argparse.Namespace) -> ServerArgs:
+    def from_cli(cls, args: argparse.Namespace, environ: dict[str, str] | None = None) -> ServerArgs:
+        """The parsed flags; the API key comes from $RADIXRT_API_KEY when --api-key is not given."""
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in vars(args).items() if k in names})
+        values = {k: v for k, v in vars(args).items() if k in names}
+        env = os.environ if environ is None else environ
+        if not values.get("api_key") and env.get(API_KEY_ENV):
+            values["api_key"] = env[API_KEY_ENV]
+        return cls(**values)
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> ServerArgs:

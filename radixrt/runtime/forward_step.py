@@ -65,6 +65,9 @@ class ForwardStep:
         return rows, sample_rows, prompt_rows
 
     def _score_prompt(self, req: Req, n: int, logits: torch.Tensor, off: int, prompt_rows: dict) -> None:
+        if req.logprob_start_len == 0 and not req.input_logprobs:
+            req.input_logprobs.append(None)  # the first prompt token has no logprob
+            req.input_top_logprobs.append([])
         count = prompt_rows[req.rid]
         if not count:
             return
@@ -73,9 +76,6 @@ class ForwardStep:
         targets = torch.tensor(req.input_ids[start + 1 : start + 1 + count], device=logits.device)
         part = logits[off : off + count]
         lps = token_logprobs(part, targets).tolist()
-        if req.logprob_start_len == 0 and not req.input_logprobs:
-            req.input_logprobs.append(None)
-            req.input_top_logprobs.append([])
         req.input_logprobs.extend(lps)
         if req.top_logprobs_num:
             vals, ids = torch.log_softmax(part, dim=-1).topk(req.top_logprobs_num, dim=-1)

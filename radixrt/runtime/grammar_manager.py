@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -57,7 +58,7 @@ class GrammarManager:
                 continue
             req.grammar_future = None
             try:
-                req.matcher = fut.result().new_matcher()
+                req.matcher = fut.result().new_matcher(stop_token_ids=req.sampling.stop_token_ids)
                 self._replay(req)
             except InvalidRequest as exc:
                 fail(req, 400, str(exc), exc.param)
@@ -95,8 +96,11 @@ class GrammarManager:
         unsent = len(req.output_ids) - req.sent
         rollback = max(drop - 1, 0)  # every output but the last sampled one is computed
         room = req.sampling.max_new_tokens - (len(req.output_ids) - drop + len(new_ids))
-        if not new_ids or drop > unsent or req.computed - rollback < req.prefix_len or room <= 0:
-            return  # cannot rewrite what was streamed or is shared; the guide still holds
+        if drop > unsent or req.computed - rollback < req.prefix_len or room <= 0:
+            # cannot rewrite what was streamed or is shared: put the matcher back as it was
+            req.matcher.rollback(len(new_ids))
+            req.matcher.accept_tokens(req.output_ids[len(req.output_ids) - drop :])
+            return
         if rollback:
             cache.pool.free(cache.seq_slots(req, req.computed)[req.computed - rollback :])
             req.computed -= rollback

@@ -1,9 +1,10 @@
 """The HTTP API (ASGI, served by uvicorn): SGLang's native endpoints over the Frontend.
 
 `/generate`, `/health` (+ `/health_generate`), `/get_model_info`, `/get_server_info`,
-`/flush_cache`, `/stats`. Every error is `{"error": {message, type, param, code}}` with its status.
-Other routers (e.g. the OpenAI API) plug in with `app.include_router`; `app.state.frontend`
-holds the Frontend.
+`/flush_cache`, `/stats`, `/metrics` (Prometheus text), `/debug/cache` (SVG of the radix tree).
+Every error is `{"error": {message, type, param, code}}` with its status; a 503 also carries
+`Retry-After`. Other routers (e.g. the OpenAI API) plug in with `app.include_router`;
+`app.state.frontend` holds the Frontend.
 """
 
 from __future__ import annotations
@@ -13,27 +14,38 @@ import dataclasses
 import hmac
 import itertools
 import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
 from fastapi import FastAPI, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 
 from radixrt.errors import InvalidRequest, Overloaded, RadixRTError
 from radixrt.runtime import protocol
+from radixrt.runtime.cache_svg import render_svg
 from radixrt.runtime.config import ServerArgs
-from radixrt.runtime.frontend import Frontend, Stream
-from radixrt.runtime.generate_api import StreamText, error_json, parse_generate, reply_error_json, result_json
+from radixrt.runtime.frontend import Frontend
+from radixrt.runtime.generate_api import error_json, parse_generate, reply_error_json, result_json
+from radixrt.runtime.metrics import CONTENT_TYPE
+from radixrt.runtime.openai_api import openai_router
+from radixrt.runtime.request_stream import Stream
+from radixrt.runtime.server_metrics import ServerMetrics
+from radixrt.runtime.sse import StallGuardedResponse, sse, until_done_or_gone
 
 logger = logging.getLogger(__name__)
 
-MAX_BODY_BYTES = 8 << 20
 OPEN_PATHS = frozenset({"/health", "/health_generate"})
+RETRY_AFTER_S = "1"
+MAX_DRAWN_NODES = 2000
 
 
 class BodyTooLarge(RadixRTError):
     status = 413
+    kind = "invalid_request_error"
+
+
+class BodyTimeout(RadixRTError):
+    status = 408
     kind = "invalid_request_error"
 
 
@@ -47,67 +59,93 @@ class ReplyError(Exception):
 
 @dataclasses.dataclass(frozen=True)
 class HttpOptions:
-    max_body_bytes: int = MAX_BODY_BYTES
+    max_body_bytes: int = 8 << 20
+    max_prompts: int = 256  # prompts in one /generate list
+    client_timeout: float = 60.0  # a client may stall this long sending its body or reading a stream
     health_timeout: float = 10.0  # seconds the worker may take to answer between two steps
     control_timeout: float = 60.0
     disconnect_poll: float = 0.5
 
+    @classmethod
+    def from_args(cls, args: ServerArgs) -> HttpOptions:
+        return cls(args.max_body_bytes, args.max_prompts_per_request, args.client_timeout)
+
 
 def _json(content: Any, status_code: int = 200) -> Response:
     """msgspec encodes -inf logprobs as null, where json.dumps(allow_nan=False) would fail."""
-    return Response(msgspec.json.encode(content), status_code=status_code, media_type="application/json")
+    headers = {"Retry-After": RETRY_AFTER_S} if status_code == 503 else None
+    return Response(msgspec.json.encode(content), status_code=status_code, media_type="application/json",
+                    headers=headers)  # fmt: skip
 
 
 class ApiKeyGuard:
     """ASGI middleware: `Authorization: Bearer KEY` on every path but the health checks."""
 
-    def __init__(self, app: Any, api_key: str):
+    def __init__(self, app: Any, api_key: str, metrics: ServerMetrics):
         self.app = app
         self.expected = f"Bearer {api_key}".encode()
+        self.metrics = metrics
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["path"] not in OPEN_PATHS:
             given = dict(scope["headers"]).get(b"authorization", b"")
             if not hmac.compare_digest(given, self.expected):
+                self.metrics.count_error(401)
                 body = error_json(401, "missing or wrong API key (Authorization: Bearer KEY)")
                 await _json(body, status_code=401)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
 
-async def read_json(request: Request, limit: int) -> Any:
-    size, parts = 0, []
-    async for part in request.stream():
-        size += len(part)
-        if size > limit:
-            raise BodyTooLarge(f"the request body exceeds {limit} bytes")
-        parts.append(part)
+async def read_json(request: Request, limit: int, timeout: float) -> Any:
+    """The JSON body: at most `limit` bytes, received within `timeout` seconds."""
+
+    async def read() -> bytes:
+        size, parts = 0, []
+        async for part in request.stream():
+            size += len(part)
+            if size > limit:
+                raise BodyTooLarge(f"the request body exceeds {limit} bytes")
+            parts.append(part)
+        return b"".join(parts)
+
     try:
-        return msgspec.json.decode(b"".join(parts))
+        body = await asyncio.wait_for(read(), timeout)
+    except asyncio.TimeoutError:
+        raise BodyTimeout(f"the request body did not arrive within {timeout:g}s") from None
+    try:
+        return msgspec.json.decode(body)
     except msgspec.DecodeError as e:
         raise InvalidRequest(f"the body is not valid JSON: {e}") from None
+    except RecursionError:
+        raise InvalidRequest("the body is nested too deeply") from None
 
 
 def create_app(frontend: Frontend, args: ServerArgs, options: HttpOptions | None = None) -> FastAPI:
     """The ASGI app for one Frontend."""
-    opts = options or HttpOptions()
+    opts = options or HttpOptions.from_args(args)
     app = FastAPI(title="radixrt", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.frontend = frontend
     if args.api_key:
-        app.add_middleware(ApiKeyGuard, api_key=args.api_key)
+        app.add_middleware(ApiKeyGuard, api_key=args.api_key, metrics=frontend.metrics)
     app.add_exception_handler(RadixRTError, _radixrt_error)
     app.add_exception_handler(ReplyError, _reply_error)
     app.add_exception_handler(Exception, _internal_error)
+    app.include_router(openai_router)
     namespaces = itertools.count()
 
     @app.post("/generate")
     async def generate(request: Request) -> Response:
-        call = parse_generate(await read_json(request, opts.max_body_bytes))
+        call = parse_generate(await read_json(request, opts.max_body_bytes, opts.client_timeout))
+        if len(call.requests) > opts.max_prompts:
+            message = f"{len(call.requests)} prompts in one request; the limit is {opts.max_prompts}"
+            raise InvalidRequest(message, "text")
+        frontend.check_accepting()  # before tokenizing: a draining or full server answers fast
         prepared = [frontend.prepare(r, f"http{next(namespaces)}/") for r in call.requests]
         streams = _submit_all(frontend, prepared, [r.rid for r in call.requests])
         if call.stream:
-            return StreamingResponse(_sse(streams), media_type="text/event-stream")
-        results = await _until_done_or_gone(request, _collect(streams), opts.disconnect_poll)
+            return StallGuardedResponse(sse(streams), streams, opts.client_timeout, media_type="text/event-stream")
+        results = await until_done_or_gone(request, _collect(streams), opts.disconnect_poll)
         if results is None:
             return Response(status_code=499)  # nobody is listening
         many = call.is_batch or len(results) > 1
@@ -117,6 +155,7 @@ def create_app(frontend: Frontend, args: ServerArgs, options: HttpOptions | None
     @app.get("/health_generate")
     async def health() -> Response:
         try:
+            frontend.check_accepting()  # draining for shutdown counts as unhealthy
             await frontend.control(protocol.GetStats(), opts.health_timeout)
         except Overloaded as e:
             return _json(error_json(503, str(e)), status_code=503)
@@ -141,15 +180,27 @@ def create_app(frontend: Frontend, args: ServerArgs, options: HttpOptions | None
     async def stats() -> Response:
         return _json(await frontend.stats(opts.control_timeout))
 
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(await frontend.metrics_text(opts.health_timeout), media_type=CONTENT_TYPE)
+
+    @app.get("/debug/cache")
+    async def debug_cache(max_nodes: int = 500) -> Response:
+        tree = await frontend.cache_tree(min(max(max_nodes, 1), MAX_DRAWN_NODES), opts.control_timeout)
+        return Response(render_svg(tree), media_type="image/svg+xml")
+
     return app
 
 
-async def _radixrt_error(_request: Request, exc: Exception) -> Response:
+async def _radixrt_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RadixRTError)
+    request.app.state.frontend.metrics.count_error(exc.status)
     return _json(error_json(exc.status, str(exc), getattr(exc, "param", None)), status_code=exc.status)
 
 
-async def _internal_error(_request: Request, exc: Exception) -> Response:
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    logger.error("internal error on %s", request.url.path, exc_info=exc)
+    request.app.state.frontend.metrics.count_error(500)
     return _json(error_json(500, f"internal error: {exc}"), status_code=500)
 
 
@@ -184,65 +235,3 @@ async def _collect(streams: list[Stream]) -> list[protocol.GenerateResult]:
     finally:
         for stream in streams:
             stream.close()
-
-
-async def _until_done_or_gone(request: Request, work: Any, poll: float) -> Any:
-    """Run `work`; cancel it (aborting its requests) and return None if the client disconnects first."""
-    task = asyncio.ensure_future(work)
-    try:
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=poll)
-            if done:
-                return task.result()
-            if await request.is_disconnected():
-                return None
-    finally:
-        task.cancel()
-
-
-async def _sse(streams: list[Stream]) -> AsyncIterator[bytes]:
-    """Server-sent events: each `data:` line the whole text so far, then `data: [DONE]`."""
-    with_index = len(streams) > 1 or len(streams[0].handler.worker_rids) > 1
-    text = StreamText()
-    try:
-        async for index, msg in _merged(streams):
-            event: dict[str, Any] | None
-            if isinstance(msg, protocol.ErrorReply):
-                event = reply_error_json(msg)
-            elif isinstance(msg, protocol.GenerateChunk):
-                event = text.chunk_event(index, msg, with_index)
-            else:
-                event = text.result_event(index, msg, with_index)
-            if event is not None:
-                yield b"data: " + msgspec.json.encode(event) + b"\n\n"
-        yield b"data: [DONE]\n\n"
-    finally:
-        for stream in streams:
-            stream.close()
-
-
-async def _merged(streams: list[Stream]) -> AsyncIterator[tuple[int, Any]]:
-    """(index, message) from all streams as they arrive; n > 1 results get consecutive indices."""
-    offsets = list(itertools.accumulate((len(s.handler.worker_rids) for s in streams), initial=0))
-    queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
-
-    async def pump(i: int, stream: Stream) -> None:
-        results = 0
-        async for msg in stream:
-            index = offsets[i] + results
-            results += isinstance(msg, protocol.GenerateResult)
-            await queue.put((index, msg))
-        await queue.put((-1, None))
-
-    tasks = [asyncio.ensure_future(pump(i, s)) for i, s in enumerate(streams)]
-    try:
-        running = len(tasks)
-        while running:
-            index, msg = await queue.get()
-            if msg is None:
-                running -= 1
-            else:
-                yield index, msg
-    finally:
-        for task in tasks:
-            task.cancel()

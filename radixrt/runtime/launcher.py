@@ -1,9 +1,13 @@
 """`radixrt serve`: the frontend in this process, the worker as a child process.
 
 Start-up order: resolve the model, bind the HTTP and ZMQ ports (a taken port fails before the
-model loads), start the worker, wait for its WorkerReady, then serve. SIGINT/SIGTERM stop both
-processes; a worker that dies makes every request fail with 503 and the command exit non-zero.
-Everything started is stopped in reverse order by one exit stack.
+model loads), start the worker, wait for its WorkerReady, then serve.
+
+SIGINT/SIGTERM drain: new requests get 503, running ones have `--shutdown-grace` seconds to
+finish (a second signal cuts that short), then both processes stop. A worker that dies fails
+its in-flight requests with 503; with `--restart-worker` a new one (with an empty cache) takes
+over once ready, otherwise the command exits non-zero. Everything started is stopped in
+reverse order by one exit stack.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import logging
 import shutil
 import signal
 import socket
+import time
 from collections.abc import Awaitable, Iterator
 from typing import Any, TypeVar
 
@@ -24,9 +29,10 @@ from radixrt.runtime.config import ServerArgs
 from radixrt.runtime.frontend import Frontend
 from radixrt.runtime.http_api import create_app
 from radixrt.runtime.server_handle import ServerHandle, launch_server
-from radixrt.runtime.worker import setup_logging, worker_argv
+from radixrt.runtime.worker import setup_logging
+from radixrt.runtime.worker_process import WorkerProcess
 from radixrt.runtime.zmq_io import FrontendWorkerLink, WorkerAddresses
-from radixrt.runtime.zmq_server import ZmqServer
+from radixrt.runtime.zmq_server import ZmqOptions, ZmqServer
 
 __all__ = ["ServerHandle", "add_arguments", "launch_server", "main", "serve"]
 
@@ -34,8 +40,8 @@ logger = logging.getLogger("radixrt.launcher")
 T = TypeVar("T")
 
 READY_TIMEOUT_S = 1800.0  # the first start imports the embedded model
-WORKER_DEATH_GRACE_S = 5.0  # after the worker died, answer 503 this long, then exit
-STOP_TIMEOUT_S = 10.0
+WORKER_DEATH_GRACE_S = 5.0  # after the worker died (no restart), answer 503 this long, then exit
+DRAIN_POLL_S = 0.05
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,13 +59,13 @@ def main(ns: argparse.Namespace) -> int:
 
 
 async def serve(args: ServerArgs) -> int:
-    """Serve until SIGINT/SIGTERM (exit status 0) or the worker's death (1)."""
+    """Serve until SIGINT/SIGTERM (exit status 0) or the worker's death without restart (1)."""
     from radixrt.runtime.tokenizer_manager import TokenizerManager
     from radixrt.workers.model_store import resolve_model
 
-    stop = _stop_on_signals()
+    signals = _Signals()
     model_dir = await asyncio.to_thread(resolve_model, args.model)
-    if stop.is_set():
+    if signals.stop.is_set():
         return 0
     args = args.replace(model=str(model_dir))
     async with contextlib.AsyncExitStack() as stack:
@@ -67,14 +73,15 @@ async def serve(args: ServerArgs) -> int:
         if not args.ipc_dir:
             stack.callback(shutil.rmtree, ipc_dir, True)
         http_sock = stack.enter_context(_bind_http(args.host, args.port))
-        zmq_server = ZmqServer(args.zmq_address, args.api_key)
+        zmq_server = ZmqServer(args.zmq_address, args.api_key, ZmqOptions.from_args(args))
         stack.callback(zmq_server.close)
         link = FrontendWorkerLink(WorkerAddresses.in_dir(ipc_dir))
         stack.callback(link.close)
-        worker = await asyncio.create_subprocess_exec(*worker_argv(args, ipc_dir), start_new_session=True)
-        stack.push_async_callback(_stop_worker, worker)
+        worker = WorkerProcess(args, ipc_dir)
+        stack.push_async_callback(worker.stop)
+        await worker.start()
         logger.info("worker %d is loading %s; HTTP will listen on %s:%d", worker.pid, model_dir, args.host, args.port)
-        ready = await _unless_stopped(stop, link.wait_ready(lambda: worker.returncode is None, READY_TIMEOUT_S))
+        ready = await _unless_stopped(signals.stop, link.wait_ready(worker.alive, READY_TIMEOUT_S))
         if ready is None:
             return 0
         frontend = Frontend(link, TokenizerManager(model_dir, args, ready.context_length), worker.pid)
@@ -83,15 +90,21 @@ async def serve(args: ServerArgs) -> int:
         http = await _start_http(create_app(frontend, args), http_sock, args.log_level)
         stack.push_async_callback(_stop_http, http, frontend)
         print(f"radixrt ready: http://{args.host}:{args.port}  zmq {args.zmq_address}", flush=True)
-        return await _until_end(worker, stop, frontend)
+        return await _supervise(worker, signals, frontend, args)
 
 
-def _stop_on_signals() -> asyncio.Event:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    return stop
+class _Signals:
+    """The first SIGINT/SIGTERM sets `stop` (drain, then exit); a later one sets `again` (exit now)."""
+
+    def __init__(self) -> None:
+        self.stop = asyncio.Event()
+        self.again = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._on_signal)
+
+    def _on_signal(self) -> None:
+        (self.again if self.stop.is_set() else self.stop).set()
 
 
 def _bind_http(host: str, port: int) -> socket.socket:
@@ -118,17 +131,36 @@ async def _unless_stopped(stop: asyncio.Event, work: Awaitable[T]) -> T | None:
     return task.result()
 
 
-async def _until_end(worker: asyncio.subprocess.Process, stop: asyncio.Event, frontend: Frontend) -> int:
-    exited = asyncio.ensure_future(worker.wait())
-    if await _unless_stopped(stop, exited) is None:
-        exited.cancel()
-        return 0
-    message = f"the worker process died (exit status {worker.returncode})"
-    logger.error("%s; answering 503 for %.0fs, then exiting", message, WORKER_DEATH_GRACE_S)
-    frontend.fail_all(message)
-    with contextlib.suppress(asyncio.TimeoutError):
-        await asyncio.wait_for(stop.wait(), WORKER_DEATH_GRACE_S)
-    return 1
+async def _supervise(worker: WorkerProcess, signals: _Signals, frontend: Frontend, args: ServerArgs) -> int:
+    """Serve until a stop signal (drain, then 0) or a worker death (restart it, or 1)."""
+    while True:
+        if await _unless_stopped(signals.stop, worker.wait()) is None:
+            await _drain(frontend, worker, signals, args.shutdown_grace)
+            return 0
+        message = f"the worker process died (exit status {worker.returncode})"
+        if not args.restart_worker:
+            logger.error("%s; answering 503 for %.0fs, then exiting", message, WORKER_DEATH_GRACE_S)
+            frontend.fail_all(message)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(signals.stop.wait(), WORKER_DEATH_GRACE_S)
+            return 1
+        logger.error("%s; starting a new one", message)
+        frontend.worker_restarting(message)
+        await worker.start()
+        if await _unless_stopped(signals.stop, frontend.wait_for_worker(worker.alive, READY_TIMEOUT_S)) is None:
+            return 0
+        frontend.worker_restarted(worker.pid)
+        logger.warning("worker %d is ready (restart %d)", worker.pid, worker.starts - 1)
+
+
+async def _drain(frontend: Frontend, worker: WorkerProcess, signals: _Signals, grace: float) -> None:
+    """Refuse new requests; give running ones up to `grace` seconds (a second signal ends it)."""
+    frontend.refuse("the server is shutting down")
+    if frontend.in_flight:
+        logger.info("shutting down: waiting up to %.0fs for %d requests", grace, frontend.in_flight)
+    deadline = time.monotonic() + grace
+    while frontend.in_flight and worker.alive() and not signals.again.is_set() and time.monotonic() < deadline:
+        await asyncio.sleep(DRAIN_POLL_S)
 
 
 class _HttpServer(uvicorn.Server):
@@ -156,15 +188,3 @@ async def _stop_http(http: tuple[uvicorn.Server, asyncio.Task[None]], frontend: 
         frontend.fail_all("the server is shutting down")  # ends open streams, so connections close
     server.should_exit = True
     await task
-
-
-async def _stop_worker(worker: asyncio.subprocess.Process) -> None:
-    if worker.returncode is not None:
-        return
-    worker.send_signal(signal.SIGTERM)
-    try:
-        await asyncio.wait_for(worker.wait(), STOP_TIMEOUT_S)
-    except asyncio.TimeoutError:
-        logger.warning("the worker did not stop within %.0fs; killing it", STOP_TIMEOUT_S)
-        worker.kill()
-        await worker.wait()

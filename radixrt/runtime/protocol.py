@@ -143,7 +143,13 @@ class Abort(_Msg):
     rid: str
 
 
-WorkerInMsg = Union[TokenizedRequest, Abort, FlushCache, GetStats]
+class DebugCache(_Msg):
+    """Ask for a snapshot of the radix tree (answered by StatsOut(stats={"tree": ...}))."""
+
+    max_nodes: int = 500
+
+
+WorkerInMsg = Union[TokenizedRequest, Abort, FlushCache, GetStats, DebugCache]
 
 
 class TokenOut(msgspec.Struct, kw_only=True, omit_defaults=True):

@@ -20,6 +20,7 @@ from radixrt.runtime.grammar_manager import GrammarManager
 from radixrt.runtime.output_processor import OutputProcessor
 from radixrt.runtime.protocol import (
     Abort,
+    DebugCache,
     ErrorOut,
     FlushCache,
     GetStats,
@@ -98,6 +99,11 @@ class Scheduler:
             self.io.send(StatsOut(stats={"flushed": ok}))
         elif isinstance(msg, GetStats):
             self.io.send(StatsOut(stats=self.stats()))
+        elif isinstance(msg, DebugCache):
+            from radixrt.runtime.cache_svg import snapshot
+
+            tree = snapshot(self.cache.tree, self.outputs.tokenizer, msg.max_nodes)
+            self.io.send(StatsOut(stats={"tree": tree}))
 
     def step(self) -> bool:
         """Run one batch; False when there was nothing to run."""
@@ -129,7 +135,7 @@ class Scheduler:
         capacity = self.cache.pool.capacity
         if any(r.rid == msg.rid for r in self.running + self.waiting):
             self._error(msg.rid, 400, f"request id {msg.rid!r} is already in use", "rid")
-        elif len(self.waiting) >= self.args.max_queued_requests:
+        elif len(self.waiting) >= self.args.max_in_flight:  # backstop: the frontend enforces the limit
             self._error(msg.rid, 503, "the waiting queue is full; retry later")
         elif need > capacity:
             self._error(msg.rid, 400, f"prompt ({len(msg.input_ids)}) + max_new_tokens "

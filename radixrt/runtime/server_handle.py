@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import signal
 import socket
 import subprocess
@@ -12,9 +13,9 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from radixrt.runtime.config import ServerArgs
+from radixrt.runtime.config import API_KEY_ENV, ServerArgs
 
-STOP_TIMEOUT_S = 20.0
+STOP_TIMEOUT_S = 20.0  # beyond --shutdown-grace
 
 
 class ServerHandle:
@@ -44,8 +45,9 @@ class ServerHandle:
         self.shutdown()
         raise TimeoutError(f"radixrt serve was not ready within {timeout:.0f}s")
 
-    def shutdown(self, timeout: float = STOP_TIMEOUT_S) -> int:
-        """SIGTERM, then SIGKILL after `timeout`; returns the exit status."""
+    def shutdown(self, timeout: float | None = None) -> int:
+        """SIGTERM, then SIGKILL after `timeout` (default: the shutdown grace + 20s); the exit status."""
+        timeout = self.args.shutdown_grace + STOP_TIMEOUT_S if timeout is None else timeout
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
@@ -63,11 +65,18 @@ class ServerHandle:
 
 
 def launch_server(args: ServerArgs, timeout: float = 900.0, **popen_kwargs: Any) -> ServerHandle:
-    """Start `radixrt serve` for `args` (port 0: a free port pair) and wait until it is healthy."""
+    """Start `radixrt serve` for `args` (port 0: a free port pair) and wait until it is healthy.
+
+    The API key goes to the child in $RADIXRT_API_KEY, never on its command line (`ps` shows that).
+    """
     if args.port == 0:
         args = args.replace(port=free_port_pair(args.host), zmq_port=0)
-    cmd = [sys.executable, "-m", "radixrt", "serve", *server_argv(args)]
-    handle = ServerHandle(subprocess.Popen(cmd, **popen_kwargs), args)
+    env = dict(popen_kwargs.pop("env", None) or os.environ)
+    env.pop(API_KEY_ENV, None)
+    if args.api_key:
+        env[API_KEY_ENV] = args.api_key
+    cmd = [sys.executable, "-m", "radixrt", "serve", *server_argv(args.replace(api_key=None))]
+    handle = ServerHandle(subprocess.Popen(cmd, env=env, **popen_kwargs), args)
     try:
         handle.wait_ready(timeout)
     except BaseException:

@@ -44,6 +44,14 @@ class TokenizerManager:
         self.context_length = context_length
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(model_dir)
         self.vocab_size = len(self.tokenizer)
+        self._token_texts: dict[int, str] = {}
+
+    def token_text(self, token_id: int) -> str:
+        """One token decoded alone (logprob entries); memoised since streams re-send them per chunk."""
+        text = self._token_texts.get(token_id)
+        if text is None:
+            text = self._token_texts[token_id] = self.tokenizer.decode([token_id])
+        return text
 
     def model_info(self) -> ModelInfo:
         tok = self.tokenizer
@@ -229,7 +237,7 @@ class RequestState:
         return meta
 
     def _logprob_meta(self, sub: _SubState) -> dict[str, Any]:
-        text = self._token_text
+        text = self.tm.token_text
         ids = sub.detok.ids
         meta: dict[str, Any] = {
             "output_token_logprobs": [[lp, t, text(t)] for lp, t in zip(sub.output_logprobs, ids)],
@@ -241,9 +249,6 @@ class RequestState:
             if self.req.top_logprobs_num and sub.input_top is not None:
                 meta["input_top_logprobs"] = [[[lp, t, text(t)] for lp, t in row] for row in sub.input_top]
         return meta
-
-    def _token_text(self, token_id: int) -> str:
-        return self.tm.tokenizer.decode([token_id])
 
 
 class ScoreJob:

@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 
-from radixrt.runtime.config import ServerArgs
+from radixrt.runtime.config import API_KEY_ENV, ServerArgs
 from radixrt.runtime.zmq_io import WorkerAddresses, ZmqWorkerIO
 
 logger = logging.getLogger("radixrt.worker")
@@ -59,6 +59,11 @@ def worker_argv(args: ServerArgs, ipc_dir: str) -> list[str]:
     """Command line that starts a worker for `args` (the API key stays with the frontend)."""
     config = dataclasses.asdict(args.replace(api_key=None))
     return [sys.executable, "-m", "radixrt.runtime.worker", "--config", json.dumps(config), "--ipc-dir", ipc_dir]
+
+
+def worker_env() -> dict[str, str]:
+    """The launcher's environment without the API key (the worker never needs it)."""
+    return {k: v for k, v in os.environ.items() if k != API_KEY_ENV}
 
 
 def main(argv: list[str] | None = None) -> int:

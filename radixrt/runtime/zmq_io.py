@@ -39,7 +39,7 @@ def decode_or_drop(decoder: msgspec.msgpack.Decoder, frame: bytes, side: str) ->
     """The decoded Struct, or None (logged) when the frame is not one of the decoder's types."""
     try:
         return decoder.decode(frame)
-    except (msgspec.DecodeError, msgspec.ValidationError) as e:
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as e:
         logger.warning("%s: dropped a malformed frame (%d bytes): %s", side, len(frame), e)
         return None
 

@@ -8,6 +8,7 @@ One character is one token. Replies are exact, so tests can assert text, not sha
 - a prompt containing a key of `errors` gets ErrorReply(400, errors[key], "text").
 - `hold` > 1 keeps generate replies until that many are pending (or 0.3 s pass), then answers
   them newest first, stream chunks round-robin: concurrent requests get interleaved replies.
+- `control_hold` > 1 does the same for control replies (ModelInfo, Ack, StatsReply).
 """
 
 from __future__ import annotations
@@ -53,6 +54,9 @@ class FakeServer:
         self.errors: dict[str, str] = {}
         self.garbage_before_replies = 0
         self.silent = False  # never answer generate requests (timeouts)
+        self.stream_gap = 0.0  # seconds between the replies of a flush (slow streams)
+        self.control_hold = 1
+        self._control_pending: list[tuple[bytes, p.ServerMsg]] = []
         self.max_in_flight = 0
         self._seen: list[str] = []
         self._pending: list[tuple[bytes, p.GenerateRequest]] = []
@@ -104,14 +108,21 @@ class FakeServer:
         elif isinstance(msg, p.GetModelInfo):
             info = p.ModelInfo(model_path="fake", context_length=4096, vocab_size=256, chat_template=self.chat_template,
                                bos_token="<|im_start|>", eos_token="<|im_end|>")
-            self._send(ident, info)
+            self._control(ident, info)
         elif isinstance(msg, p.FlushCache):
             self._seen.clear()
-            self._send(ident, p.Ack())
+            self._control(ident, p.Ack())
         elif isinstance(msg, p.GetStats):
-            self._send(ident, p.StatsReply(stats={"received": len(self.received)}))
+            self._control(ident, p.StatsReply(stats={"received": len(self.received)}))
         elif isinstance(msg, p.AbortRequest):
             self._pending = [(i, r) for i, r in self._pending if r.rid != msg.rid]
+
+    def _control(self, ident: bytes, reply: p.ServerMsg) -> None:
+        self._control_pending.append((ident, reply))
+        if len(self._control_pending) >= self.control_hold:
+            for route, held in reversed(self._control_pending):
+                self._send(route, held)
+            self._control_pending = []
 
     def _flush(self) -> None:
         """Answer the held requests newest first, their stream chunks interleaved round-robin."""
@@ -120,6 +131,7 @@ class FakeServer:
         while queues:
             for ident, replies in queues:
                 self._send(ident, replies.pop(0))
+                time.sleep(self.stream_gap)
             queues = [(ident, replies) for ident, replies in queues if replies]
 
     def _generate(self, req: p.GenerateRequest) -> list[p.ServerMsg]:

@@ -100,6 +100,7 @@ def test_timeout_aborts_the_request_on_the_server():
 
 def test_closing_a_stream_early_aborts_it():
     with FakeServer(chunk_size=1) as server, RuntimeClient(server.address, timeout=10) as client:
+        server.stream_gap = 0.2  # the request is still running when the client closes the stream
         stream = client.stream(gen_request("s", "x" * 1000, stream=True))
         first = next(stream)
         stream.close()
@@ -129,3 +130,47 @@ def test_close_fails_waiting_callers():
     assert len(errors) == 1
     with pytest.raises(ClientClosed):
         client.call(p.GetStats())
+
+
+def test_many_requests_keep_flowing_through_the_wakeup_channel():
+    # each request wakes the I/O thread once; thousands must not fill the wake-up socket
+    with FakeServer() as server, RuntimeClient(server.address, timeout=10) as client:
+        for i in range(1500):
+            assert client.call(p.GetStats()).stats["received"] == i + 1
+
+
+def test_control_replies_out_of_order_reach_the_right_caller():
+    with FakeServer() as server, RuntimeClient(server.address, timeout=10) as client:
+        server.control_hold = 3  # answers the three newest first
+        out: dict[str, object] = {}
+
+        def ask(name: str, msg: p.ClientMsg) -> None:
+            out[name] = client.call(msg)
+
+        threads = [
+            threading.Thread(target=ask, args=args)
+            for args in (("info", p.GetModelInfo()), ("ack", p.FlushCache()), ("stats", p.GetStats()))
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert isinstance(out["info"], p.ModelInfo)
+    assert isinstance(out["ack"], p.Ack)
+    assert isinstance(out["stats"], p.StatsReply)
+
+
+def test_api_key_is_stamped_on_every_message_kind():
+    with FakeServer() as server:
+        server.silent = True
+        with RuntimeClient(server.address, timeout=0.2, api_key="k") as client:
+            client.call(p.GetStats())
+            client.call(p.GetModelInfo())
+            client.call(p.FlushCache())
+            with pytest.raises(TimeoutError):  # the timeout sends an AbortRequest
+                client.call(gen_request("r", "x"))
+            client.call(p.ScoreRequest(rid="s", prefix="a", continuations=["b"]))
+    kinds = {type(m).__name__: m.api_key for m in server.received}
+    assert kinds == dict.fromkeys(
+        ["GetStats", "GetModelInfo", "FlushCache", "GenerateRequest", "AbortRequest", "ScoreRequest"], "k"
+    )

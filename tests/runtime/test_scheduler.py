@@ -22,7 +22,7 @@ def baseline(tiny_model_dir):
     """Greedy outputs of each prompt run alone with a big pool and the cache off."""
     h = Harness(tiny_model_dir, disable_radix_cache=True)
     out = {}
-    for i, p in enumerate(prompts(6) + [PREFIX + q for q in prompts(4, seed=1)]):
+    for p in prompts(6) + [PREFIX + q for q in prompts(4, seed=1)]:
         rid = h.request(p, max_new_tokens=10)
         h.run()
         out[tuple(p)] = h.outputs[rid]

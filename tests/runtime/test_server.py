@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
 import msgspec
 import pytest
-import zmq
 
 import radixrt
 from radixrt.runtime import protocol
-from radixrt.runtime.protocol import ErrorReply, GenerateRequest, GenerateResult, SamplingParams
-from tests.runtime.server_harness import sse_events, start_server
+from radixrt.runtime.protocol import ErrorReply, GenerateResult
+from tests.runtime.server_harness import ZmqClient, sse_events, start_server, stats, wait_until, zmq_generate
 
 pytestmark = pytest.mark.slow
 
@@ -33,50 +31,6 @@ def reference() -> dict[str, dict[str, Any]]:
         return {p: engine.generate(p, GREEDY) for p in PROMPTS}
     finally:
         engine.shutdown()
-
-
-class ZmqClient:
-    def __init__(self, address: str):
-        self.sock = zmq.Context.instance().socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.connect(address)
-        self.decoder = protocol.decoder(protocol.ServerMsg)
-
-    def send(self, msg: Any) -> None:
-        self.sock.send(protocol.encoder().encode(msg))
-
-    def recv(self, timeout: float = 60) -> Any:
-        assert self.sock.poll(int(timeout * 1000)), "no answer from the server"
-        return self.decoder.decode(self.sock.recv())
-
-    def until_end(self, rid: str) -> list[Any]:
-        """Messages for `rid` up to its GenerateResult or ErrorReply."""
-        msgs = []
-        while not msgs or not isinstance(msgs[-1], (GenerateResult, ErrorReply)):
-            msg = self.recv()
-            assert msg.rid == rid, f"got a message for {msg.rid!r} while waiting for {rid!r}"
-            msgs.append(msg)
-        return msgs
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-def zmq_generate(rid: str, text: str, **sampling: Any) -> GenerateRequest:
-    return GenerateRequest(rid=rid, text=text, sampling=SamplingParams(**{**GREEDY, **sampling}))
-
-
-def stats(http: httpx.Client) -> dict[str, Any]:
-    answer = http.get("/stats")
-    assert answer.status_code == 200, answer.text
-    return answer.json()
-
-
-def wait_until(condition: Any, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.1)
 
 
 def test_concurrent_plain_and_streaming_requests_match_the_in_process_engine(http, reference):

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from radixrt.lang.chat_template import ChatTemplate
-from radixrt.lang.sampling import LogprobOptions
+from radixrt.lang.sampling import NO_LOGPROBS, LogprobOptions
 from radixrt.runtime.protocol import GenerateResult, SamplingParams, ScoreResult
 
 
@@ -23,7 +23,7 @@ class Backend(ABC):
         self,
         prompt: str,
         sampling: SamplingParams,
-        logprobs: LogprobOptions = LogprobOptions(),
+        logprobs: LogprobOptions = NO_LOGPROBS,
         on_chunk: Callable[[str], None] | None = None,
     ) -> GenerateResult:
         """Complete `prompt`. With `on_chunk`, stream: it gets each new piece of text in order.

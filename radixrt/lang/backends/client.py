@@ -2,8 +2,9 @@
 
 Any thread may call `call` / `stream` / `abort`. Requests are queued to the I/O thread (the only
 thread touching the socket), woken through a socketpair. Replies are routed by `rid` to a
-per-request queue; rid-less replies (Ack, StatsReply, ModelInfo) answer control requests in the
-order they were sent. A frame the typed decoder rejects is logged and dropped.
+per-request queue. Rid-less replies answer control requests by type (ModelInfo for GetModelInfo,
+Ack for FlushCache, StatsReply for GetStats), oldest first: the server may answer different
+control calls out of order. A frame the typed decoder rejects is logged and dropped.
 """
 
 from __future__ import annotations
@@ -20,11 +21,21 @@ import zmq
 
 from radixrt.errors import InvalidRequest, Overloaded, RadixRTError, Unauthorized
 from radixrt.runtime import protocol
-from radixrt.runtime.protocol import AbortRequest, ErrorReply, GenerateResult, ScoreResult
+from radixrt.runtime.protocol import (
+    AbortRequest,
+    ErrorReply,
+    GenerateResult,
+    ScoreResult,
+)
 
 logger = logging.getLogger(__name__)
 
 _TERMINAL = (GenerateResult, ScoreResult, ErrorReply)
+_CONTROL_REPLY = {
+    protocol.GetModelInfo: protocol.ModelInfo,
+    protocol.FlushCache: protocol.Ack,
+    protocol.GetStats: protocol.StatsReply,
+}
 _BY_STATUS = {401: Unauthorized, 403: Unauthorized, 503: Overloaded}
 
 
@@ -48,23 +59,25 @@ class RuntimeClient:
     """Talks to a radixrt frontend's ROUTER socket at `address` (tcp://... or ipc://...).
 
     `timeout`: seconds to wait for each reply message (None waits forever); on a timeout the
-    request is aborted on the server and TimeoutError is raised.
+    request is aborted on the server and TimeoutError is raised. `api_key` is stamped on every
+    message that does not carry one.
     """
 
-    def __init__(self, address: str, timeout: float | None = None):
-        self.address, self.timeout = address, timeout
+    def __init__(self, address: str, timeout: float | None = None, api_key: str | None = None):
+        self.address, self.timeout, self.api_key = address, timeout, api_key
         self._ctx = zmq.Context()
         self._sock = self._ctx.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.connect(address)
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)  # a full buffer means "already woken", never a wait
         self._encoder = protocol.encoder()
         self._decoder = protocol.decoder(protocol.ServerMsg)
         self._lock = threading.Lock()
         self._outbox: deque[bytes] = deque()
         self._pending: dict[str, queue.SimpleQueue] = {}
-        self._control: deque[queue.SimpleQueue] = deque()
+        self._control: deque[tuple[type, queue.SimpleQueue]] = deque()  # (reply type, waiter)
         self._closed = False
         self._thread = threading.Thread(target=self._io_loop, name="radixrt-client-io", daemon=True)
         self._thread.start()
@@ -94,17 +107,18 @@ class RuntimeClient:
                 self.abort(msg.rid)
 
     def abort(self, rid: str) -> None:
-        """Ask the server to stop `rid`; its later replies are dropped."""
+        """Ask the server to stop `rid` if it is still running; its later replies are dropped."""
         with self._lock:
-            self._pending.pop(rid, None)
-        self._submit(AbortRequest(rid=rid))
+            running = self._pending.pop(rid, None) is not None and not self._closed
+        if running:
+            self._submit(AbortRequest(rid=rid))
 
     def close(self) -> None:
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-            waiters = list(self._pending.values()) + list(self._control)
+            waiters = list(self._pending.values()) + [w for _, w in self._control]
             self._pending.clear()
             self._control.clear()
         for w in waiters:
@@ -126,6 +140,8 @@ class RuntimeClient:
 
     def _submit(self, msg: protocol.ClientMsg) -> queue.SimpleQueue | None:
         waiter = None if isinstance(msg, AbortRequest) else queue.SimpleQueue()
+        if self.api_key is not None and msg.api_key is None:
+            msg = msgspec.structs.replace(msg, api_key=self.api_key)
         with self._lock:
             if self._closed:
                 raise ClientClosed("the client was closed")
@@ -134,7 +150,7 @@ class RuntimeClient:
             if waiter is not None and rid is not None:
                 self._pending[rid] = waiter
             elif waiter is not None:
-                self._control.append(waiter)
+                self._control.append((_CONTROL_REPLY[type(msg)], waiter))
             self._outbox.append(frame)
         self._wake()
         return waiter
@@ -164,14 +180,15 @@ class RuntimeClient:
     def _io_loop(self) -> None:
         poller = zmq.Poller()
         poller.register(self._sock, zmq.POLLIN)
-        poller.register(self._wake_r, zmq.POLLIN)
+        wake_fd = self._wake_r.fileno()
+        poller.register(wake_fd, zmq.POLLIN)  # NOTE: poll() reports plain sockets by fd
         while True:
             with self._lock:
                 if self._closed:
                     return
                 blocked = self._flush_outbox()
             events = dict(poller.poll(10 if blocked else None))
-            if self._wake_r in events:
+            if wake_fd in events:
                 self._drain_wake()
             if self._sock in events:
                 self._receive_all()
@@ -211,9 +228,20 @@ class RuntimeClient:
         with self._lock:
             if rid is not None and rid in self._pending:
                 waiter = self._pending.pop(rid) if isinstance(msg, _TERMINAL) else self._pending[rid]
-            elif (rid is None or (isinstance(msg, ErrorReply) and not rid)) and self._control:
-                waiter = self._control.popleft()
+            elif rid is None or (isinstance(msg, ErrorReply) and not rid):
+                waiter = self._pop_control(msg)
             else:
                 logger.debug("dropping a reply for unknown or finished rid %r", rid)
                 return
+        if waiter is None:
+            logger.warning("dropping a %s that answers no waiting control request", type(msg).__name__)
+            return
         waiter.put(msg)
+
+    def _pop_control(self, msg: protocol.ServerMsg) -> queue.SimpleQueue | None:
+        """The oldest control waiter this reply answers (any one, for a rid-less error); lock held."""
+        for i, (reply_type, waiter) in enumerate(self._control):
+            if isinstance(msg, (reply_type, ErrorReply)):
+                del self._control[i]
+                return waiter
+        return None

@@ -8,7 +8,9 @@ cumulative text. Only the standard library is used.
 from __future__ import annotations
 
 import json
+import logging
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -30,18 +32,26 @@ from radixrt.runtime.protocol import (
     StatsReply,
 )
 
+logger = logging.getLogger(__name__)
+
 
 class HttpClient:
     """Talks to `base_url` (http://host:port). Thread-safe: each call is its own HTTP request."""
 
     def __init__(self, base_url: str, api_key: str | None = None, timeout: float | None = None):
         self.base_url, self.api_key, self.timeout = base_url.rstrip("/"), api_key, timeout
+        host = urllib.parse.urlsplit(self.base_url).hostname
+        # NOTE: a local server is never reached through an http_proxy from the environment
+        local = host in ("localhost", "127.0.0.1", "::1")
+        proxies = urllib.request.ProxyHandler({}) if local else urllib.request.ProxyHandler()
+        self._opener = urllib.request.build_opener(proxies)
 
     def call(self, msg: protocol.ClientMsg, timeout: float | None = None) -> protocol.ServerMsg:
         rid = getattr(msg, "rid", "")
         if isinstance(msg, GenerateRequest):
             out = self._post("/generate", _generate_body(msg), rid, timeout)
-            return GenerateResult(rid=rid, text=out["text"], output_ids=out.get("output_ids", []), meta_info=out["meta_info"])
+            ids = out.get("output_ids", [])
+            return GenerateResult(rid=rid, text=out["text"], output_ids=ids, meta_info=out["meta_info"])
         if isinstance(msg, protocol.ScoreRequest):
             return self._score(msg, timeout)
         if isinstance(msg, protocol.GetModelInfo):
@@ -60,7 +70,8 @@ class HttpClient:
         with self._open("POST", "/generate", body, msg.rid, timeout) as response:
             for event in _sse_events(response):
                 out = event
-                new = event["text"][len(text) :] if event["text"].startswith(text) else event["text"]
+                # cumulative text (SGLang) or, from other servers, only the new piece
+                new = event["text"].removeprefix(text) if event["text"].startswith(text) else event["text"]
                 text += new
                 if new:
                     yield GenerateChunk(rid=msg.rid, text=new, output_ids=[], meta_info=event.get("meta_info", {}))
@@ -69,8 +80,8 @@ class HttpClient:
     def abort(self, rid: str) -> None:
         try:
             self._request("POST", "/abort_request", {"rid": rid}, rid, 5, parse=False)
-        except Exception:  # noqa: BLE001 - best effort: the request may be finished already
-            pass
+        except Exception as e:  # noqa: BLE001 - best effort: the request may be finished already
+            logger.debug("abort of %s failed: %s", rid, e)
 
     def close(self) -> None:
         pass
@@ -78,16 +89,28 @@ class HttpClient:
     # ---- select: one prefix commit, then all continuations in one list request -------------
 
     def _score(self, msg: protocol.ScoreRequest, timeout: float | None) -> ScoreResult:
-        prefill = {"text": msg.prefix, "sampling_params": {"max_new_tokens": 0}}
-        prefix_len = self._post("/generate", prefill, msg.rid, timeout)["meta_info"]["prompt_tokens"]
+        """Scores from SGLang-style input logprobs, starting at the prefix's last token.
+
+        The prefix is sent along in the list: its last token id tells, per continuation,
+        whether that position still holds the prefix's token (skipped) or a token merged with
+        the continuation's start, e.g. " yes" after a prefix ending in a space (kept).
+        """
+        texts, start = list(msg.continuations), 0
+        if msg.prefix:
+            prefill = {"text": msg.prefix, "sampling_params": {"max_new_tokens": 0}}
+            prefix_len = self._post("/generate", prefill, msg.rid, timeout)["meta_info"]["prompt_tokens"]
+            texts, start = [msg.prefix] + [msg.prefix + c for c in texts], max(prefix_len - 1, 0)
         body = {
-            "text": [msg.prefix + c for c in msg.continuations],
+            "text": texts,
             "sampling_params": {"max_new_tokens": 0},
             "return_logprob": True,
-            "logprob_start_len": prefix_len,
+            "logprob_start_len": start,
         }
-        outs = self._post("/generate", body, msg.rid, timeout)
-        return ScoreResult(rid=msg.rid, scores=[_continuation_score(o["meta_info"]) for o in outs])
+        metas = [o["meta_info"] for o in self._post("/generate", body, msg.rid, timeout)]
+        boundary = None
+        if msg.prefix:
+            boundary, metas = _entries(metas[0])[0][1], metas[1:]
+        return ScoreResult(rid=msg.rid, scores=[_continuation_score(m, boundary) for m in metas])
 
     # ---- plumbing --------------------------------------------------------------------------
 
@@ -106,7 +129,7 @@ class HttpClient:
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(self.base_url + path, data=data, headers=headers, method=method)
         try:
-            return urllib.request.urlopen(request, timeout=self.timeout if timeout is None else timeout)
+            return self._opener.open(request, timeout=self.timeout if timeout is None else timeout)
         except urllib.error.HTTPError as e:
             raise error_from_reply(_error_reply(rid, e.code, e.read())) from None
         except urllib.error.URLError as e:
@@ -155,9 +178,16 @@ def _error_reply(rid: str, status: int, body: bytes) -> ErrorReply:
     return ErrorReply(rid=rid, status=status, message=str(message), param=error.get("param"))
 
 
-def _continuation_score(meta: dict[str, Any]) -> ContinuationScore:
-    # SGLang shape: input_token_logprobs = [[logprob | None, token_id, text | None], ...]
-    pairs = [(lp, tid) for lp, tid, *_ in meta.get("input_token_logprobs", []) if lp is not None]
+def _entries(meta: dict[str, Any]) -> list[list[Any]]:
+    """SGLang shape: input_token_logprobs = [[logprob | None, token_id, text | None], ...]."""
+    return meta.get("input_token_logprobs") or []
+
+
+def _continuation_score(meta: dict[str, Any], boundary: int | None) -> ContinuationScore:
+    entries = _entries(meta)
+    if boundary is not None and entries and entries[0][1] == boundary:
+        entries = entries[1:]  # the prefix's own last token, unchanged by the continuation
+    pairs = [(lp, tid) for lp, tid, *_ in entries if lp is not None]
     return ContinuationScore(
         token_ids=[t for _, t in pairs],
         logprobs=[lp for lp, _ in pairs],

@@ -10,7 +10,7 @@ from typing import Any
 from radixrt.errors import InvalidRequest
 from radixrt.lang.backends.base import Backend
 from radixrt.lang.chat_template import ChatTemplate
-from radixrt.lang.sampling import LogprobOptions
+from radixrt.lang.sampling import NO_LOGPROBS, LogprobOptions
 from radixrt.runtime.protocol import (
     FlushCache,
     GenerateChunk,
@@ -39,7 +39,7 @@ class RuntimeEndpoint(Backend):
         if url.startswith(("tcp://", "ipc://")):
             from radixrt.lang.backends.client import RuntimeClient
 
-            self.client = RuntimeClient(url, timeout=timeout)
+            self.client = RuntimeClient(url, timeout=timeout, api_key=api_key)
         elif url.startswith(("http://", "https://")):
             from radixrt.lang.backends.http_client import HttpClient
 
@@ -67,7 +67,7 @@ class RuntimeEndpoint(Backend):
         self,
         prompt: str,
         sampling: SamplingParams,
-        logprobs: LogprobOptions = LogprobOptions(),
+        logprobs: LogprobOptions = NO_LOGPROBS,
         on_chunk: Callable[[str], None] | None = None,
     ) -> GenerateResult:
         request = GenerateRequest(
@@ -78,7 +78,6 @@ class RuntimeEndpoint(Backend):
             logprob_start_len=logprobs.logprob_start_len,
             top_logprobs_num=logprobs.top_logprobs_num,
             stream=on_chunk is not None,
-            api_key=self.api_key,
         )
         if on_chunk is None:
             return self.client.call(request)
@@ -90,7 +89,7 @@ class RuntimeEndpoint(Backend):
         raise RuntimeError("stream ended without a result")  # stream() always ends with a result
 
     def score(self, prefix: str, continuations: list[str]) -> ScoreResult:
-        request = ScoreRequest(rid=new_rid(), prefix=prefix, continuations=continuations, api_key=self.api_key)
+        request = ScoreRequest(rid=new_rid(), prefix=prefix, continuations=continuations)
         return self.client.call(request)
 
     def flush_cache(self) -> None:

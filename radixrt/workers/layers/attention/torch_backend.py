@@ -77,7 +77,7 @@ class TorchAttentionBackend(AttentionBackend):
         group = self._decode
         if group is not None and group.rows is None:
             return self._attend_decode(q, k_buf, v_buf, group)
-        out = torch.empty_like(q)  # [T, H, D]
+        out = torch.empty(q.shape, dtype=q.dtype, device=q.device)  # [T, H, D]
         if group is not None:
             decoded = self._attend_decode(q[group.rows], k_buf, v_buf, group)
             out.index_copy_(0, group.rows, decoded.view(-1, *q.shape[1:]))
@@ -108,23 +108,24 @@ class TorchAttentionBackend(AttentionBackend):
         v_buf: torch.Tensor,
         ext: _Extend,
     ) -> torch.Tensor:
-        queries = q[ext.q_start : ext.q_end].transpose(0, 1)  # [H, E, D]
+        # NOTE: 4-D [1, heads, len, dim] views: only 4-D inputs reach the fused CPU kernel.
+        queries = q[None, ext.q_start : ext.q_end].transpose(1, 2)  # [1, H, E, D]
         if ext.slots is None:
-            keys = k[ext.q_start : ext.q_end]
-            values = v[ext.q_start : ext.q_end]
+            keys = k[None, ext.q_start : ext.q_end]  # [1, E, Hkv, D]
+            values = v[None, ext.q_start : ext.q_end]
         else:
-            keys = k_buf.index_select(0, ext.slots)  # [S, Hkv, D]
-            values = v_buf.index_select(0, ext.slots)
+            keys = k_buf.index_select(0, ext.slots)[None]  # [1, S, Hkv, D]
+            values = v_buf.index_select(0, ext.slots)[None]
         out = F.scaled_dot_product_attention(
             queries,
-            keys.transpose(0, 1),
-            values.transpose(0, 1),
+            keys.transpose(1, 2),
+            values.transpose(1, 2),
             attn_mask=ext.mask,
             is_causal=ext.mask is None,
             scale=self.scale,
             enable_gqa=self.num_heads != self.num_kv_heads,
-        )  # [H, E, D]
-        return out.transpose(0, 1)
+        )  # [1, H, E, D]
+        return out[0].transpose(0, 1)
 
 
 def _prepare_decode(

@@ -1,0 +1,99 @@
+"""Engine micro-benchmarks on `radixrt.Engine` (in this process): prefill and decode rates, and
+JSON-constrained decoding (with and without jump-forward) against unconstrained decoding of the
+same length."""
+
+from __future__ import annotations
+
+import json
+import random
+import statistics
+import time
+from typing import Any
+
+from radixrt.bench.workloads.json_decode import SCHEMA
+
+PREFILL_TOKENS = 1024
+DECODE_BATCHES = (1, 16, 64)
+DECODE_STEPS = (4, 36)  # decode rate from the difference of two lengths: prefill cancels out
+JSON_BATCH = 8
+_JSON_PROMPTS = [
+    f"Describe town number {i} as a JSON record with its name, kind, location and population.\n"
+    for i in range(JSON_BATCH)
+]
+
+
+def run_micro(model: str = "default", dtype: str = "bfloat16", repeats: int = 3, seed: int = 0) -> dict[str, Any]:
+    """Prefill tokens/s (1,024-token prompt), decode tokens/s at batch 1/16/64, JSON vs plain decode
+    (and JSON with jump-forward off, on a second engine)."""
+    rng = random.Random(seed)
+    with _engine(model, dtype) as engine:
+        vocab = engine.tm.vocab_size
+        engine.generate(input_ids=_ids(rng, vocab, 32), sampling_params={"max_new_tokens": 2})  # warm-up
+        results = {
+            "prefill_tokens_per_s": _prefill(engine, rng, vocab, repeats),
+            "decode_tokens_per_s": {str(b): _decode(engine, rng, vocab, b) for b in DECODE_BATCHES},
+            "json_batch": JSON_BATCH,
+        }
+        tokens, results["json_decode_tokens_per_s"] = _json_rate(engine)
+        results["json_mean_output_tokens"] = tokens / JSON_BATCH
+        results["unconstrained_decode_tokens_per_s"] = _plain_rate(engine, max(1, round(tokens / JSON_BATCH)))
+    with _engine(model, dtype, disable_jump_forward=True) as engine:
+        results["json_nojump_decode_tokens_per_s"] = _json_rate(engine)[1]
+    return results
+
+
+def _engine(model: str, dtype: str, **overrides: Any) -> Any:
+    import radixrt
+
+    return radixrt.Engine(model, dtype=dtype, device="cpu", kv_slots=65536, max_running_requests=64,
+                          log_level="warning", **overrides)  # fmt: skip
+
+
+def _ids(rng: random.Random, vocab: int, n: int) -> list[int]:
+    return [rng.randrange(100, vocab) for _ in range(n)]
+
+
+def _prefill(engine: Any, rng: random.Random, vocab: int, repeats: int) -> float:
+    """Median over `repeats` fresh (uncached) 1,024-token prompts, one output token each."""
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        engine.generate(input_ids=_ids(rng, vocab, PREFILL_TOKENS), sampling_params={"max_new_tokens": 1})
+        rates.append(PREFILL_TOKENS / (time.perf_counter() - start))
+    return statistics.median(rates)
+
+
+def _decode(engine: Any, rng: random.Random, vocab: int, batch: int) -> float:
+    times = []
+    for steps in DECODE_STEPS:
+        prompts = [_ids(rng, vocab, 16) for _ in range(batch)]
+        params = {"max_new_tokens": steps, "ignore_eos": True, "temperature": 0.0}
+        start = time.perf_counter()
+        engine.generate(input_ids=prompts, sampling_params=params)
+        times.append(time.perf_counter() - start)
+    return batch * (DECODE_STEPS[1] - DECODE_STEPS[0]) / max(times[1] - times[0], 1e-9)
+
+
+def _json_rate(engine: Any) -> tuple[int, float]:
+    """(output tokens, output tokens/s) of JSON_BATCH schema-constrained requests at once; the
+    grammar is compiled (and the engine warmed) before timing. Jump-forward tokens count as output."""
+    constrained = {"max_new_tokens": 96, "temperature": 0.0, "json_schema": _schema_text()}
+    engine.generate(prompt=_JSON_PROMPTS[:1], sampling_params=constrained)
+    engine.flush_cache()
+    start = time.perf_counter()
+    outs = engine.generate(prompt=_JSON_PROMPTS, sampling_params=constrained)
+    tokens = sum(o["meta_info"]["completion_tokens"] for o in outs)
+    return tokens, tokens / (time.perf_counter() - start)
+
+
+def _plain_rate(engine: Any, length: int) -> float:
+    """Output tokens/s of the same prompts unconstrained, forced (ignore_eos) to `length` tokens."""
+    engine.flush_cache()
+    start = time.perf_counter()
+    outs = engine.generate(prompt=_JSON_PROMPTS, sampling_params={"max_new_tokens": length, "temperature": 0.0,
+                                                                  "ignore_eos": True})  # fmt: skip
+    return sum(o["meta_info"]["completion_tokens"] for o in outs) / (time.perf_counter() - start)
+
+
+def _schema_text() -> str:
+    return json.dumps(SCHEMA)

@@ -1,0 +1,31 @@
+"""The benchmark workloads (SGLang paper), each a radixrt DSL program over seeded synthetic data."""
+
+from __future__ import annotations
+
+from radixrt.bench.workloads import (
+    few_shot,
+    hellaswag,
+    json_decode,
+    llm_judge,
+    multi_turn,
+    react,
+    tip_suggestion,
+    tree_of_thought,
+)
+from radixrt.bench.workloads.base import Batch, Workload
+
+WORKLOADS: dict[str, Workload] = {
+    w.name: w
+    for w in (
+        few_shot.WORKLOAD,
+        hellaswag.WORKLOAD,
+        multi_turn.WORKLOAD,
+        tree_of_thought.WORKLOAD,
+        tip_suggestion.WORKLOAD,
+        llm_judge.WORKLOAD,
+        json_decode.WORKLOAD,
+        react.WORKLOAD,
+    )
+}
+
+__all__ = ["WORKLOADS", "Batch", "Workload"]

@@ -1,0 +1,38 @@
+"""`Runtime`: start a local `radixrt serve` and use it as a DSL backend (SGLang's `sgl.Runtime`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from radixrt.lang.backends.runtime_endpoint import RuntimeEndpoint
+from radixrt.runtime.config import ServerArgs
+from radixrt.runtime.server_handle import launch_server
+
+
+class Runtime:
+    """A server process on free loopback ports, stopped by `shutdown()` or on leaving a `with` block.
+
+        runtime = radixrt.Runtime(model="default", kv_slots=8192)
+        radixrt.set_default_backend(runtime)
+
+    Keywords are `radixrt serve` options (`ServerArgs` fields); SGLang's `model_path` is accepted too.
+    """
+
+    def __init__(self, model: str | None = None, *, model_path: str | None = None,
+                 start_timeout: float = 900.0, request_timeout: float | None = None, **server_args: Any):
+        if model is not None and model_path is not None and model != model_path:
+            raise ValueError("give model or model_path, not both")
+        args = ServerArgs(model=model or model_path or "default", port=0, **server_args)
+        self.server = launch_server(args, timeout=start_timeout)
+        self.url = self.server.url
+        self.endpoint = RuntimeEndpoint(self.server.zmq_address, api_key=args.api_key, timeout=request_timeout)
+
+    def shutdown(self) -> None:
+        self.endpoint.shutdown()
+        self.server.shutdown()
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()

@@ -1,0 +1,160 @@
+"""Every benchmark workload, at a tiny size, on a real radixrt server and on the transformers
+baseline (a small random llama with the embedded tokenizer): programs finish and their outputs
+are well-formed. Plus the optimal-hit-rate arithmetic and the CLI's JSON shape. No timing."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from radixrt.bench import metrics
+from radixrt.bench.cli import main
+from radixrt.bench.recording import Call
+from radixrt.bench.runner import run_workload
+from radixrt.bench.systems import Session
+from radixrt.bench.transformers_backend import TransformersBackend
+from radixrt.bench.workloads import WORKLOADS
+from radixrt.runtime.config import ServerArgs
+from radixrt.runtime.protocol import SamplingParams
+from radixrt.runtime.server_handle import launch_server
+from radixrt.runtime.tokenizer_manager import load_tokenizer
+
+PROGRAMS = 2
+
+
+@pytest.fixture(scope="module")
+def bench_model_dir(tmp_path_factory, embedded_model_dir):
+    """2-layer random llama, embedded tokenizer, 4k context (the few-shot blocks need > 1k)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    out = tmp_path_factory.mktemp("bench-llama")
+    vocab = json.loads((embedded_model_dir / "config.json").read_text())["vocab_size"]
+    config = LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                         tie_word_embeddings=True, eos_token_id=2, bos_token_id=1, pad_token_id=2)  # fmt: skip
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(out, safe_serialization=True)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"):
+        if (embedded_model_dir / name).exists():
+            shutil.copy(embedded_model_dir / name, out / name)
+    return out
+
+
+@pytest.fixture(scope="module")
+def encode(bench_model_dir):
+    tokenizer = load_tokenizer(bench_model_dir)
+    return lambda text: tokenizer.encode(text, add_special_tokens=True)
+
+
+@pytest.fixture(scope="module")
+def radixrt_session(bench_model_dir):
+    from radixrt.lang import RuntimeEndpoint
+
+    args = ServerArgs(model=str(bench_model_dir), dtype="float32", device="cpu", port=0, kv_slots=32768,
+                      max_running_requests=16, log_level="warning")  # fmt: skip
+    handle = launch_server(args, timeout=300)
+    session = Session("radixrt", RuntimeEndpoint(handle.zmq_address, timeout=120), handle.shutdown)
+    yield session
+    session.close()
+
+
+@pytest.fixture(scope="module")
+def hf_session(bench_model_dir):
+    session = Session("transformers", TransformersBackend(bench_model_dir, dtype=torch.float32, max_batch=16))
+    yield session
+    session.close()
+
+
+def _run(name, session, encode):
+    return run_workload(WORKLOADS[name], session, num_programs=PROGRAMS, parallel=PROGRAMS, seed=1, encode=encode)
+
+
+@pytest.mark.parametrize("name", list(WORKLOADS))
+def test_workload_programs_finish_well_formed_on_radixrt(name, radixrt_session, encode):
+    figures = _run(name, radixrt_session, encode)
+    assert figures["problems"] == []
+    assert figures["ok_programs"] == figures["programs"] == PROGRAMS
+    # the recorded trace tokenizes exactly like the server did
+    assert figures["trace_prompt_tokens"] == figures["prompt_tokens"] > 0
+    assert 0.0 <= figures["cache_hit_rate"] <= figures["optimal_hit_rate"] + 0.02
+
+
+@pytest.mark.parametrize("name", list(WORKLOADS))
+def test_workload_programs_finish_well_formed_on_transformers(name, hf_session, encode):
+    figures = _run(name, hf_session, encode)
+    assert figures["problems"] == []
+    assert figures["ok_programs"] == PROGRAMS
+    assert figures["cache_hit_tokens"] == 0
+
+
+def test_batched_greedy_generation_matches_one_by_one(hf_session):
+    backend = hf_session.backend
+    prompts = ["The river", "A long time ago in a small village by the sea there lived"]
+    params = SamplingParams(max_new_tokens=6, temperature=0.0)
+    alone = [backend.generate(p, params).output_ids for p in prompts]
+    jobs = [backend.batcher.submit(_gen_job(backend, p, params)) for p in prompts]
+    together = [job.result()[0] for job in jobs]
+    assert together == alone
+
+
+def _gen_job(backend, prompt, params):
+    from radixrt.bench.hf_batcher import GenJob
+    from radixrt.bench.hf_control import RowSpec
+
+    return GenJob(backend._encode(prompt), RowSpec(params))
+
+
+def test_score_logprobs_match_a_plain_forward(hf_session):
+    backend = hf_session.backend
+    prefix, choices = "The color of the sky is", [" blue", " a deep shade of green"]
+    result = backend.score(prefix, choices)
+    for choice, scored in zip(choices, result.scores):
+        ids = backend._encode(prefix + choice)
+        with torch.inference_mode():
+            logprobs = torch.log_softmax(backend.model(torch.tensor([ids])).logits[0].float(), -1)
+        start = len(ids) - len(scored.logprobs)
+        expected = [logprobs[j - 1, ids[j]].item() for j in range(start, len(ids))]
+        assert scored.token_ids == ids[start:]
+        assert scored.logprobs == pytest.approx(expected, abs=1e-4)
+
+
+def test_optimal_hits_reuse_earlier_prompts_and_outputs():
+    calls = [Call("gen", "a", output_ids=[9]), Call("gen", "b"), Call("gen", "c")]
+    ids = {"a": [1, 2, 3], "b": [1, 2, 3, 9, 4], "c": [1, 2, 3]}
+    trace = metrics.token_trace(calls, ids.__getitem__)
+    # b reuses a's prompt and output (4 of 5); c would match all 3 but its last token is computed
+    assert metrics.optimal_hits(trace) == (4 + 2, 3 + 5 + 3)
+
+
+def test_percentile_interpolates():
+    assert metrics.percentile([4.0, 1.0, 2.0, 3.0], 50) == 2.5
+    assert metrics.percentile([1.0, 2.0], 99) == pytest.approx(1.99)
+
+
+def test_micro_benchmarks_report_every_figure(bench_model_dir):
+    from radixrt.bench.micro import run_micro
+
+    micro = run_micro(str(bench_model_dir), dtype="float32", repeats=1)
+    assert set(micro["decode_tokens_per_s"]) == {"1", "16", "64"}
+    rates = [micro["prefill_tokens_per_s"], *micro["decode_tokens_per_s"].values(), micro["json_decode_tokens_per_s"],
+             micro["json_nojump_decode_tokens_per_s"], micro["unconstrained_decode_tokens_per_s"]]  # fmt: skip
+    assert all(r > 0 for r in rates)
+    assert micro["json_mean_output_tokens"] >= 1
+
+
+def test_cli_writes_json_and_plot(bench_model_dir, tmp_path, capsys):
+    out, plot, md = tmp_path / "out.json", tmp_path / "out.png", tmp_path / "out.md"
+    code = main(["--workload", "few_shot,hellaswag", "--num-programs", "1", "--systems", "transformers",
+                 "--model", str(bench_model_dir), "--no-micro", "--json", str(out), "--plot", str(plot),
+                 "--markdown", str(md)])  # fmt: skip
+    assert code == 0
+    results = json.loads(out.read_text())
+    assert set(results) >= {"workloads", "machine", "settings"}
+    figures = results["workloads"]["hellaswag"]["systems"]["transformers"]
+    assert figures["programs"] == 1 and figures["optimal_hit_rate"] > 0.5
+    assert plot.read_bytes()[:4] == b"\x89PNG"
+    assert "[transformers] few_shot:" in capsys.readouterr().out
+    assert "| hellaswag | transformers | 1 |" in md.read_text()
