@@ -48,17 +48,22 @@ class ScoreJob:
 
 
 class HFBatcher:
-    def __init__(self, model: Any, *, pad_id: int, eos_ids: set[int], decode: Callable[[list[int]], str],
-                 max_batch: int = 64, max_batch_tokens: int = 32768):  # fmt: skip
-        self.model, self.pad_id, self.eos_ids, self.decode = model, pad_id, eos_ids, decode
+    """Runs jobs in batches on one thread, which also loads the model (`load()`): CPU ops run
+    slower in a thread other than the one that ran the process's first parallel ops."""
+
+    def __init__(self, load: Callable[[], Any], *, pad_id: int, eos_ids: set[int],
+                 decode: Callable[[list[int]], str], max_batch: int = 64, max_batch_tokens: int = 32768):  # fmt: skip
+        self.pad_id, self.eos_ids, self.decode = pad_id, eos_ids, decode
         self.max_batch, self.max_batch_tokens = max_batch, max_batch_tokens
-        self.vocab_size = model.config.vocab_size
         self.computed_tokens = 0  # prompt tokens run through the model (padding excluded)
         self._jobs: list[GenJob | ScoreJob] = []
         self._cond = threading.Condition()
         self._closed = False
-        self._thread = threading.Thread(target=self._loop, name="radixrt-bench-hf", daemon=True)
+        loaded: Future = Future()
+        self._thread = threading.Thread(target=self._loop, args=(load, loaded), name="radixrt-bench-hf", daemon=True)
         self._thread.start()
+        self.model = loaded.result()
+        self.vocab_size = self.model.config.vocab_size
 
     def submit(self, job: GenJob | ScoreJob) -> Future:
         with self._cond:
@@ -74,7 +79,13 @@ class HFBatcher:
             self._cond.notify()
         self._thread.join(timeout=60)
 
-    def _loop(self) -> None:
+    def _loop(self, load: Callable[[], Any], loaded: Future) -> None:
+        try:
+            self.model = load()
+        except BaseException as e:  # noqa: BLE001 - raised in the constructor's thread
+            loaded.set_exception(e)
+            return
+        loaded.set_result(self.model)
         while (batch := self._take()) is not None:
             try:
                 with torch.inference_mode():

@@ -169,12 +169,19 @@ def _times(value: float | None) -> str:
 
 
 def _micro_markdown(m: dict[str, Any]) -> str:
-    rows = [("prefill, 1,024-token prompt", m["prefill_tokens_per_s"])]
-    rows += [(f"decode, batch {b}", v) for b, v in m["decode_tokens_per_s"].items()]
+    base = m.get("transformers")
+    rows = [("prefill, 1,024-token prompt", m["prefill_tokens_per_s"], base and base["prefill_tokens_per_s"])]
+    rows += [(f"decode, batch {b}", v, base and base["decode_tokens_per_s"].get(b))
+             for b, v in m["decode_tokens_per_s"].items()]  # fmt: skip
     batch = m["json_batch"]
     rows += [
-        (f"JSON-schema decode, batch {batch} (jump-forward on)", m["json_decode_tokens_per_s"]),
-        (f"JSON-schema decode, batch {batch} (jump-forward off)", m["json_nojump_decode_tokens_per_s"]),
-        (f"unconstrained decode, batch {batch}, same length", m["unconstrained_decode_tokens_per_s"]),
+        (f"JSON-schema decode, batch {batch} (jump-forward on)", m["json_decode_tokens_per_s"], None),
+        (f"JSON-schema decode, batch {batch} (jump-forward off)", m["json_nojump_decode_tokens_per_s"], None),
+        (f"unconstrained decode, batch {batch}, same length", m["unconstrained_decode_tokens_per_s"], None),
     ]
-    return "\n".join(["| engine micro-benchmark | tokens/s |", "|---|---:|"] + [f"| {k} | {v:.0f} |" for k, v in rows])
+    lines = ["| engine micro-benchmark | radixrt tokens/s | transformers tokens/s | ratio |", "|---|---:|---:|---:|"]
+    for name, ours, theirs in rows:
+        other = f"{theirs:.0f}" if theirs else "-"
+        ratio = f"{ours / theirs:.2f}x" if theirs else "-"
+        lines.append(f"| {name} | {ours:.0f} | {other} | {ratio} |")
+    return "\n".join(lines)

@@ -44,15 +44,14 @@ class TransformersBackend(Backend):
 
         self.model_dir = str(model_dir)
         self.tokenizer = load_tokenizer(model_dir)
-        self.model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=dtype).eval()
-        self.eos_ids = _eos_ids(self.tokenizer, self.model)
+        self.eos_ids = _eos_ids(self.tokenizer, self.model_dir)
         self._template = ChatTemplate.from_jinja(self.tokenizer.chat_template, self.tokenizer.eos_token)
         self._grammar_cache_dir = grammar_cache_dir
         self._compiler: Any = None
         self._compiler_lock = threading.Lock()
         self._rids = itertools.count()
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(self.eos_ids)
-        self.batcher = HFBatcher(self.model, pad_id=pad, eos_ids=self.eos_ids, decode=self._decode,
+        self.batcher = HFBatcher(lambda: AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=dtype).eval(), pad_id=pad, eos_ids=self.eos_ids, decode=self._decode,
                                  max_batch=max_batch, max_batch_tokens=max_batch_tokens)  # fmt: skip
 
     def chat_template(self) -> ChatTemplate:
@@ -124,14 +123,19 @@ class TransformersBackend(Backend):
                 from radixrt.constrained import GrammarCompiler
 
                 self._compiler = GrammarCompiler(self.model_dir, eos_token_ids=sorted(self.eos_ids),
-                                                 vocab_size=self.model.config.vocab_size,
+                                                 vocab_size=self.batcher.vocab_size,
                                                  cache_dir=self._grammar_cache_dir)  # fmt: skip
         grammar = self._compiler.submit(*sampling.grammar_key).result()
         return grammar.new_matcher(stop_token_ids=sampling.stop_token_ids)
 
 
-def _eos_ids(tokenizer: Any, model: Any) -> set[int]:
+def _eos_ids(tokenizer: Any, model_dir: str) -> set[int]:
+    from transformers import AutoConfig, GenerationConfig
+
     ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
-    configured = model.generation_config.eos_token_id
+    try:
+        configured = GenerationConfig.from_pretrained(model_dir).eos_token_id
+    except OSError:  # no generation_config.json
+        configured = AutoConfig.from_pretrained(model_dir).eos_token_id
     ids |= set(configured) if isinstance(configured, list) else {configured} if configured is not None else set()
     return ids

@@ -114,7 +114,7 @@ def test_score_logprobs_match_a_plain_forward(hf_session):
     for choice, scored in zip(choices, result.scores):
         ids = backend._encode(prefix + choice)
         with torch.inference_mode():
-            logprobs = torch.log_softmax(backend.model(torch.tensor([ids])).logits[0].float(), -1)
+            logprobs = torch.log_softmax(backend.batcher.model(torch.tensor([ids])).logits[0].float(), -1)
         start = len(ids) - len(scored.logprobs)
         expected = [logprobs[j - 1, ids[j]].item() for j in range(start, len(ids))]
         assert scored.token_ids == ids[start:]
@@ -143,6 +143,22 @@ def test_micro_benchmarks_report_every_figure(bench_model_dir):
              micro["json_nojump_decode_tokens_per_s"], micro["unconstrained_decode_tokens_per_s"]]  # fmt: skip
     assert all(r > 0 for r in rates)
     assert micro["json_mean_output_tokens"] >= 1
+
+
+def test_transformers_micro_baseline_measures_the_same_figures_and_ratios(bench_model_dir):
+    from radixrt.bench.micro_transformers import micro_ratios, run_micro_transformers
+    from radixrt.bench.report import markdown
+
+    base = run_micro_transformers(str(bench_model_dir), dtype="float32", repeats=1)
+    assert set(base["decode_tokens_per_s"]) == {"1", "16", "64"} and base["prefill_tokens_per_s"] > 0
+    ours = {"prefill_tokens_per_s": 2 * base["prefill_tokens_per_s"],
+            "decode_tokens_per_s": {b: r / 2 for b, r in base["decode_tokens_per_s"].items()}}
+    ratios = micro_ratios(ours, base)
+    assert ratios["prefill"] == pytest.approx(2.0) and ratios["decode_batch_64"] == pytest.approx(0.5)
+    micro = {**ours, "json_batch": 8, "json_decode_tokens_per_s": 1.0, "json_nojump_decode_tokens_per_s": 1.0,
+             "unconstrained_decode_tokens_per_s": 1.0, "transformers": base}
+    assert "| prefill, 1,024-token prompt |" in markdown({"workloads": {}, "micro": micro})
+    assert "| 2.00x |" in markdown({"workloads": {}, "micro": micro})
 
 
 def test_cli_writes_json_and_plot(bench_model_dir, tmp_path, capsys):
