@@ -1,10 +1,10 @@
 """Batched, seed-reproducible sampling from next-token logits.
 
 Per row: penalties -> temperature -> top-k -> top-p -> min-p -> sample; greedy rows take the
-argmax of the penalised logits. Sampling is Gumbel-max, argmax(z + G) with G = -log(E) and
-E ~ Exponential(1), which picks the same token as argmax(probs / E). The noise of row i at
-vocabulary index v is a counter-based hash of (seed_i, step_i, v), so a seeded request draws
-the same tokens alone or in any batch, at any row, on any device.
+argmax of the penalised logits. Sampling inverts the row's CDF (float64 cumulative sum of the
+softmax) at one uniform number per row, a counter-based hash of (seed_i, step_i), so a seeded
+request draws the same tokens alone or in any batch, at any row. One hash per row instead of
+one per (row, token), as Gumbel-max needs, keeps sampling cheap at large vocabularies.
 
 Logprobs are the log-softmax of the logits after penalties (and after any grammar mask the caller
 applied) but before temperature, top-k/top-p/min-p: they score the model's distribution, not the
@@ -57,12 +57,10 @@ def mix64(x: torch.Tensor) -> torch.Tensor:
     return mix64_(x.clone())
 
 
-def gumbel_noise(row_keys: torch.Tensor, vocab_keys: torch.Tensor) -> torch.Tensor:
-    """Standard Gumbel noise [B, V] float32 from per-row keys [B] and per-index keys [V] (int64)."""
-    bits = mix64_(row_keys[:, None] ^ vocab_keys[None, :])  # [B, V]
-    # Top 23 bits -> u in (0, 1), exact in float32, so -log(u) > 0 and never inf.
-    u = _shr_(bits, 41, bits).float().add_(0.5).mul_(2.0**-23)
-    return u.log_().neg_().log_().neg_()
+def uniforms(keys: torch.Tensor) -> torch.Tensor:
+    """One uniform float64 in (0, 1) per int64 key (the top 53 bits of its splitmix64 mix)."""
+    bits = mix64(keys)
+    return _shr_(bits, 11, bits).double().add_(0.5).mul_(2.0**-53)
 
 
 def row_keys(seeds: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
@@ -163,7 +161,6 @@ class Sampler:
     def __init__(self, vocab_size: int, seed: int | None = None):
         self.vocab_size = vocab_size
         self.rng = random.Random(seed)
-        self._vocab_keys: dict[tuple[int, str], torch.Tensor] = {}
 
     def make_batch(self, params: Sequence[SamplingParams], device: torch.device | str) -> SamplingBatch:
         """`SamplingBatch.from_params` with this sampler's generator for unseeded rows."""
@@ -208,16 +205,12 @@ class Sampler:
             z = top_k_filter(z, sb.top_ks, sb.max_top_k)
         if sb.need_min_p:
             z = min_p_filter(z, sb.min_ps)
-        noise = gumbel_noise(row_keys(sb.seeds, steps), self.vocab_keys(z.shape[-1], z.device))
-        return noise.add_(z).argmax(dim=-1)
-
-    def vocab_keys(self, vocab: int, device: torch.device) -> torch.Tensor:
-        """Per-index noise keys [vocab] int64, cached per (vocab, device)."""
-        key = (vocab, str(device))
-        if key not in self._vocab_keys:
-            ids = torch.arange(vocab, dtype=torch.int64, device=device)
-            self._vocab_keys[key] = mix64(ids * as_int64(_MIX1) + as_int64(_GOLDEN))
-        return self._vocab_keys[key]
+        cdf = torch.softmax(z, dim=-1, dtype=torch.float64).cumsum_(dim=-1)  # [B, V]
+        # NOTE: u in (0, 1) scaled by the row's total lands in a segment of positive mass: the first
+        # index whose cdf reaches it has cdf[i] > cdf[i - 1] (zero-probability tokens are flat).
+        target = uniforms(row_keys(sb.seeds, steps)).mul_(cdf[:, -1])
+        picked = torch.searchsorted(cdf, target[:, None]).squeeze(1)
+        return picked.clamp_(max=z.shape[-1] - 1)
 
     @staticmethod
     def _steps_tensor(
