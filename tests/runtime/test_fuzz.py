@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from radixrt.runtime import protocol
+from radixrt.runtime.openai_protocol import ChatRequest, CompletionRequest
 from radixrt.runtime.protocol import ErrorReply, GenerateResult, SamplingParams
 from tests.runtime.server_harness import ZmqClient, http_client, idle, start_server, wait_until, zmq_generate
 
@@ -90,6 +91,57 @@ def test_random_json_bodies_never_get_a_5xx(http, body):
     assert_no_server_error(r.status_code, text)
     if r.status_code == 200 and "text/event-stream" in r.headers.get("content-type", ""):
         for line in text.splitlines():  # errors inside a stream carry their status too
+            if line.startswith("data: {") and '"error"' in line:
+                assert_no_server_error(json.loads(line[6:])["error"]["code"], line)
+
+
+def from_json_schema(schema: dict[str, Any], defs: dict[str, Any], depth: int = 0) -> st.SearchStrategy[Any]:
+    """Values that mostly fit a (msgspec-made) JSON schema: its types, enums and nesting, with
+    bounds left out on purpose so that out-of-range numbers reach the server too."""
+    if "$ref" in schema:
+        return from_json_schema(defs[schema["$ref"].rsplit("/", 1)[-1]], defs, depth)
+    if "anyOf" in schema:
+        return st.one_of([from_json_schema(s, defs, depth) for s in schema["anyOf"]])
+    if "enum" in schema or "const" in schema:
+        return st.sampled_from(schema.get("enum", [schema.get("const")]))
+    kind = schema.get("type")
+    if kind == "object" and "properties" in schema and depth < 4:
+        props = {k: from_json_schema(v, defs, depth + 1) for k, v in schema["properties"].items()}
+        required = {k: props.pop(k) for k in schema.get("required", [])}
+        return st.fixed_dictionaries(required, optional=props)
+    if kind == "array" and depth < 4:
+        return st.lists(from_json_schema(schema.get("items", {}), defs, depth + 1), max_size=3)
+    leaves = {"string": st.text(max_size=20), "integer": st.integers(-3, 40) | st.sampled_from(EDGE_INTS),
+              "number": st.floats(-3, 3) | st.sampled_from([1e30, -1e30]), "boolean": st.booleans(),
+              "null": st.none()}  # fmt: skip
+    return leaves.get(kind, junk)
+
+
+def request_bodies(struct: type) -> st.SearchStrategy[Any]:
+    schema = msgspec.json.schema(struct)
+    return from_json_schema(schema, schema.get("$defs", {}))
+
+
+messages = st.lists(st.fixed_dictionaries({"role": st.sampled_from(["system", "user", "assistant", "tool"]),
+                                            "content": st.text(max_size=20)}), min_size=1, max_size=3)  # fmt: skip
+# schema-made fields over a valid core, so that many requests get past validation and run
+runnable_chat = st.builds(lambda extra, msgs, n: {**extra, "messages": msgs, "max_tokens": n},
+                          request_bodies(ChatRequest), messages, st.integers(0, 16))  # fmt: skip
+runnable_completion = st.builds(lambda extra, prompt, n: {**extra, "prompt": prompt, "max_tokens": n},
+                                request_bodies(CompletionRequest), st.text(max_size=20), st.integers(0, 16))  # fmt: skip
+OPENAI_BODIES = {"/v1/chat/completions": request_bodies(ChatRequest) | runnable_chat,
+                 "/v1/completions": request_bodies(CompletionRequest) | runnable_completion}  # fmt: skip
+
+
+@FUZZ
+@given(data=st.data(), path=st.sampled_from(sorted(OPENAI_BODIES)))
+def test_openai_bodies_from_the_request_schema_never_get_a_5xx(http, data, path):
+    body = data.draw(OPENAI_BODIES[path] | junk)
+    with http.stream("POST", path, json=body) as r:
+        text = r.read().decode(errors="replace")
+    assert_no_server_error(r.status_code, text)
+    if r.status_code == 200 and "text/event-stream" in r.headers.get("content-type", ""):
+        for line in text.splitlines():
             if line.startswith("data: {") and '"error"' in line:
                 assert_no_server_error(json.loads(line[6:])["error"]["code"], line)
 
