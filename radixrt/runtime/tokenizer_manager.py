@@ -134,8 +134,9 @@ def _replace(params: SamplingParams, **changes: Any) -> SamplingParams:
 class _SubState:
     """One sampled sequence of a request (n > 1 has several)."""
 
-    def __init__(self, tm: TokenizerManager, tokenized: TokenizedRequest):
+    def __init__(self, tm: TokenizerManager, tokenized: TokenizedRequest, incremental: bool):
         self.tokenized = tokenized
+        self.incremental = incremental  # streamed: text per token; else decoded once at the end
         self.detok = IncrementalDetokenizer(tm.tokenizer, tokenized.sampling.skip_special_tokens)
         self.shown = 0  # characters of detok.text already streamed
         self.ids_shown = 0  # output ids already streamed
@@ -148,7 +149,10 @@ class _SubState:
         self.input_top: list[list[tuple[float, int]]] | None = None
 
     def add(self, out: TokenOut) -> str:
-        self.detok.add(out.new_ids)
+        if self.incremental:
+            self.detok.add(out.new_ids)
+        else:
+            self.detok.ids.extend(out.new_ids)
         self.output_logprobs += out.output_logprobs or []
         self.output_top += out.output_top_logprobs or []
         if out.input_logprobs is not None:
@@ -163,7 +167,7 @@ class _SubState:
         if out.finish_reason is not None:
             self.detok.finish()
             self.finish_reason = out.finish_reason
-        return self._visible_delta()
+        return self._visible_delta() if self.incremental else ""
 
     def final_text(self) -> str:
         params = self.tokenized.sampling
@@ -192,7 +196,7 @@ class RequestState:
     def __init__(self, tm: TokenizerManager, req: GenerateRequest, tokenized: list[TokenizedRequest]):
         self.tm = tm
         self.req = req
-        self.subs = {t.rid: _SubState(tm, t) for t in tokenized}
+        self.subs = {t.rid: _SubState(tm, t, req.stream and len(tokenized) == 1) for t in tokenized}
         self.created = time.perf_counter()
 
     @property

@@ -15,6 +15,7 @@ import torch
 
 from radixrt.workers.forward_batch import ForwardBatch
 from radixrt.workers.layers.attention import KVBuffers, create_backend
+from radixrt.workers.layers.packed_linear import can_pack
 from radixrt.workers.model_config import ModelConfig
 from radixrt.workers.models.llama import LlamaForCausalLM
 from radixrt.workers.weights import init_dummy_weights, load_safetensors
@@ -50,7 +51,11 @@ class ModelRunner:
         else:
             load_safetensors(self.model, self.model_path)
         self.model.fuse_projections()
-        self._cpu_bf16 = self.device.type == "cpu" and self.dtype == torch.bfloat16
+        self._one_token_aten = False
+        if can_pack(self.device, self.dtype):
+            weight_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
+            self._one_token_aten = 2 * weight_bytes < _available_ram() // 2  # room for two copies
+            self.model.pack_for_cpu(keep_plain=self._one_token_aten)
         cfg = self.model_config
         self.backend = create_backend(
             attention_backend,
@@ -87,7 +92,7 @@ class ModelRunner:
     @torch.inference_mode()
     def forward(self, batch: ForwardBatch, kv_pool: KVBuffers) -> torch.Tensor:
         """Logits `[len(batch.logits_indices), vocab]` float32; writes the batch's K/V to the pool."""
-        if self._cpu_bf16 and batch.num_tokens == 1:
+        if self._one_token_aten and batch.num_tokens == 1:
             with _onednn_disabled():
                 return self.model(batch, kv_pool, self.backend)
         return self.model(batch, kv_pool, self.backend)
@@ -95,12 +100,9 @@ class ModelRunner:
 
 @contextmanager
 def _onednn_disabled() -> Iterator[None]:
-    """Route CPU matmuls to ATen's own kernels for one forward.
+    """Route CPU matmuls to ATen's own kernels for one forward (see layers/packed_linear.py).
 
-    NOTE: for a single-token step (M=1) oneDNN's bf16 GEMM reads weights at about half the
-    memory bandwidth that ATen's vectorised dot-product fallback reaches (1.6-1.8x slower
-    decode on AVX512-BF16); from M>=4 on oneDNN is far faster, so this is for M=1 only.
-    `torch.backends.mkldnn.flags` would also touch TF32 settings and warn on every call.
+    NOTE: `torch.backends.mkldnn.flags` would also touch TF32 settings and warn on every call.
     """
     enabled = torch._C._get_mkldnn_enabled()
     torch._C._set_mkldnn_enabled(False)

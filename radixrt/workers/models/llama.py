@@ -14,6 +14,7 @@ from torch import nn
 from radixrt.workers.forward_batch import ForwardBatch
 from radixrt.workers.layers.attention.base import AttentionBackend, KVBuffers
 from radixrt.workers.layers.norm import RMSNorm
+from radixrt.workers.layers.packed_linear import PackedLinear, pack_linears
 from radixrt.workers.layers.rotary import RotaryEmbedding
 from radixrt.workers.model_config import ModelConfig
 
@@ -138,12 +139,21 @@ class LlamaForCausalLM(nn.Module):
         self.rotary = RotaryEmbedding(
             config.head_dim, config.max_position_embeddings, config.rope_theta, config.rope_scaling
         )
+        self._packed_head = False
 
     def fuse_projections(self) -> None:
         """Fuse q/k/v and gate/up after the HF-named weights are loaded (once)."""
         for layer in self.model.layers:
             layer.self_attn.fuse_projections()
             layer.mlp.fuse_projections()
+
+    def pack_for_cpu(self, keep_plain: bool) -> None:
+        """oneDNN-packed bf16 linears, the LM head included (a tied head gets its own packed copy);
+        `keep_plain` keeps the plain weights too, for one-token forwards."""
+        pack_linears(self.model, keep_plain)
+        head = self.model.embed_tokens.weight if self.config.tie_word_embeddings else self.lm_head.weight
+        self.lm_head = PackedLinear(head, keep_plain=keep_plain)
+        self._packed_head = True
 
     @property
     def lm_head_weight(self) -> torch.Tensor:
@@ -168,4 +178,6 @@ class LlamaForCausalLM(nn.Module):
             hidden, residual = layer(hidden, residual, cos, sin, layer_id, kv_pool, backend)
         rows = batch.logits_indices
         hidden = self.model.norm.add_and_norm(hidden[rows], residual[rows])  # [R, hidden]
+        if self._packed_head:
+            return self.lm_head(hidden).float()
         return F.linear(hidden, self.lm_head_weight).float()
