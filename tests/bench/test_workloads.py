@@ -161,6 +161,16 @@ def test_transformers_micro_baseline_measures_the_same_figures_and_ratios(bench_
     assert "| 2.00x |" in markdown({"workloads": {}, "micro": micro})
 
 
+def test_profile_prints_a_table_per_step(bench_model_dir, capsys):
+    from radixrt.bench.profile import main as profile_main
+
+    profile_main(["--model", str(bench_model_dir), "--dtype", "float32", "--rows", "3"])
+    out = capsys.readouterr().out
+    for step in ("prefill, 1,024 new tokens", "decode, batch 1", "decode, batch 64"):
+        assert f"== {step}:" in out
+    assert out.count("Self CPU time total") == 3
+
+
 def test_cli_writes_json_and_plot(bench_model_dir, tmp_path, capsys):
     out, plot, md = tmp_path / "out.json", tmp_path / "out.png", tmp_path / "out.md"
     code = main(["--workload", "few_shot,hellaswag", "--num-programs", "1", "--systems", "transformers",

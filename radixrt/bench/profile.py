@@ -1,0 +1,53 @@
+"""`python -m radixrt.bench.profile`: where one forward's time goes (torch.profiler), for a
+prefill of 1,024 new tokens and decode steps at batch 1 and 64 on the model runner alone."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from radixrt.radix_cache.pool import KVPool
+from radixrt.workers.forward_batch import ForwardBatch
+from radixrt.workers.model_runner import ModelRunner
+from radixrt.workers.model_store import resolve_model
+
+CONTEXT = 64  # tokens each decode row attends to
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="default")
+    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--rows", type=int, default=8, help="profiler table rows per step")
+    args = parser.parse_args(argv)
+    runner = ModelRunner(resolve_model(args.model), dtype=args.dtype, device="cpu")
+    pool = KVPool(70_000, *runner.kv_shape(), dtype=runner.dtype)
+    steps = {"prefill, 1,024 new tokens": _prefill(1024), "decode, batch 1": _decode(1),
+             "decode, batch 64": _decode(64)}  # fmt: skip
+    for name, batch in steps.items():
+        for _ in range(2):
+            runner.forward(batch, pool)  # warm-up
+        start = time.perf_counter()
+        runner.forward(batch, pool)
+        elapsed = time.perf_counter() - start
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            runner.forward(batch, pool)
+        print(f"\n== {name}: {elapsed * 1e3:.1f} ms ({batch.num_tokens / elapsed:.0f} tokens/s)")
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows))
+
+
+def _prefill(n: int) -> ForwardBatch:
+    ids = torch.randint(100, 20_000, (n,)).tolist()
+    return ForwardBatch.build([ids], [list(range(1, n + 1))])
+
+
+def _decode(batch: int) -> ForwardBatch:
+    slots = [list(range(1 + i * CONTEXT, 1 + (i + 1) * CONTEXT)) for i in range(batch)]
+    return ForwardBatch.build([[5]] * batch, slots)
+
+
+if __name__ == "__main__":
+    main()
