@@ -29,17 +29,24 @@ SYSTEM = f"""You are an agent that answers questions with tools. Tools:
 - calculate[expression]: evaluates arithmetic such as 68 * 2.
 - finish[answer]: gives the final answer.
 Work in steps. Each step has a Thought line, then an Action line such as lookup[france].
-The user then replies with an Observation. Finish as soon as you know the answer.
+An Observation line follows each action. Finish as soon as you know the answer.
 
-Example. Question: What is the population of Italy plus 1 million?
-Thought: I need the population of Italy.
-Action: lookup[italy]
-Observation: Italy: capital Rome, population 59 million.
-Thought: Now I add 1 to 59.
-Action: calculate[59 + 1]
-Observation: 60
-Thought: I know the answer.
-Action: finish[60 million]"""
+Example 1. Question: What is the capital of Germany?
+Thought: I should look up Germany.
+Action: lookup[germany]
+Observation: Germany: capital Berlin, population 84 million.
+Thought: The capital of Germany is Berlin.
+Action: finish[Berlin]
+
+Example 2. Question: What is the population of Spain plus 1 million?
+Thought: I need the population of Spain.
+Action: lookup[spain]
+Observation: Spain: capital Madrid, population 48 million.
+Thought: Now I add 1 to 48.
+Action: calculate[48 + 1]
+Observation: 49
+Thought: The answer is 49 million.
+Action: finish[49 million]"""
 
 QUESTIONS = [
     "What is the capital of France?",
@@ -69,22 +76,22 @@ def calculate(expression: str) -> str:
 def react(s, question, max_steps=3):
     s += sgl.system(SYSTEM)
     s += sgl.user(question)
-    for step in range(max_steps):
-        with s.assistant():
-            s += "Thought: " + sgl.gen(f"thought_{step}", max_tokens=24, min_tokens=2, stop="\n")
+    with s.assistant():  # the whole trace is one assistant turn, observations included (as in ReAct)
+        for step in range(max_steps):
+            s += "Thought: " + sgl.gen(f"thought_{step}", max_tokens=24, stop="\n")
             s += "\nAction: " + sgl.select(f"action_{step}", choices=["lookup", "calculate", "finish"])
             action = s[f"action_{step}"]
             if action == "lookup":
                 s += "[" + sgl.select(f"arg_{step}", choices=list(FACTS)) + "]"
-            else:
-                arg_regex = r"[0-9+\-*/ .()]{1,24}" if action == "calculate" else r"[A-Za-z0-9 ,.]{1,40}"
-                s += "[" + sgl.gen(f"arg_{step}", max_tokens=16, regex=arg_regex) + "]"
-        arg = s[f"arg_{step}"]
-        if action == "finish":
-            s.set_var("answer", arg.strip())
-            return
-        observation = FACTS[arg] if action == "lookup" else calculate(arg)
-        s += sgl.user(f"Observation: {observation}")
+            else:  # the closing bracket is part of the grammar, so the model decides where to stop
+                arg_regex = r"[0-9+\-*/ .()]{1,24}\]" if action == "calculate" else r"[A-Za-z0-9 .]{1,30}\]"
+                s += "[" + sgl.gen(f"arg_{step}", max_tokens=16, regex=arg_regex)
+            arg = s[f"arg_{step}"].rstrip("]")
+            if action == "finish":
+                s.set_var("answer", arg.strip())
+                return
+            observation = FACTS[arg] if action == "lookup" else calculate(arg)
+            s += f"\nObservation: {observation}\n"
     s.set_var("answer", "(no answer within the step limit)")
 
 
