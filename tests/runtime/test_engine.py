@@ -88,3 +88,9 @@ def test_stats_books_balance(engine):
     assert s["kv_slots_free"] + s["kv_slots_cached"] + s["kv_slots_in_use"] == s["kv_slots_total"]
     assert s["kv_slots_in_use"] == 0 and s["running"] == 0
     assert engine.flush_cache() and engine.stats()["kv_slots_cached"] == 0
+
+
+def test_a_model_that_fails_to_load_raises_in_the_caller():
+    # the model is built on the scheduler thread; its error must still reach the constructor
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        radixrt.Engine(model="default", device="cpu", attention_backend="flashinfer", kv_slots=256)

@@ -29,11 +29,13 @@ class FlashInferAttentionBackend(AttentionBackend):
         scale: float | None = None,
     ):
         super().__init__(num_heads, num_kv_heads, head_dim, scale)
-        import flashinfer
-
         self.device = torch.device(device)
         if self.device.type != "cuda":
             raise ValueError(f"the flashinfer backend needs a CUDA device, got {self.device}")
+        try:
+            import flashinfer
+        except ImportError as exc:
+            raise ValueError("the flashinfer backend needs flashinfer: pip install 'radixrt[gpu]'") from exc
         self.dtype = dtype
         workspace = torch.zeros(WORKSPACE_BYTES, dtype=torch.uint8, device=self.device)
         self._prefill = flashinfer.BatchPrefillWithPagedKVCacheWrapper(workspace, "NHD")
