@@ -80,6 +80,9 @@ class RecordingBackend(Backend):
     def get_server_info(self) -> dict[str, Any]:
         return self.inner.get_server_info()
 
+    def caches_prefixes(self) -> bool:
+        return self.inner.caches_prefixes()
+
     def shutdown(self) -> None:
         """The inner backend belongs to the caller; nothing to release here."""
 

@@ -101,6 +101,9 @@ class TransformersBackend(Backend):
     def get_server_info(self) -> dict[str, Any]:
         return {"cache_hit_tokens": 0, "prompt_tokens": self.batcher.computed_tokens, "radix_cache": False}
 
+    def caches_prefixes(self) -> bool:
+        return False
+
     def shutdown(self) -> None:
         self.batcher.close()
         if self._compiler is not None:

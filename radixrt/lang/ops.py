@@ -119,8 +119,8 @@ class Ops:
 
     def _commit(self, prompt: str) -> None:
         """Prefill-only request: the server caches `prompt` and generates nothing."""
-        if not prompt:
-            return  # nothing to share: a fork before any text
+        if not prompt or not self.backend.caches_prefixes():
+            return  # nothing to share: a fork before any text, or a server that keeps no cache
         result = self.backend.generate(prompt, SamplingParams(max_new_tokens=0))
         self.log.record("commit", None, self.branch, prompt, result.meta_info)
 

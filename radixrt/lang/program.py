@@ -152,6 +152,8 @@ class Program:
     def _prefetch_prefix(self, backend: Backend) -> None:
         """Cache the text every program of a batch starts with, once, before they all run."""
         try:
+            if not backend.caches_prefixes():
+                return
             traced = trace_program(self.func, (), dict(self.bind_arguments), prefix_only=True)
             prefix = traced.constant_prefix(backend.chat_template)
             if prefix:

@@ -55,6 +55,7 @@ class FakeServer:
         self.garbage_before_replies = 0
         self.silent = False  # never answer generate requests (timeouts)
         self.stream_gap = 0.0  # seconds between the replies of a flush (slow streams)
+        self.stats: dict = {}  # extra fields of the GetStats reply (e.g. radix_cache)
         self.control_hold = 1
         self._control_pending: list[tuple[bytes, p.ServerMsg]] = []
         self.max_in_flight = 0
@@ -113,7 +114,7 @@ class FakeServer:
             self._seen.clear()
             self._control(ident, p.Ack())
         elif isinstance(msg, p.GetStats):
-            self._control(ident, p.StatsReply(stats={"received": len(self.received)}))
+            self._control(ident, p.StatsReply(stats={"received": len(self.received), **self.stats}))
         elif isinstance(msg, p.AbortRequest):
             self._pending = [(i, r) for i, r in self._pending if r.rid != msg.rid]
 

@@ -37,6 +37,20 @@ def test_fork_commits_the_prefix_once_then_runs_branches_concurrently():
     assert server.max_in_flight == 3  # the three branches were in flight together
 
 
+def test_a_server_without_a_radix_cache_gets_no_commit():
+    with FakeServer(hold=3) as server:
+        server.stats = {"radix_cache": False}  # `radixrt serve --disable-radix-cache`
+        backend = RuntimeEndpoint(server.address, timeout=10)
+        try:
+            state = branches.run(backend=backend)
+            state.text()
+        finally:
+            backend.shutdown()
+    reqs = server.of_type(p.GenerateRequest)
+    assert len(reqs) == 3 and all(r.sampling.max_new_tokens == 4 for r in reqs)
+    assert state.text().startswith("Root:")
+
+
 def test_branches_see_the_parent_text_and_not_each_other():
     server, state = run_held(branches, hold=3)
     prompts = sorted(r.text for r in server.of_type(p.GenerateRequest)[1:])

@@ -42,5 +42,9 @@ class Backend(ABC):
     def get_server_info(self) -> dict[str, Any]:
         raise NotImplementedError
 
+    def caches_prefixes(self) -> bool:
+        """Whether a prefill-only request leaves its prompt cached (fork sends one only then)."""
+        return True
+
     def shutdown(self) -> None:
         """Release connections; the backend is unusable afterwards."""

@@ -48,6 +48,7 @@ class RuntimeEndpoint(Backend):
             raise InvalidRequest(f"unsupported backend url {url!r}: use tcp://, ipc:// or http://", "url")
         self._info: ModelInfo | None = None
         self._template: ChatTemplate | None = None
+        self._caches: bool | None = None
         self._info_lock = threading.Lock()
 
     def model_info(self) -> ModelInfo:
@@ -97,6 +98,13 @@ class RuntimeEndpoint(Backend):
 
     def get_server_info(self) -> dict[str, Any]:
         return self.client.call(GetStats()).stats
+
+    def caches_prefixes(self) -> bool:
+        """False when the server runs with --disable-radix-cache (asked once)."""
+        if self._caches is None:
+            info = self.get_server_info()
+            self._caches = bool(info.get("radix_cache", not info.get("disable_radix_cache", False)))
+        return self._caches
 
     def shutdown(self) -> None:
         self.client.close()
