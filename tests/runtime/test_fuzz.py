@@ -26,6 +26,7 @@ pytestmark = pytest.mark.slow
 FUZZ = settings(
     max_examples=120,
     deadline=None,
+    derandomize=True,  # the same examples on every CI run (set False locally to explore)
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 BODY_KEYS = ["text", "input_ids", "sampling_params", "stream", "rid", "return_logprob", "logprob_start_len",
@@ -137,7 +138,8 @@ OPENAI_BODIES = {"/v1/chat/completions": request_bodies(ChatRequest) | runnable_
 @given(data=st.data(), path=st.sampled_from(sorted(OPENAI_BODIES)))
 def test_openai_bodies_from_the_request_schema_never_get_a_5xx(http, data, path):
     body = data.draw(OPENAI_BODIES[path] | junk)
-    with http.stream("POST", path, json=body) as r:
+    raw = json.dumps(body).encode()  # Infinity stays in: not JSON, so the server must say 400
+    with http.stream("POST", path, content=raw, headers={"content-type": "application/json"}) as r:
         text = r.read().decode(errors="replace")
     assert_no_server_error(r.status_code, text)
     if r.status_code == 200 and "text/event-stream" in r.headers.get("content-type", ""):
