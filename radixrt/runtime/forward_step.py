@@ -40,6 +40,7 @@ class ForwardStep:
             seq_slots=[self.cache.seq_slots(req, req.computed + n) for req, n in plan],
             logit_rows=rows,
             device=self.runner.device,
+            prefill=[n > 1 or req.computed < req.prompt_len for req, n in plan],
         )
         logits = self.runner.forward(batch, self.cache.pool)  # [R, vocab] float32
         self.forward_tokens += batch.num_tokens

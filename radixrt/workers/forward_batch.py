@@ -26,6 +26,14 @@ class ForwardBatch:
     extend_lens: list[int]  # new tokens per request
     seq_lens: list[int]  # prefix + new tokens per request
     logits_indices: torch.Tensor  # [R] int64, rows of the T tokens whose logits are returned
+    # per request: its new tokens are (re)computed sequence, not the one token it just sampled;
+    # a 1-token prefill (the rest of the prompt was cached) runs the prefill kernels, so that its
+    # numerics, and the greedy output that follows, match a run that prefilled the whole prompt
+    prefill: list[bool] | None = None
+
+    def __post_init__(self) -> None:
+        if self.prefill is None:
+            self.prefill = [n > 1 for n in self.extend_lens]
 
     @property
     def batch_size(self) -> int:
@@ -37,7 +45,7 @@ class ForwardBatch:
 
     @property
     def is_decode(self) -> bool:
-        return all(n == 1 for n in self.extend_lens)
+        return not any(self.prefill)
 
     @classmethod
     def build(
@@ -46,6 +54,7 @@ class ForwardBatch:
         seq_slots: list[list[int]] | list[torch.Tensor],
         logit_rows: list[list[int]] | None = None,
         device: torch.device | str = "cpu",
+        prefill: list[bool] | None = None,
     ) -> ForwardBatch:
         """Build a batch from per-request new token ids and full-sequence slot ids.
 
@@ -79,4 +88,5 @@ class ForwardBatch:
             extend_lens=extend_lens,
             seq_lens=seq_lens,
             logits_indices=as_long(rows),
+            prefill=prefill,
         )

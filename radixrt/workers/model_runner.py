@@ -92,7 +92,7 @@ class ModelRunner:
     @torch.inference_mode()
     def forward(self, batch: ForwardBatch, kv_pool: KVBuffers) -> torch.Tensor:
         """Logits `[len(batch.logits_indices), vocab]` float32; writes the batch's K/V to the pool."""
-        if self._one_token_aten and batch.num_tokens == 1:
+        if self._one_token_aten and batch.num_tokens == 1 and not batch.prefill[0]:
             with _onednn_disabled():
                 return self.model(batch, kv_pool, self.backend)
         return self.model(batch, kv_pool, self.backend)

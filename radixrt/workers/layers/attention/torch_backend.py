@@ -1,7 +1,7 @@
 """Reference attention in plain PyTorch (CPU and GPU).
 
-Requests with one new token (decode) are attended together as one padded batch; requests
-with several new tokens (extend/prefill) are attended one at a time with
+Decoding requests (one new token they just sampled) are attended together as one padded batch;
+prefilling requests (new prompt tokens, even just one) are attended one at a time with
 `F.scaled_dot_product_attention`. All index and mask tensors are built once per forward in
 `prepare`, not per layer.
 
@@ -54,7 +54,7 @@ class TorchAttentionBackend(AttentionBackend):
         self._out_slots = batch.out_slots
         q_starts = [0, *accumulate(batch.extend_lens)]
         kv_starts = [0, *accumulate(batch.seq_lens)]
-        decode_ids = [i for i, n in enumerate(batch.extend_lens) if n == 1]
+        decode_ids = [i for i, p in enumerate(batch.prefill) if not p]
         self._decode = None
         if decode_ids:
             all_decode = len(decode_ids) == batch.batch_size
@@ -64,8 +64,8 @@ class TorchAttentionBackend(AttentionBackend):
             )
         self._extends = [
             _prepare_extend(batch, i, q_starts[i], kv_starts[i])
-            for i, n in enumerate(batch.extend_lens)
-            if n > 1
+            for i, p in enumerate(batch.prefill)
+            if p
         ]
 
     def attend(
