@@ -94,3 +94,22 @@ def test_a_model_that_fails_to_load_raises_in_the_caller():
     # the model is built on the scheduler thread; its error must still reach the constructor
     with pytest.raises(ValueError, match="needs a CUDA device"):
         radixrt.Engine(model="default", device="cpu", attention_backend="flashinfer", kv_slots=256)
+
+
+def test_bf16_greedy_output_does_not_change_when_the_prompt_comes_from_the_cache():
+    # cold: the whole prompt prefilled at once; warm: all but its last token cached, so that token
+    # is prefilled alone. Both must give the same tokens (users see radix hits flip outputs elsewhere).
+    eng = radixrt.Engine(model="default", dtype="bfloat16", kv_slots=8192)
+    try:
+        prompts = [chat(eng, f"Tell me one fact about the number {i}.") for i in range(8)]
+        params = {"temperature": 0, "max_new_tokens": 24}
+        cold, warm = [], []
+        for p in prompts:
+            assert eng.flush_cache()
+            cold.append(eng.generate(p, params))
+            warm.append(eng.generate(p, params))
+    finally:
+        eng.shutdown()
+    for c, w in zip(cold, warm):
+        assert w["meta_info"]["cached_tokens"] == w["meta_info"]["prompt_tokens"] - 1  # a real hit
+        assert w["output_ids"] == c["output_ids"]

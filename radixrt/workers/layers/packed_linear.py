@@ -5,10 +5,12 @@ every call; for the small M of decode that repacking costs as much as the matmul
 on the embedded model's shapes: M=16 1.3x, M=64 1.3x, M=1024 1.2x faster forwards). Packed
 results equal oneDNN's unpacked ones.
 
-One-token forwards are the exception: there ATen's own vectorised kernel (oneDNN switched off by
-the model runner) streams the plain weights faster than oneDNN does (15.6 vs 23.2 ms per token
-on the embedded model), so a PackedLinear may keep its plain weight for M = 1 as well, at the
-cost of holding the weights twice.
+Packed results are batch-invariant from two rows up: a row gets the same bits alone (computed
+as two rows) or inside any batch, so prefilling a prompt in one go or in cached pieces gives the
+same logits. One-token decode steps are the exception: there ATen's own vectorised kernel (oneDNN
+switched off by the model runner) streams the plain weights faster than oneDNN does (15.6 vs
+23.2 ms per token on the embedded model), so a PackedLinear may keep its plain weight for them,
+at the cost of holding the weights twice.
 """
 
 from __future__ import annotations
@@ -35,8 +37,15 @@ class PackedLinear(nn.Module):
         self.bias = None if bias is None else bias.detach()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.plain is not None and x.shape[0] == 1:
-            return F.linear(x, self.plain, self.bias)
+        if x.shape[0] == 1:
+            if self.plain is not None and not torch._C._get_mkldnn_enabled():
+                return F.linear(x, self.plain, self.bias)  # ATen's GEMV: the one-token decode path
+            # NOTE: oneDNN's one-row kernel splits the reduction differently from its multi-row
+            # ones; as two rows, a row gets exactly what it gets inside any larger batch
+            return self._packed(x.repeat(2, 1))[:1]
+        return self._packed(x)
+
+    def _packed(self, x: torch.Tensor) -> torch.Tensor:
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
 
 

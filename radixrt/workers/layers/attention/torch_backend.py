@@ -31,12 +31,20 @@ class _DecodeGroup:
     max_len: int
 
 
+# NOTE: the CPU flash kernel computes a query row the same way whatever the other rows are only
+# from 4 rows up (1-3 rows take another path); shorter extends over a cached prefix repeat their
+# first row up to 4, so that recomputing the last prompt token of a fully cached prompt gives the
+# logits its first, uncached run got.
+MIN_QUERY_ROWS = 4
+
+
 @dataclass
 class _Extend:
     q_start: int
     q_end: int
     slots: torch.Tensor | None  # [S] kv slots when a cached prefix must be read from the pool
-    mask: torch.Tensor | None  # [E, S] bool; None means plain causal over the new tokens
+    mask: torch.Tensor | None  # [E + pad, S] bool; None means plain causal over the new tokens
+    pad: int = 0  # copies of the first query row in front (see MIN_QUERY_ROWS)
 
 
 class TorchAttentionBackend(AttentionBackend):
@@ -110,6 +118,8 @@ class TorchAttentionBackend(AttentionBackend):
     ) -> torch.Tensor:
         # NOTE: 4-D [1, heads, len, dim] views: only 4-D inputs reach the fused CPU kernel.
         queries = q[None, ext.q_start : ext.q_end].transpose(1, 2)  # [1, H, E, D]
+        if ext.pad:
+            queries = torch.cat([queries[:, :, :1].expand(-1, -1, ext.pad, -1), queries], dim=2)
         if ext.slots is None:
             keys = k[None, ext.q_start : ext.q_end]  # [1, E, Hkv, D]
             values = v[None, ext.q_start : ext.q_end]
@@ -124,8 +134,8 @@ class TorchAttentionBackend(AttentionBackend):
             is_causal=ext.mask is None,
             scale=self.scale,
             enable_gqa=self.num_heads != self.num_kv_heads,
-        )  # [1, H, E, D]
-        return out[0].transpose(0, 1)
+        )  # [1, H, pad + E, D]
+        return out[0, :, ext.pad :].transpose(0, 1)
 
 
 def _prepare_decode(
@@ -153,4 +163,7 @@ def _prepare_extend(batch: ForwardBatch, i: int, q_start: int, kv_start: int) ->
     device = slots.device
     q_pos = prefix + torch.arange(extend_len, device=device)
     mask = torch.arange(seq_len, device=device)[None, :] <= q_pos[:, None]  # [E, S]
-    return _Extend(q_start, q_start + extend_len, slots, mask)
+    pad = max(0, MIN_QUERY_ROWS - extend_len) if device.type == "cpu" else 0
+    if pad:
+        mask = torch.cat([mask[:1].expand(pad, -1), mask])
+    return _Extend(q_start, q_start + extend_len, slots, mask, pad)
