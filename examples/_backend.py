@@ -26,7 +26,7 @@ def backend(args: argparse.Namespace) -> Iterator[object]:
             endpoint.shutdown()
         return
     print(f"starting radixrt serve --model {args.model} ...", flush=True)
-    with sgl.Runtime(model=args.model, log_level="warning") as runtime:
+    with sgl.Runtime(model=args.model) as runtime:
         print(f"serving at {runtime.url} (DSL over ZMQ: {runtime.server.zmq_address})\n", flush=True)
         yield runtime
 

@@ -16,12 +16,14 @@ class Runtime:
         radixrt.set_default_backend(runtime)
 
     Keywords are `radixrt serve` options (`ServerArgs` fields); SGLang's `model_path` is accepted too.
+    The server logs warnings and errors only unless `log_level="info"` (one line per request).
     """
 
     def __init__(self, model: str | None = None, *, model_path: str | None = None,
                  start_timeout: float = 900.0, request_timeout: float | None = None, **server_args: Any):
         if model is not None and model_path is not None and model != model_path:
             raise ValueError("give model or model_path, not both")
+        server_args.setdefault("log_level", "warning")
         args = ServerArgs(model=model or model_path or "default", port=0, **server_args)
         self.server = launch_server(args, timeout=start_timeout)
         self.url = self.server.url
