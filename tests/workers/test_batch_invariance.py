@@ -10,8 +10,10 @@ from radixrt.radix_cache.pool import KVPool
 from radixrt.workers.forward_batch import ForwardBatch
 from radixrt.workers.layers.packed_linear import can_pack
 from radixrt.workers.model_runner import ModelRunner
+from tests.cpu import VERIFIED_BF16_KERNELS
 
-pytestmark = pytest.mark.skipif(not can_pack(torch.device("cpu"), torch.bfloat16), reason="no oneDNN bf16")
+pytestmark = pytest.mark.skipif(not (can_pack(torch.device("cpu"), torch.bfloat16) and VERIFIED_BF16_KERNELS),
+                                reason="bf16 bit-identity is verified on AVX512-BF16 CPUs without AMX only")
 
 
 @pytest.fixture(scope="module")
