@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from radixrt.bench.recording import Call
+from radixrt.token_ids import common_prefix_len
 
 _MOD = (1 << 61) - 1  # a Mersenne prime: prefix hashes collide with negligible probability
 _BASE = 1_000_003
@@ -69,13 +70,6 @@ def optimal_hits(trace: list[TraceRequest]) -> tuple[int, int]:
         cache.insert(req.inserted)
     return hits, total
 
-
-def common_prefix_len(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -20,7 +20,6 @@ import torch
 
 from radixrt.bench.hf_batcher import GenJob, HFBatcher, ScoreJob
 from radixrt.bench.hf_control import RowSpec
-from radixrt.bench.metrics import common_prefix_len
 from radixrt.errors import InvalidRequest
 from radixrt.lang.backends.base import Backend
 from radixrt.lang.chat_template import ChatTemplate
@@ -33,6 +32,7 @@ from radixrt.runtime.protocol import (
     ScoreResult,
 )
 from radixrt.runtime.tokenizer_manager import load_tokenizer
+from radixrt.token_ids import common_prefix_len
 
 
 class TransformersBackend(Backend):

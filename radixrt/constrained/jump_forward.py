@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from radixrt.constrained.matcher import GrammarMatcher
+from radixrt.token_ids import common_prefix_len
 
 
 def jump_forward_tokens(
@@ -32,7 +33,7 @@ def jump_forward_tokens(
         new_ids = encode(tokenizer, text)
         if table.decode(new_ids) != text.encode():
             continue  # the tokenizer normalised the text; try a smaller window
-        same = _common_prefix_len(tail, new_ids)
+        same = common_prefix_len(tail, new_ids)
         k, new_ids = k - same, new_ids[same:]
         if new_ids and _apply(matcher, output_ids, k, new_ids):
             return k, new_ids
@@ -70,10 +71,3 @@ def _is_utf8(data: bytes) -> bool:
     except UnicodeDecodeError:
         return False
     return True
-
-
-def _common_prefix_len(a: list[int], b: list[int]) -> int:
-    n = 0
-    while n < len(a) and n < len(b) and a[n] == b[n]:
-        n += 1
-    return n

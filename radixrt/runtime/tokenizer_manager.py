@@ -27,6 +27,7 @@ from radixrt.runtime.protocol import (
     TokenizedRequest,
     TokenOut,
 )
+from radixrt.token_ids import common_prefix_len
 
 MAX_TOP_LOGPROBS = 20
 
@@ -274,7 +275,7 @@ class ScoreJob:
             ids = tm.encode(req.prefix + cont)
             if len(ids) >= tm.context_length:
                 raise InvalidRequest(f"prefix + continuation {i} has {len(ids)} tokens; context is {tm.context_length}")
-            start = _common_prefix_len(prefix_ids, ids)
+            start = common_prefix_len(prefix_ids, ids)
             start = min(start, len(ids) - 1)
             self.boundaries.append(start)
             self.requests.append(
@@ -311,11 +312,3 @@ class ScoreJob:
                 )
             )
         return ScoreResult(rid=self.rid, scores=scores)
-
-
-def _common_prefix_len(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n

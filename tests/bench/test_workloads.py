@@ -5,7 +5,6 @@ are well-formed. Plus the optimal-hit-rate arithmetic and the CLI's JSON shape. 
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 import torch
@@ -21,6 +20,7 @@ from radixrt.runtime.config import ServerArgs
 from radixrt.runtime.protocol import SamplingParams
 from radixrt.runtime.server_handle import launch_server
 from radixrt.runtime.tokenizer_manager import load_tokenizer
+from tests.tiny_models import write_tiny_llama
 
 PROGRAMS = 2
 
@@ -28,19 +28,8 @@ PROGRAMS = 2
 @pytest.fixture(scope="module")
 def bench_model_dir(tmp_path_factory, embedded_model_dir):
     """2-layer random llama, embedded tokenizer, 4k context (the few-shot blocks need > 1k)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     out = tmp_path_factory.mktemp("bench-llama")
-    vocab = json.loads((embedded_model_dir / "config.json").read_text())["vocab_size"]
-    config = LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-                         tie_word_embeddings=True, eos_token_id=2, bos_token_id=1, pad_token_id=2)  # fmt: skip
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(out, safe_serialization=True)
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"):
-        if (embedded_model_dir / name).exists():
-            shutil.copy(embedded_model_dir / name, out / name)
-    return out
+    return write_tiny_llama(out, embedded_model_dir, max_position_embeddings=4096, pad_token_id=2)
 
 
 @pytest.fixture(scope="module")

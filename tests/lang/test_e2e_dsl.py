@@ -12,6 +12,7 @@ import pytest
 
 import radixrt as sgl
 from radixrt.errors import InvalidRequest
+from radixrt.token_ids import common_prefix_len
 from tests.runtime.server_harness import start_server
 
 pytestmark = pytest.mark.slow
@@ -174,18 +175,9 @@ def test_run_batch_of_32_with_one_system_prompt_hits_90_percent_of_the_optimum(b
     ids = [tokenizer.encode(r.prompt) for r in records]
     # optimum: every prompt but the first reuses its longest common prefix with another (the last
     # prompt token is always computed); counting the first too makes this an upper bound
-    optimum = sum(min(max(_common(a, b) for j, b in enumerate(ids) if j != i), len(a) - 1) for i, a in enumerate(ids))
+    optimum = sum(min(max(common_prefix_len(a, b) for j, b in enumerate(ids) if j != i), len(a) - 1) for i, a in enumerate(ids))
     cached = sum(r.cached_tokens for r in records)
     assert optimum > 32 * 100 and cached >= 0.9 * optimum, (cached, optimum)
-
-
-def _common(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def _tokenizer(backend):
