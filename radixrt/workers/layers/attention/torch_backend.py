@@ -1,7 +1,9 @@
-"""Reference attention in plain PyTorch (CPU and GPU).
+"""Attention in PyTorch (CPU and GPU), with our C++ decode kernel on the CPU.
 
-Decoding requests (one new token they just sampled) are attended together as one padded batch;
-prefilling requests (new prompt tokens, even just one) are attended one at a time with
+Decoding requests (one new token they just sampled) are attended together: on the CPU by
+`decode_attention` (csrc/), which reads each request's K/V rows in place from the pool; elsewhere,
+or where the kernel could not be built, as one padded batch gathered from the pool. Prefilling
+requests (new prompt tokens, even just one) are attended one at a time with
 `F.scaled_dot_product_attention`. All index and mask tensors are built once per forward in
 `prepare`, not per layer.
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from itertools import accumulate
+from types import ModuleType
 
 import torch
 import torch.nn.functional as F
@@ -25,10 +28,15 @@ from radixrt.workers.layers.attention.base import AttentionBackend, KVBuffers
 @dataclass
 class _DecodeGroup:
     rows: torch.Tensor | None  # [B] rows of the T tokens; None when the whole batch decodes
-    slots: torch.Tensor  # [B * L] kv slot of each (request, kv position), padded with slot 0
-    mask: torch.Tensor | None  # [B, 1, 1, L] bool, False on padding; None when nothing is padded
     batch: int
-    max_len: int
+    # for the C++ kernel: request b reads kv_indices[starts[b] : starts[b] + lens[b]]
+    kv_indices: torch.Tensor
+    starts: torch.Tensor  # [B] int64
+    lens: torch.Tensor  # [B] int64
+    # for the padded batch (no kernel)
+    slots: torch.Tensor | None = None  # [B * L] kv slot of each (request, kv position), padded with slot 0
+    mask: torch.Tensor | None = None  # [B, 1, 1, L] bool, False on padding; None when nothing is padded
+    max_len: int = 0
 
 
 # NOTE: the CPU flash kernel computes a query row the same way whatever the other rows are only
@@ -48,12 +56,19 @@ class _Extend:
 
 
 class TorchAttentionBackend(AttentionBackend):
-    """Reference backend; see the module docstring."""
+    """See the module docstring; `cpu_kernels` is `cpu_kernels.load()`'s module, or None for the
+    pure-PyTorch decode path."""
 
     def __init__(
-        self, num_heads: int, num_kv_heads: int, head_dim: int, scale: float | None = None
+        self,
+        num_heads: int,
+        num_kv_heads: int,
+        head_dim: int,
+        scale: float | None = None,
+        cpu_kernels: ModuleType | None = None,
     ):
         super().__init__(num_heads, num_kv_heads, head_dim, scale)
+        self.cpu_kernels = cpu_kernels
         self._out_slots: torch.Tensor | None = None
         self._decode: _DecodeGroup | None = None
         self._extends: list[_Extend] = []
@@ -67,8 +82,9 @@ class TorchAttentionBackend(AttentionBackend):
         if decode_ids:
             all_decode = len(decode_ids) == batch.batch_size
             rows = None if all_decode else [q_starts[i] for i in decode_ids]
+            padded = self.cpu_kernels is None or batch.kv_indices.device.type != "cpu"
             self._decode = _prepare_decode(
-                batch, decode_ids, [kv_starts[i] for i in decode_ids], rows
+                batch, decode_ids, [kv_starts[i] for i in decode_ids], rows, padded
             )
         self._extends = [
             _prepare_extend(batch, i, q_starts[i], kv_starts[i])
@@ -94,6 +110,15 @@ class TorchAttentionBackend(AttentionBackend):
         return out.view(q.shape[0], -1)
 
     def _attend_decode(
+        self, q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor, g: _DecodeGroup
+    ) -> torch.Tensor:
+        if g.slots is None:
+            return self.cpu_kernels.decode_attention(
+                q, k_buf, v_buf, g.kv_indices, g.starts, g.lens, self.scale
+            )
+        return self._attend_decode_padded(q, k_buf, v_buf, g)
+
+    def _attend_decode_padded(
         self, q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor, g: _DecodeGroup
     ) -> torch.Tensor:
         """One padded batch; the G query heads sharing a kv head act as G query rows."""
@@ -139,19 +164,22 @@ class TorchAttentionBackend(AttentionBackend):
 
 
 def _prepare_decode(
-    batch: ForwardBatch, ids: list[int], kv_starts: list[int], rows: list[int] | None
+    batch: ForwardBatch, ids: list[int], kv_starts: list[int], rows: list[int] | None, padded: bool
 ) -> _DecodeGroup:
     device = batch.kv_indices.device
     lens_list = [batch.seq_lens[i] for i in ids]
-    max_len = max(lens_list)
     lens = torch.tensor(lens_list, device=device)
-    offsets = torch.arange(max_len, device=device)
-    valid = offsets[None, :] < lens[:, None]  # [B, L]
-    pos = torch.where(valid, torch.tensor(kv_starts, device=device)[:, None] + offsets, 0)
-    slots = torch.where(valid, batch.kv_indices[pos], 0).view(-1)
-    mask = valid[:, None, None, :] if min(lens_list) != max_len else None
+    starts = torch.tensor(kv_starts, device=device)
     row_tensor = None if rows is None else torch.tensor(rows, device=device)
-    return _DecodeGroup(row_tensor, slots, mask, len(ids), max_len)
+    group = _DecodeGroup(row_tensor, len(ids), batch.kv_indices, starts, lens)
+    if padded:
+        group.max_len = max_len = max(lens_list)
+        offsets = torch.arange(max_len, device=device)
+        valid = offsets[None, :] < lens[:, None]  # [B, L]
+        pos = torch.where(valid, starts[:, None] + offsets, 0)
+        group.slots = torch.where(valid, batch.kv_indices[pos], 0).view(-1)
+        group.mask = valid[:, None, None, :] if min(lens_list) != max_len else None
+    return group
 
 
 def _prepare_extend(batch: ForwardBatch, i: int, q_start: int, kv_start: int) -> _Extend:

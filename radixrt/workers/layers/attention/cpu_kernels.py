@@ -1,0 +1,86 @@
+"""Our C++ CPU kernels (csrc/), compiled on first use for this machine's CPU and cached.
+
+`python -m radixrt.workers.layers.attention.cpu_kernels` builds them ahead of time (`make setup`
+does); a process that finds no C++ compiler logs why once and the torch backend falls back to
+its pure-PyTorch path.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+import shutil
+import sys
+from pathlib import Path
+from types import ModuleType
+
+logger = logging.getLogger(__name__)
+
+SOURCES = [Path(__file__).parent / "csrc" / "decode_attention.cpp"]
+# what csrc/decode_attention.cpp is compiled for
+DECODE_HEAD_DIMS = (16, 32, 64, 80, 96, 128, 256)
+DECODE_MAX_GROUP = 16  # query heads per kv head
+CFLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fopenmp"]  # OpenMP: at::parallel_for runs on torch's threads
+
+
+def supports_decode(head_dim: int, num_heads: int, num_kv_heads: int) -> bool:
+    return head_dim in DECODE_HEAD_DIMS and num_heads // num_kv_heads <= DECODE_MAX_GROUP
+
+
+def build_dir() -> Path:
+    root = os.environ.get("RADIXRT_KERNEL_CACHE") or Path.home() / ".cache" / "radixrt" / "kernels"
+    return Path(root)
+
+
+@functools.cache
+def load() -> ModuleType | None:
+    """The compiled kernels, or None where they cannot be built (the reason is logged once)."""
+    try:
+        return _build()
+    except Exception as exc:  # noqa: BLE001  a missing compiler must not stop the server
+        logger.warning("CPU attention kernels unavailable (%s); using the PyTorch path", exc)
+        return None
+
+
+def _build() -> ModuleType:
+    from torch.utils.cpp_extension import load as load_extension
+
+    if shutil.which("ninja") is None:  # the venv's ninja, when the venv is not activated
+        os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    # NOTE: -march=native code must never run on another CPU: the name carries the CPU's identity.
+    name = f"radixrt_cpu_kernels_{_cpu_id()}"
+    directory = build_dir() / name
+    directory.mkdir(parents=True, exist_ok=True)
+    if not (directory / f"{name}.so").exists():
+        logger.info("compiling the CPU attention kernels into %s (once per machine, ~30 s)", directory)
+    return load_extension(
+        name,
+        [str(s) for s in SOURCES],
+        extra_cflags=CFLAGS,
+        extra_ldflags=["-fopenmp"],
+        build_directory=str(directory),
+        verbose=False,
+    )
+
+
+def _cpu_id() -> str:
+    """A short hash of the CPU's model and flags."""
+    info = []
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("model name", "flags")):
+                    info.append(line)
+                if len(info) == 2:
+                    break
+    except OSError:
+        pass
+    return hashlib.sha256("".join(info).encode()).hexdigest()[:12]
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    ready = load() is not None
+    print("CPU attention kernels:", "ready" if ready else "unavailable (see above)", flush=True)

@@ -1,0 +1,245 @@
+// Decode attention on the CPU, reading K/V in place from the paged pool.
+//
+// Every decoding request has one query token; it attends over the slots of its whole sequence,
+// which are scattered over the pool. Gathering them into a padded batch first (what the pure
+// PyTorch path does) copies every K/V row once per layer and then reads it again; here each row
+// is read once, straight from the pool, and the padding never exists.
+//
+// One work item = (request, kv head): its G = num_heads / num_kv_heads query heads share every K
+// and V row that is read. Two passes over the sequence: scores (q . k, float32), then the softmax
+// weights times V. Every sum runs in a fixed order, so a row's result depends only on its own q
+// and sequence, never on the batch or the thread that computed it.
+
+#include <ATen/Parallel.h>
+#include <torch/extension.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+namespace {
+
+// 16 float32 lanes: one AVX-512 register, or a plain array the compiler vectorizes as it can.
+#if defined(__AVX512F__)
+struct Vec16 {
+  __m512 v;
+  static Vec16 zero() { return {_mm512_setzero_ps()}; }
+  static Vec16 broadcast(float x) { return {_mm512_set1_ps(x)}; }
+  static Vec16 load(const float* p) { return {_mm512_loadu_ps(p)}; }
+  static Vec16 load(const at::BFloat16* p) {
+    const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    return {_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16))};
+  }
+  void fma(Vec16 a, Vec16 b) { v = _mm512_fmadd_ps(a.v, b.v, v); }  // this += a * b
+  float sum() const { return _mm512_reduce_add_ps(v); }
+  void store(float* p) const { _mm512_storeu_ps(p, v); }
+};
+#else
+struct Vec16 {
+  float v[16];
+  static Vec16 zero() { return broadcast(0.f); }
+  static Vec16 broadcast(float x) {
+    Vec16 r;
+    std::fill(r.v, r.v + 16, x);
+    return r;
+  }
+  static Vec16 load(const float* p) {
+    Vec16 r;
+    std::memcpy(r.v, p, sizeof r.v);
+    return r;
+  }
+  static Vec16 load(const at::BFloat16* p) {
+    Vec16 r;
+    const auto* bits = reinterpret_cast<const uint16_t*>(p);
+    for (int i = 0; i < 16; ++i) {
+      const uint32_t widened = static_cast<uint32_t>(bits[i]) << 16;
+      std::memcpy(r.v + i, &widened, sizeof(float));
+    }
+    return r;
+  }
+  void fma(Vec16 a, Vec16 b) {
+    for (int i = 0; i < 16; ++i) v[i] += a.v[i] * b.v[i];
+  }
+  float sum() const {
+    float s[16];
+    std::memcpy(s, v, sizeof s);
+    for (int width = 8; width > 0; width /= 2) {
+      for (int i = 0; i < width; ++i) s[i] += s[i + width];
+    }
+    return s[0];
+  }
+  void store(float* p) const { std::memcpy(p, v, sizeof v); }
+};
+#endif
+
+constexpr int64_t kMaxGroup = 16;  // query heads per kv head
+// Slots are scattered over the pool, so the hardware prefetcher cannot guess the next row.
+constexpr int64_t kPrefetchAhead = 8;
+
+template <typename T>
+inline void prefetch_row(const T* row, int64_t bytes) {
+  for (int64_t offset = 0; offset < bytes; offset += 64) __builtin_prefetch(reinterpret_cast<const char*>(row) + offset);
+}
+
+// exp(x) for x <= 0 (scores minus their max), written so that the compiler vectorizes the loop:
+// x = n ln2 + r with |r| <= ln2 / 2, exp(r) by its degree-7 Taylor polynomial (relative error
+// below 2e-7), 2^n put into the float's exponent bits. Below -87 the result is 0.
+inline void exp_nonpositive(float* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = std::max(x[i], -87.f);
+    const float k = std::floor(v * 1.44269504f + 0.5f);
+    const float r = (v - k * 0.693145752f) - k * 1.42860677e-6f;
+    float p = 1.f / 5040;
+    p = p * r + 1.f / 720;
+    p = p * r + 1.f / 120;
+    p = p * r + 1.f / 24;
+    p = p * r + 1.f / 6;
+    p = p * r + 0.5f;
+    p = p * r + 1.f;
+    p = p * r + 1.f;
+    const uint32_t scale_bits = static_cast<uint32_t>(static_cast<int32_t>(k) + 127) << 23;
+    float scale;
+    std::memcpy(&scale, &scale_bits, sizeof(float));
+    x[i] = p * scale;
+  }
+}
+
+// CHUNKS = head_dim / 16 is a compile-time constant, so that a K or V row lives in registers.
+template <typename T, int CHUNKS>
+void attend_one(const T* q, int64_t q_head_stride, const T* k_pool, const T* v_pool, int64_t slot_stride,
+                const int64_t* slots, int64_t len, int64_t kv_head, int64_t group, float scale, T* out,
+                std::vector<float>& scores) {
+  constexpr int64_t dim = CHUNKS * 16, row_bytes = dim * sizeof(T);
+  const int64_t head_offset = kv_head * dim;
+  Vec16 qv[kMaxGroup * CHUNKS];
+  Vec16 acc[kMaxGroup * CHUNKS];
+  const Vec16 scale_v = Vec16::broadcast(scale);
+  for (int64_t g = 0; g < group; ++g) {
+    for (int c = 0; c < CHUNKS; ++c) {
+      qv[g * CHUNKS + c] = Vec16::zero();
+      qv[g * CHUNKS + c].fma(Vec16::load(q + g * q_head_stride + c * 16), scale_v);
+    }
+  }
+  scores.resize(group * len);
+  Vec16 row[CHUNKS];
+  for (int64_t l = 0; l < len; ++l) {
+    if (l + kPrefetchAhead < len) prefetch_row(k_pool + slots[l + kPrefetchAhead] * slot_stride + head_offset, row_bytes);
+    const T* k = k_pool + slots[l] * slot_stride + head_offset;
+    for (int c = 0; c < CHUNKS; ++c) row[c] = Vec16::load(k + c * 16);
+    for (int64_t g = 0; g < group; ++g) {
+      Vec16 dot = Vec16::zero();
+      for (int c = 0; c < CHUNKS; ++c) dot.fma(qv[g * CHUNKS + c], row[c]);
+      scores[g * len + l] = dot.sum();
+    }
+  }
+  float inv_sum[kMaxGroup];
+  for (int64_t g = 0; g < group; ++g) {
+    float* s = scores.data() + g * len;
+    const float max = *std::max_element(s, s + len);
+    for (int64_t l = 0; l < len; ++l) s[l] -= max;
+    exp_nonpositive(s, len);
+    float sum = 0.f;
+    for (int64_t l = 0; l < len; ++l) sum += s[l];
+    inv_sum[g] = 1.f / sum;
+  }
+  for (int64_t i = 0; i < group * CHUNKS; ++i) acc[i] = Vec16::zero();
+  for (int64_t l = 0; l < len; ++l) {
+    if (l + kPrefetchAhead < len) prefetch_row(v_pool + slots[l + kPrefetchAhead] * slot_stride + head_offset, row_bytes);
+    const T* v = v_pool + slots[l] * slot_stride + head_offset;
+    for (int c = 0; c < CHUNKS; ++c) row[c] = Vec16::load(v + c * 16);
+    for (int64_t g = 0; g < group; ++g) {
+      const Vec16 p = Vec16::broadcast(scores[g * len + l]);
+      for (int c = 0; c < CHUNKS; ++c) acc[g * CHUNKS + c].fma(p, row[c]);
+    }
+  }
+  float lanes[16];
+  for (int64_t g = 0; g < group; ++g) {
+    for (int c = 0; c < CHUNKS; ++c) {
+      acc[g * CHUNKS + c].store(lanes);
+      for (int i = 0; i < 16; ++i) out[g * dim + c * 16 + i] = static_cast<T>(lanes[i] * inv_sum[g]);
+    }
+  }
+}
+
+template <typename T>
+void decode_attention_impl(const at::Tensor& q, const at::Tensor& k_pool, const at::Tensor& v_pool,
+                           const at::Tensor& kv_indices, const at::Tensor& kv_starts, const at::Tensor& kv_lens,
+                           double scale, at::Tensor& out) {
+  const int64_t batch = q.size(0), heads = q.size(1), dim = q.size(2);
+  const int64_t kv_heads = k_pool.size(1), group = heads / kv_heads;
+  const T* q_ptr = q.data_ptr<T>();
+  const T* k_ptr = k_pool.data_ptr<T>();
+  const T* v_ptr = v_pool.data_ptr<T>();
+  const int64_t* slots = kv_indices.data_ptr<int64_t>();
+  const int64_t* starts = kv_starts.data_ptr<int64_t>();
+  const int64_t* lens = kv_lens.data_ptr<int64_t>();
+  T* out_ptr = out.data_ptr<T>();
+  const int64_t q_row = q.stride(0), q_head = q.stride(1), slot_stride = k_pool.stride(0);
+  auto attend = attend_one<T, 4>;
+  switch (dim / 16) {  // keep in step with cpu_kernels.DECODE_HEAD_DIMS
+    case 1: attend = attend_one<T, 1>; break;
+    case 2: attend = attend_one<T, 2>; break;
+    case 4: attend = attend_one<T, 4>; break;
+    case 5: attend = attend_one<T, 5>; break;
+    case 6: attend = attend_one<T, 6>; break;
+    case 8: attend = attend_one<T, 8>; break;
+    case 16: attend = attend_one<T, 16>; break;
+    default: TORCH_CHECK(false, "head_dim ", dim, " is not one of 16, 32, 64, 80, 96, 128, 256");
+  }
+  at::parallel_for(0, batch * kv_heads, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> scores;
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t b = item / kv_heads, h = item % kv_heads;
+      attend(q_ptr + b * q_row + h * group * q_head, q_head, k_ptr, v_ptr, slot_stride, slots + starts[b], lens[b],
+             h, group, static_cast<float>(scale), out_ptr + (b * heads + h * group) * dim, scores);
+    }
+  });
+}
+
+}  // namespace
+
+// q [B, H, D] (rows and heads may be strided, dims contiguous); k_pool, v_pool [slots, Hkv, D]
+// contiguous; request b attends over kv_indices[kv_starts[b] : kv_starts[b] + kv_lens[b]], at
+// least one slot each. Returns [B, H * D] in q's dtype.
+at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k_pool, const at::Tensor& v_pool,
+                            const at::Tensor& kv_indices, const at::Tensor& kv_starts, const at::Tensor& kv_lens,
+                            double scale) {
+  TORCH_CHECK(q.device().is_cpu() && k_pool.device().is_cpu() && v_pool.device().is_cpu(), "CPU tensors only");
+  TORCH_CHECK(q.dim() == 3 && k_pool.dim() == 3, "q must be [B, H, D] and the pools [slots, Hkv, D]");
+  TORCH_CHECK(q.stride(2) == 1, "q's head dim must be contiguous");
+  TORCH_CHECK(k_pool.is_contiguous() && v_pool.is_contiguous() && k_pool.sizes() == v_pool.sizes(),
+              "k and v pools must be contiguous and of one shape");
+  TORCH_CHECK(q.scalar_type() == k_pool.scalar_type() && q.scalar_type() == v_pool.scalar_type(),
+              "q, k and v must share a dtype");
+  const int64_t dim = q.size(2), group = q.size(1) / k_pool.size(1);
+  TORCH_CHECK(dim == k_pool.size(2) && q.size(1) % k_pool.size(1) == 0, "head shapes do not match");
+  TORCH_CHECK(group <= kMaxGroup, "at most ", kMaxGroup, " query heads per kv head");
+  TORCH_CHECK(dim % 16 == 0, "head_dim ", dim, " is not one of 16, 32, 64, 80, 96, 128, 256");
+  for (const auto* t : {&kv_indices, &kv_starts, &kv_lens}) {
+    TORCH_CHECK(t->scalar_type() == at::kLong && t->is_contiguous(), "indices must be contiguous int64");
+  }
+  TORCH_CHECK(kv_starts.numel() == q.size(0) && kv_lens.numel() == q.size(0), "one start and length per row");
+  auto out = at::empty({q.size(0), q.size(1) * dim}, q.options());
+  switch (q.scalar_type()) {
+    case at::kBFloat16:
+      decode_attention_impl<at::BFloat16>(q, k_pool, v_pool, kv_indices, kv_starts, kv_lens, scale, out);
+      break;
+    case at::kFloat:
+      decode_attention_impl<float>(q, k_pool, v_pool, kv_indices, kv_starts, kv_lens, scale, out);
+      break;
+    default:
+      TORCH_CHECK(false, "decode_attention supports bfloat16 and float32, got ", q.scalar_type());
+  }
+  return out;
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("decode_attention", &decode_attention, "paged decode attention reading K/V in place");
+}
