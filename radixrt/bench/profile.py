@@ -1,5 +1,5 @@
 """`python -m radixrt.bench.profile`: where one forward's time goes (torch.profiler), for a
-prefill of 1,024 new tokens and decode steps at batch 1 and 64 on the model runner alone."""
+prefill of 1,024 new tokens and decode steps at batch 1, 16 and 64 on the model runner alone."""
 
 from __future__ import annotations
 
@@ -14,8 +14,6 @@ from radixrt.workers.forward_batch import ForwardBatch
 from radixrt.workers.model_runner import ModelRunner
 from radixrt.workers.model_store import resolve_model
 
-CONTEXT = 64  # tokens each decode row attends to
-
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -25,8 +23,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     runner = ModelRunner(resolve_model(args.model), dtype=args.dtype, device="cpu")
     pool = KVPool(70_000, *runner.kv_shape(), dtype=runner.dtype)
-    steps = {"prefill, 1,024 new tokens": _prefill(1024), "decode, batch 1": _decode(1),
-             "decode, batch 64": _decode(64)}  # fmt: skip
+    steps = {"prefill, 1,024 new tokens": _prefill(1024), "decode, batch 1, 64-token contexts": _decode(1, 64),
+             "decode, batch 16, 512-token contexts": _decode(16, 512),
+             "decode, batch 64, 64-token contexts": _decode(64, 64)}  # fmt: skip
     for name, batch in steps.items():
         for _ in range(2):
             runner.forward(batch, pool)  # warm-up
@@ -44,8 +43,8 @@ def _prefill(n: int) -> ForwardBatch:
     return ForwardBatch.build([ids], [list(range(1, n + 1))])
 
 
-def _decode(batch: int) -> ForwardBatch:
-    slots = [list(range(1 + i * CONTEXT, 1 + (i + 1) * CONTEXT)) for i in range(batch)]
+def _decode(batch: int, context: int) -> ForwardBatch:
+    slots = [list(range(1 + i * context, 1 + (i + 1) * context)) for i in range(batch)]
     return ForwardBatch.build([[5]] * batch, slots)
 
 

@@ -14,7 +14,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from types import ModuleType
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -35,8 +35,9 @@ def build_dir() -> Path:
 
 
 @functools.cache
-def load() -> ModuleType | None:
-    """The compiled kernels, or None where they cannot be built (the reason is logged once)."""
+def load() -> Any:
+    """The namespace of the compiled ops (`torch.ops.radixrt`), or None where they cannot be built
+    (the reason is logged once)."""
     try:
         return _build()
     except Exception as exc:  # noqa: BLE001  a missing compiler must not stop the server
@@ -44,7 +45,8 @@ def load() -> ModuleType | None:
         return None
 
 
-def _build() -> ModuleType:
+def _build() -> Any:
+    import torch
     from torch.utils.cpp_extension import load as load_extension
 
     if shutil.which("ninja") is None:  # the venv's ninja, when the venv is not activated
@@ -55,14 +57,16 @@ def _build() -> ModuleType:
     directory.mkdir(parents=True, exist_ok=True)
     if not (directory / f"{name}.so").exists():
         logger.info("compiling the CPU attention kernels into %s (once per machine, ~30 s)", directory)
-    return load_extension(
+    load_extension(
         name,
         [str(s) for s in SOURCES],
         extra_cflags=CFLAGS,
         extra_ldflags=["-fopenmp"],
         build_directory=str(directory),
+        is_python_module=False,  # the library registers torch ops instead
         verbose=False,
     )
+    return torch.ops.radixrt
 
 
 def _cpu_id() -> str:

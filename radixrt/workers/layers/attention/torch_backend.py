@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from itertools import accumulate
-from types import ModuleType
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -56,8 +56,8 @@ class _Extend:
 
 
 class TorchAttentionBackend(AttentionBackend):
-    """See the module docstring; `cpu_kernels` is `cpu_kernels.load()`'s module, or None for the
-    pure-PyTorch decode path."""
+    """See the module docstring; `cpu_kernels` is what `cpu_kernels.load()` returns (the
+    `torch.ops.radixrt` namespace), or None for the pure-PyTorch decode path."""
 
     def __init__(
         self,
@@ -65,7 +65,7 @@ class TorchAttentionBackend(AttentionBackend):
         num_kv_heads: int,
         head_dim: int,
         scale: float | None = None,
-        cpu_kernels: ModuleType | None = None,
+        cpu_kernels: Any = None,
     ):
         super().__init__(num_heads, num_kv_heads, head_dim, scale)
         self.cpu_kernels = cpu_kernels
