@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # the C++ CPU kernels compile once per machine (~30 s), here rather than inside a test or a server
-KERNELS := $(PY) -m radixrt.workers.layers.attention.cpu_kernels
+KERNELS := $(PY) -m radixrt.workers.layers.cpu_kernels
 
 demo: setup
 	$(KERNELS)

@@ -155,9 +155,11 @@ def test_profile_prints_a_table_per_step(bench_model_dir, capsys):
 
     profile_main(["--model", str(bench_model_dir), "--dtype", "float32", "--rows", "3"])
     out = capsys.readouterr().out
-    for step in ("prefill, 1,024 new tokens", "decode, batch 1", "decode, batch 64"):
+    steps = ("prefill, 1,024 new tokens", "decode, batch 1, 64-token contexts", "decode, batch 16, 512-token contexts",
+             "decode, batch 64, 64-token contexts")  # fmt: skip
+    for step in steps:
         assert f"== {step}:" in out
-    assert out.count("Self CPU time total") == 3
+    assert out.count("Self CPU time total") == len(steps)
 
 
 def test_cli_writes_json_and_plot(bench_model_dir, tmp_path, capsys):

@@ -34,7 +34,7 @@ def create_backend(
     if name == "torch":
         kernels = None
         if device.type == "cpu" and dtype in (torch.bfloat16, torch.float32):
-            from radixrt.workers.layers.attention import cpu_kernels
+            from radixrt.workers.layers import cpu_kernels
 
             if cpu_kernels.supports_decode(head_dim, num_heads, num_kv_heads):
                 kernels = cpu_kernels.load()

@@ -1,8 +1,10 @@
 """Our C++ CPU kernels (csrc/), compiled on first use for this machine's CPU and cached.
 
-`python -m radixrt.workers.layers.attention.cpu_kernels` builds them ahead of time (`make setup`
-does); a process that finds no C++ compiler logs why once and the torch backend falls back to
-its pure-PyTorch path.
+They register torch ops under `torch.ops.radixrt`: `decode_attention` (the torch attention
+backend's decode steps) and `rms_norm` / `add_rms_norm_` (layers/norm.py).
+`python -m radixrt.workers.layers.cpu_kernels` builds them ahead of time (`make test` and
+`make demo` do); a process that finds no C++ compiler logs why once and runs the PyTorch code
+they replace.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-SOURCES = [Path(__file__).parent / "csrc" / "decode_attention.cpp"]
+SOURCES = [Path(__file__).parent / "csrc" / name for name in ("decode_attention.cpp", "rms_norm.cpp")]
 # what csrc/decode_attention.cpp is compiled for
 DECODE_HEAD_DIMS = (16, 32, 64, 80, 96, 128, 256)
 DECODE_MAX_GROUP = 16  # query heads per kv head
@@ -41,7 +43,7 @@ def load() -> Any:
     try:
         return _build()
     except Exception as exc:  # noqa: BLE001  a missing compiler must not stop the server
-        logger.warning("CPU attention kernels unavailable (%s); using the PyTorch path", exc)
+        logger.warning("radixrt's CPU kernels unavailable (%s); using the PyTorch path", exc)
         return None
 
 
@@ -56,7 +58,7 @@ def _build() -> Any:
     directory = build_dir() / name
     directory.mkdir(parents=True, exist_ok=True)
     if not (directory / f"{name}.so").exists():
-        logger.info("compiling the CPU attention kernels into %s (once per machine, ~30 s)", directory)
+        logger.info("compiling radixrt's CPU kernels into %s (once per machine, ~30 s)", directory)
     load_extension(
         name,
         [str(s) for s in SOURCES],
@@ -87,4 +89,4 @@ def _cpu_id() -> str:
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     ready = load() is not None
-    print("CPU attention kernels:", "ready" if ready else "unavailable (see above)", flush=True)
+    print("radixrt CPU kernels:", "ready" if ready else "unavailable (see above)", flush=True)

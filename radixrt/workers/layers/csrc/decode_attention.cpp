@@ -242,7 +242,7 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k_pool, const
 }
 
 // A torch op (torch.ops.radixrt.decode_attention): it shows in profiles like any other op.
-TORCH_LIBRARY(radixrt, m) {
+TORCH_LIBRARY_FRAGMENT(radixrt, m) {
   m.def(
       "decode_attention(Tensor q, Tensor k_pool, Tensor v_pool, Tensor kv_indices, Tensor kv_starts, "
       "Tensor kv_lens, float scale) -> Tensor");
