@@ -88,7 +88,11 @@ class ForwardStep:
         if not to_sample:
             return list(results.values())
         reqs = [r for r, _ in to_sample]
-        rows = logits[torch.tensor([row for _, row in to_sample], device=logits.device)]
+        row_ids = [row for _, row in to_sample]
+        if row_ids == list(range(logits.shape[0])):
+            rows = logits  # a decode batch: every row is sampled (the masks below may write it)
+        else:
+            rows = logits[torch.tensor(row_ids, device=logits.device)]
         self._mask_min_tokens(reqs, rows)
         self.grammar_masks(reqs, rows)
         sb = self.sampler.make_batch([r.sampling for r in reqs], rows.device)
@@ -100,8 +104,10 @@ class ForwardStep:
             prompt_ids=[r.input_ids for r in reqs],
             steps=[len(r.output_ids) for r in reqs],
             top_logprobs_num=top_n,
+            with_logprobs=any(r.return_logprob for r in reqs),
         )
-        next_ids, lps = out.next_ids.tolist(), out.logprobs.tolist()
+        next_ids = out.next_ids.tolist()
+        lps = out.logprobs.tolist() if out.logprobs is not None else [None] * len(reqs)
         tops = _pairs(*out.top_logprobs) if out.top_logprobs is not None else None
         for i, req in enumerate(reqs):
             res = results[req.rid]

@@ -69,6 +69,17 @@ def test_greedy_rows_take_argmax(batch):
     assert torch.equal(out.next_ids, logits.argmax(-1))
 
 
+def test_logprobs_are_skipped_only_when_nobody_asks():
+    logits = torch.randn(8, 300, generator=torch.Generator().manual_seed(2))
+    sampler = Sampler(300)
+    sb = sampler.make_batch([SamplingParams(temperature=0.9, seed=i) for i in range(8)], "cpu")
+    full = sampler.sample(logits, sb, steps=[3] * 8)
+    bare = sampler.sample(logits, sb, steps=[3] * 8, with_logprobs=False)
+    assert torch.equal(bare.next_ids, full.next_ids) and bare.logprobs is None and bare.top_logprobs is None
+    top = sampler.sample(logits, sb, steps=[3] * 8, with_logprobs=False, top_logprobs_num=2)
+    assert top.top_logprobs is not None and torch.equal(top.logprobs, full.logprobs)
+
+
 def test_temperature_sampling_frequencies_match_softmax():
     logits = [2.0, 1.0, 0.5, 0.0, -1.0, -3.0]
     ids = sample_many(logits, 6000, temperature=0.7)

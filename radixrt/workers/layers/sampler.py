@@ -151,7 +151,7 @@ def _has_penalty(p: SamplingParams) -> bool:
 
 class SampleOutput(NamedTuple):
     next_ids: torch.Tensor  # [B] int64
-    logprobs: torch.Tensor  # [B] float32, log-softmax of the penalised logits at next_ids
+    logprobs: torch.Tensor | None  # [B] float32, log-softmax of the penalised logits at next_ids
     top_logprobs: tuple[torch.Tensor, torch.Tensor] | None  # ([B, k] values, [B, k] ids), descending
 
 
@@ -175,12 +175,14 @@ class Sampler:
         prompt_ids: Sequence[Sequence[int]] | None = None,
         steps: Sequence[int] | torch.Tensor | None = None,
         top_logprobs_num: int = 0,
+        with_logprobs: bool = True,
     ) -> SampleOutput:
         """Pick the next token of every row of `logits` [B, V].
 
         `output_ids[i]`: tokens row i generated so far (frequency/presence/repetition penalties);
         `prompt_ids[i]`: its prompt (repetition penalty only). `steps[i]`: tokens row i generated
         so far (default `len(output_ids[i])`, else 0); with the seed it fixes the noise.
+        `with_logprobs=False` skips the log-softmax (`logprobs` is None) unless top logprobs are asked.
         """
         logits = logits.float()
         if sb.need_penalties and (output_ids is not None or prompt_ids is not None):
@@ -190,6 +192,8 @@ class Sampler:
             steps_t = self._steps_tensor(steps, output_ids, sb.batch_size, logits.device)
             sampled = self._sample_rows(logits, sb, steps_t)
             next_ids = torch.where(sb.greedy, next_ids, sampled)
+        if not with_logprobs and top_logprobs_num == 0:
+            return SampleOutput(next_ids, None, None)
         logp = torch.log_softmax(logits, dim=-1)  # [B, V]
         top = None
         if top_logprobs_num > 0:
