@@ -82,6 +82,7 @@ class ForwardStep:
             vals, ids = torch.log_softmax(part, dim=-1).topk(req.top_logprobs_num, dim=-1)
             req.input_top_logprobs.extend(_pairs(vals, ids))
 
+    @torch.inference_mode()  # the masks write into the model's logits, an inference tensor
     def _sample(self, plan, logits, sample_rows: dict[str, int]) -> list[StepResult]:
         to_sample = [(req, sample_rows[req.rid]) for req, _ in plan if req.rid in sample_rows]
         results = {req.rid: StepResult(req) for req, _ in plan}
