@@ -1,7 +1,8 @@
 """Our C++ CPU kernels (csrc/), compiled on first use for this machine's CPU and cached.
 
-They register torch ops under `torch.ops.radixrt`: `decode_attention` (the torch attention
-backend's decode steps) and `rms_norm` / `add_rms_norm_` (layers/norm.py).
+They register torch ops under `torch.ops.radixrt`: `decode_attention` and `extend_attention`
+(the torch attention backend's decode and prefill steps) and `rms_norm` / `add_rms_norm_`
+(layers/norm.py).
 `python -m radixrt.workers.layers.cpu_kernels` builds them ahead of time (`make test` and
 `make demo` do); a process that finds no C++ compiler logs why once and runs the PyTorch code
 they replace.
@@ -18,17 +19,26 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
+
 logger = logging.getLogger(__name__)
 
-SOURCES = [Path(__file__).parent / "csrc" / name for name in ("decode_attention.cpp", "rms_norm.cpp")]
+SOURCES = [Path(__file__).parent / "csrc" / name for name in ("decode_attention.cpp", "extend_attention.cpp", "rms_norm.cpp")]
 # what csrc/decode_attention.cpp is compiled for
 DECODE_HEAD_DIMS = (16, 32, 64, 80, 96, 128, 256)
 DECODE_MAX_GROUP = 16  # query heads per kv head
 CFLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fopenmp"]  # OpenMP: at::parallel_for runs on torch's threads
 
 
+EXTEND_HEAD_DIMS = (64, 128)  # csrc/extend_attention.cpp, bf16 on AVX512-BF16 CPUs only
+
+
 def supports_decode(head_dim: int, num_heads: int, num_kv_heads: int) -> bool:
     return head_dim in DECODE_HEAD_DIMS and num_heads // num_kv_heads <= DECODE_MAX_GROUP
+
+
+def supports_extend(head_dim: int, dtype: torch.dtype) -> bool:
+    return head_dim in EXTEND_HEAD_DIMS and dtype == torch.bfloat16 and "avx512_bf16" in _cpu_flags()
 
 
 def build_dir() -> Path:
@@ -48,7 +58,6 @@ def load() -> Any:
 
 
 def _build() -> Any:
-    import torch
     from torch.utils.cpp_extension import load as load_extension
 
     if shutil.which("ninja") is None:  # the venv's ninja, when the venv is not activated
@@ -69,6 +78,17 @@ def _build() -> Any:
         verbose=False,
     )
     return torch.ops.radixrt
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
 
 
 def _cpu_id() -> str:

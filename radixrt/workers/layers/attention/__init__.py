@@ -32,13 +32,14 @@ def create_backend(
         usable = device.type == "cuda" and importlib.util.find_spec("flashinfer") is not None
         name = "flashinfer" if usable else "torch"
     if name == "torch":
-        kernels = None
+        kernels, extend_kernel = None, False
         if device.type == "cpu" and dtype in (torch.bfloat16, torch.float32):
             from radixrt.workers.layers import cpu_kernels
 
             if cpu_kernels.supports_decode(head_dim, num_heads, num_kv_heads):
                 kernels = cpu_kernels.load()
-        return TorchAttentionBackend(num_heads, num_kv_heads, head_dim, scale, kernels)
+                extend_kernel = cpu_kernels.supports_extend(head_dim, dtype)
+        return TorchAttentionBackend(num_heads, num_kv_heads, head_dim, scale, kernels, extend_kernel)
     from radixrt.workers.layers.attention import flashinfer_backend
 
     return flashinfer_backend.FlashInferAttentionBackend(

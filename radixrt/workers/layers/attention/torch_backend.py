@@ -1,9 +1,10 @@
-"""Attention in PyTorch (CPU and GPU), with our C++ decode kernel on the CPU.
+"""Attention in PyTorch (CPU and GPU), with our C++ kernels on the CPU.
 
 Decoding requests (one new token they just sampled) are attended together: on the CPU by
-`decode_attention` (csrc/), which reads each request's K/V rows in place from the pool; elsewhere,
-or where the kernel could not be built, as one padded batch gathered from the pool. Prefilling
-requests (new prompt tokens, even just one) are attended one at a time with
+`decode_attention` (layers/csrc/), which reads each request's K/V rows in place from the pool;
+elsewhere, or where the kernels could not be built, as one padded batch gathered from the pool.
+Prefilling requests (new prompt tokens, even just one) are attended by `extend_attention` in bf16
+on AVX512-BF16 CPUs, all in one call; otherwise one at a time with
 `F.scaled_dot_product_attention`. All index and mask tensors are built once per forward in
 `prepare`, not per layer.
 
@@ -47,6 +48,17 @@ MIN_QUERY_ROWS = 4
 
 
 @dataclass
+class _ExtendGroup:
+    """Every prefilling request of the batch, for the C++ extend kernel."""
+
+    kv_indices: torch.Tensor
+    q_starts: torch.Tensor  # [R] int64
+    q_lens: torch.Tensor
+    kv_starts: torch.Tensor
+    seq_lens: torch.Tensor
+
+
+@dataclass
 class _Extend:
     q_start: int
     q_end: int
@@ -57,7 +69,8 @@ class _Extend:
 
 class TorchAttentionBackend(AttentionBackend):
     """See the module docstring; `cpu_kernels` is what `cpu_kernels.load()` returns (the
-    `torch.ops.radixrt` namespace), or None for the pure-PyTorch decode path."""
+    `torch.ops.radixrt` namespace), or None for the pure-PyTorch paths; `extend_kernel` says
+    whether its `extend_attention` takes this model's prefills (bf16, AVX512-BF16, head_dim 64/128)."""
 
     def __init__(
         self,
@@ -66,11 +79,14 @@ class TorchAttentionBackend(AttentionBackend):
         head_dim: int,
         scale: float | None = None,
         cpu_kernels: Any = None,
+        extend_kernel: bool = False,
     ):
         super().__init__(num_heads, num_kv_heads, head_dim, scale)
         self.cpu_kernels = cpu_kernels
+        self.extend_kernel = extend_kernel and cpu_kernels is not None
         self._out_slots: torch.Tensor | None = None
         self._decode: _DecodeGroup | None = None
+        self._extend_group: _ExtendGroup | None = None
         self._extends: list[_Extend] = []
 
     def prepare(self, batch: ForwardBatch) -> None:
@@ -86,11 +102,15 @@ class TorchAttentionBackend(AttentionBackend):
             self._decode = _prepare_decode(
                 batch, decode_ids, [kv_starts[i] for i in decode_ids], rows, padded
             )
-        self._extends = [
-            _prepare_extend(batch, i, q_starts[i], kv_starts[i])
-            for i, p in enumerate(batch.prefill)
-            if p
-        ]
+        prefill_ids = [i for i, p in enumerate(batch.prefill) if p]
+        self._extend_group, self._extends = None, []
+        if prefill_ids and self.extend_kernel and batch.kv_indices.device.type == "cpu":
+            pick = lambda values: torch.tensor([values[i] for i in prefill_ids])  # noqa: E731
+            self._extend_group = _ExtendGroup(
+                batch.kv_indices, pick(q_starts), pick(batch.extend_lens), pick(kv_starts), pick(batch.seq_lens)
+            )
+        else:
+            self._extends = [_prepare_extend(batch, i, q_starts[i], kv_starts[i]) for i in prefill_ids]
 
     def attend(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer_id: int, kv_pool: KVBuffers
@@ -101,6 +121,14 @@ class TorchAttentionBackend(AttentionBackend):
         group = self._decode
         if group is not None and group.rows is None:
             return self._attend_decode(q, k_buf, v_buf, group)
+        ext = self._extend_group
+        if ext is not None:
+            out = self.cpu_kernels.extend_attention(
+                q, k_buf, v_buf, ext.kv_indices, ext.q_starts, ext.q_lens, ext.kv_starts, ext.seq_lens, self.scale
+            )  # [T, H * D]; decode rows unset
+            if group is not None:
+                out.index_copy_(0, group.rows, self._attend_decode(q[group.rows], k_buf, v_buf, group))
+            return out
         out = torch.empty(q.shape, dtype=q.dtype, device=q.device)  # [T, H, D]
         if group is not None:
             decoded = self._attend_decode(q[group.rows], k_buf, v_buf, group)

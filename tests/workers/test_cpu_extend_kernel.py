@@ -1,0 +1,119 @@
+"""The C++ CPU prefill-attention kernel (layers/csrc/extend_attention.cpp, bf16 on AVX512-BF16)
+against a float64 softmax reference, its row independence, and the torch backend's use of it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from radixrt.workers.forward_batch import ForwardBatch
+from radixrt.workers.layers import cpu_kernels
+from radixrt.workers.layers.attention import create_backend
+from radixrt.workers.layers.attention.torch_backend import TorchAttentionBackend
+from tests.cpu import cpu_flags
+from tests.workers.test_cpu_decode_kernel import reference
+
+pytestmark = pytest.mark.skipif("avx512_bf16" not in cpu_flags(), reason="the kernel needs AVX512-BF16")
+
+REQUESTS = [(0, 37), (100, 5), (17, 1), (250, 64), (3, 3)]  # (cached prefix, new rows)
+
+
+@pytest.fixture(scope="module")
+def ops():
+    namespace = cpu_kernels.load()
+    assert namespace is not None, "a C++ compiler is here, so the kernels must build"
+    return namespace
+
+
+def make_case(heads: int, kv_heads: int, dim: int, requests=REQUESTS, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    k_pool = torch.randn(3000, kv_heads, dim, generator=g).bfloat16()
+    v_pool = torch.randn(3000, kv_heads, dim, generator=g).bfloat16()
+    rows = sum(e for _, e in requests)
+    q = torch.randn(rows, heads + 2 * kv_heads, dim, generator=g).bfloat16()[:, :heads]  # strided rows
+    slots = torch.randperm(2999, generator=g)[: sum(p + e for p, e in requests)] + 1
+    q_starts, q_lens, kv_starts, seq_lens, q_at, kv_at = [], [], [], [], 0, 0
+    for prefix, new in requests:
+        q_starts.append(q_at), q_lens.append(new), kv_starts.append(kv_at), seq_lens.append(prefix + new)
+        q_at, kv_at = q_at + new, kv_at + prefix + new
+    index = [torch.tensor(x) for x in (q_starts, q_lens, kv_starts, seq_lens)]
+    return q, k_pool, v_pool, slots, index
+
+
+def per_row_reference(q, k_pool, v_pool, slots, index, scale):
+    """Row j of a request = a decode row over the first prefix + j + 1 slots."""
+    starts, lens = [], []
+    for kv_start, new, seq_len in zip(index[2].tolist(), index[1].tolist(), index[3].tolist()):
+        starts += [kv_start] * new
+        lens += [seq_len - new + j + 1 for j in range(new)]
+    return reference(q, k_pool, v_pool, slots, torch.tensor(starts), torch.tensor(lens), scale)
+
+
+@pytest.mark.parametrize(("heads", "kv_heads", "dim"), [(9, 3, 64), (8, 2, 128), (4, 4, 64), (6, 1, 64)])
+def test_matches_a_float64_softmax(ops, heads, kv_heads, dim):
+    q, k_pool, v_pool, slots, index = make_case(heads, kv_heads, dim)
+    out = ops.extend_attention(q, k_pool, v_pool, slots, *index, dim**-0.5)
+    assert out.shape == (q.shape[0], heads * dim) and out.dtype == torch.bfloat16
+    expected = per_row_reference(q, k_pool, v_pool, slots, index, dim**-0.5)
+    # bf16 products and probabilities, float32 sums, one bf16 rounding of the output
+    torch.testing.assert_close(out.double(), expected, rtol=1.6e-2, atol=1.2e-2)
+
+
+def test_a_prompt_prefilled_whole_or_in_pieces_gets_the_same_bits(ops):
+    q, k_pool, v_pool, slots, _ = make_case(9, 3, 64, requests=[(0, 200)], seed=4)
+
+    def piece(start: int, rows: int) -> torch.Tensor:  # rows start.. over a cached prefix of `start`
+        index = [torch.tensor([x]) for x in (0, rows, 0, start + rows)]
+        return ops.extend_attention(q[start : start + rows], k_pool, v_pool, slots, *index, 0.125)
+
+    whole = piece(0, 200)
+    assert torch.equal(torch.cat([piece(0, 61), piece(61, 3), piece(64, 1), piece(65, 135)]), whole)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda a: {**a, "q": a["q"].float()}, "bfloat16 only"),
+        (lambda a: {**a, "q_lens": a["q_lens"][:2]}, "per request"),
+        (lambda a: {**a, "q_lens": a["q_lens"] * 0 + 1000}, "new rows <= sequence length"),
+        (lambda a: {**a, "slots": a["slots"].int()}, "int64"),
+    ],
+)
+def test_bad_inputs_raise_clear_errors(ops, change, message):
+    q, k_pool, v_pool, slots, index = make_case(4, 2, 64)
+    args = dict(q=q, k_pool=k_pool, v_pool=v_pool, slots=slots, q_starts=index[0], q_lens=index[1],
+                kv_starts=index[2], seq_lens=index[3])  # fmt: skip
+    with pytest.raises(RuntimeError, match=message):
+        ops.extend_attention(*change(args).values(), 0.125)
+
+
+def test_backend_uses_it_for_bf16_prefills_only(ops):
+    def backend(dtype=torch.bfloat16, dim=64):
+        return create_backend("torch", "cpu", num_heads=9, num_kv_heads=3, head_dim=dim, dtype=dtype)
+
+    assert backend().extend_kernel and backend(dim=128).extend_kernel
+    assert not backend(dtype=torch.float32).extend_kernel
+    assert not backend(dim=32).extend_kernel
+
+
+def test_backend_kernel_and_sdpa_paths_agree_on_a_mixed_batch(ops):
+    heads, kv_heads, dim = 9, 3, 64
+    g = torch.Generator().manual_seed(5)
+    k_buf = torch.randn(512, kv_heads, dim, generator=g).bfloat16()
+    v_buf = torch.randn(512, kv_heads, dim, generator=g).bfloat16()
+    batch = ForwardBatch.build(
+        [[1], [2, 3, 4, 5, 6], [7], [8, 9]],
+        [list(range(1, 41)), list(range(100, 160)), list(range(200, 401)), list(range(420, 422))],
+    )
+    q = torch.randn(batch.num_tokens, heads, dim, generator=g).bfloat16()
+    k = torch.randn(batch.num_tokens, kv_heads, dim, generator=g).bfloat16()
+    v = torch.randn(batch.num_tokens, kv_heads, dim, generator=g).bfloat16()
+    outs = []
+    for extend_kernel in (True, False):
+        pool = type("Pool", (), {"k_buffers": [k_buf.clone()], "v_buffers": [v_buf.clone()]})()
+        backend = TorchAttentionBackend(heads, kv_heads, dim, cpu_kernels=ops, extend_kernel=extend_kernel)
+        backend.prepare(batch)
+        outs.append(backend.attend(q, k, v, 0, pool))
+    torch.testing.assert_close(outs[0].float(), outs[1].float(), rtol=2e-2, atol=2e-2)
+    decode_rows = [0, 6]
+    assert torch.equal(outs[0][decode_rows], outs[1][decode_rows])  # the same decode kernel in both
