@@ -2,17 +2,7 @@
 
 from __future__ import annotations
 
-
-def cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
+from radixrt.workers.layers.cpu_kernels import cpu_flags
 
 # bf16 bit-identity across batch shapes was measured and fixed on AVX512-BF16 CPUs; oneDNN picks
 # other kernels (AMX tiles) where AMX exists, so those tests do not claim anything there.

@@ -15,6 +15,7 @@ import torch
 
 from radixrt.workers.forward_batch import ForwardBatch
 from radixrt.workers.layers.attention import KVBuffers, create_backend
+from radixrt.workers.layers.cpu_kernels import cpu_flags
 from radixrt.workers.layers.packed_linear import can_pack
 from radixrt.workers.model_config import ModelConfig
 from radixrt.workers.models.llama import LlamaForCausalLM
@@ -143,15 +144,7 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 def cpu_has_fast_bf16() -> bool:
     """AMX or AVX512-BF16 in /proc/cpuinfo (Linux; False elsewhere)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"amx_bf16", "avx512_bf16"})
-    except OSError:
-        pass
-    return False
+    return bool(cpu_flags() & {"amx_bf16", "avx512_bf16"})
 
 
 def use_all_cores() -> None:

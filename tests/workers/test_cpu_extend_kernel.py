@@ -10,7 +10,7 @@ from radixrt.workers.forward_batch import ForwardBatch
 from radixrt.workers.layers import cpu_kernels
 from radixrt.workers.layers.attention import create_backend
 from radixrt.workers.layers.attention.torch_backend import TorchAttentionBackend
-from tests.cpu import cpu_flags
+from radixrt.workers.layers.cpu_kernels import cpu_flags
 from tests.workers.test_cpu_decode_kernel import reference
 
 pytestmark = pytest.mark.skipif("avx512_bf16" not in cpu_flags(), reason="the kernel needs AVX512-BF16")

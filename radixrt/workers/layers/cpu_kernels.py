@@ -38,7 +38,7 @@ def supports_decode(head_dim: int, num_heads: int, num_kv_heads: int) -> bool:
 
 
 def supports_extend(head_dim: int, dtype: torch.dtype) -> bool:
-    return head_dim in EXTEND_HEAD_DIMS and dtype == torch.bfloat16 and "avx512_bf16" in _cpu_flags()
+    return head_dim in EXTEND_HEAD_DIMS and dtype == torch.bfloat16 and "avx512_bf16" in cpu_flags()
 
 
 def build_dir() -> Path:
@@ -80,7 +80,8 @@ def _build() -> Any:
     return torch.ops.radixrt
 
 
-def _cpu_flags() -> set[str]:
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
