@@ -49,21 +49,25 @@ inline __m512 exp_nonpositive(__m512 x) {
   return _mm512_scalef_ps(p, k);
 }
 
-// K of one (request, kv head): [tiles][DIM / 2 pairs][16 keys][2]; V: [tiles][8 key pairs][DIM][2]
+// K of one (request, kv head): [tiles][DIM / 2 pairs][16 keys][2]; V: [tiles][8 key pairs][DIM][2].
+// Both move 32-bit words: a K pair of dims, or the same dim of two neighbouring keys' V.
 template <int DIM>
 void pack_tile(const uint16_t* k_pool, const uint16_t* v_pool, const int64_t* slots, int64_t keys, int64_t slot_stride,
                int64_t head_offset, uint16_t* k_tile, uint16_t* v_tile) {
   constexpr int P = DIM / 2;
-  std::fill(k_tile, k_tile + P * kTile * 2, 0);
-  std::fill(v_tile, v_tile + kTile * DIM, 0);
+  uint32_t* k_words = reinterpret_cast<uint32_t*>(k_tile);
+  uint32_t* v_words = reinterpret_cast<uint32_t*>(v_tile);
+  std::fill(k_words, k_words + P * kTile, 0u);
+  std::fill(v_words, v_words + (kTile / 2) * DIM, 0u);
   for (int64_t key = 0; key < keys; ++key) {
     const uint16_t* k = k_pool + slots[key] * slot_stride + head_offset;
-    const uint16_t* v = v_pool + slots[key] * slot_stride + head_offset;
-    for (int p = 0; p < P; ++p) {
-      k_tile[(p * kTile + key) * 2] = k[2 * p];
-      k_tile[(p * kTile + key) * 2 + 1] = k[2 * p + 1];
-    }
-    for (int d = 0; d < DIM; ++d) v_tile[((key / 2) * DIM + d) * 2 + key % 2] = v[d];
+    for (int p = 0; p < P; ++p) std::memcpy(&k_words[p * kTile + key], k + 2 * p, sizeof(uint32_t));
+  }
+  for (int64_t key = 0; key < keys; key += 2) {
+    const uint16_t* v0 = v_pool + slots[key] * slot_stride + head_offset;
+    const uint16_t* v1 = key + 1 < keys ? v_pool + slots[key + 1] * slot_stride + head_offset : nullptr;
+    uint32_t* row = v_words + (key / 2) * DIM;
+    for (int d = 0; d < DIM; ++d) row[d] = v0[d] | (v1 == nullptr ? 0u : static_cast<uint32_t>(v1[d]) << 16);
   }
 }
 
