@@ -87,6 +87,8 @@ def test_a_rows_result_does_not_depend_on_the_batch(kernels):
          "bfloat16 and float32"),
         (lambda a: {**a, "q": a["q"].float()}, "share a dtype"),
         (lambda a: {**a, "kv_starts": a["kv_starts"][:1]}, "one start and length per row"),
+        (lambda a: {**a, "kv_lens": a["kv_lens"] + 1000}, "non-empty range of kv_indices"),
+        (lambda a: {**a, "kv_lens": a["kv_lens"] * 0}, "non-empty range of kv_indices"),
         (lambda a: {**a, "kv_indices": a["kv_indices"].int()}, "int64"),
         (lambda a: {**a, "q": a["q"][..., :48], "k_pool": a["k_pool"][..., :48].contiguous(),
                     "v_pool": a["v_pool"][..., :48].contiguous()}, "head_dim 48"),

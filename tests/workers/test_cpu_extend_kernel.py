@@ -77,6 +77,8 @@ def test_a_prompt_prefilled_whole_or_in_pieces_gets_the_same_bits(ops):
         (lambda a: {**a, "q_lens": a["q_lens"][:2]}, "per request"),
         (lambda a: {**a, "q_lens": a["q_lens"] * 0 + 1000}, "new rows <= sequence length"),
         (lambda a: {**a, "slots": a["slots"].int()}, "int64"),
+        (lambda a: {**a, "q_starts": a["q_starts"] + 100}, "within q and kv_indices"),
+        (lambda a: {**a, "slots": a["slots"][:50]}, "within q and kv_indices"),
     ],
 )
 def test_bad_inputs_raise_clear_errors(ops, change, message):

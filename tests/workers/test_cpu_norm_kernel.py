@@ -4,6 +4,7 @@ and RMSNorm's use of them."""
 from __future__ import annotations
 
 import shutil
+import warnings
 
 import pytest
 import torch
@@ -91,6 +92,9 @@ def test_rmsnorm_module_takes_the_kernel_and_falls_back_for_other_inputs(ops):
     assert torch.equal(norm(x), ops.rms_norm(x, norm.weight, EPS))
     strided = torch.cat([x, x], dim=1)[:, :64]  # not contiguous: torch's kernel
     torch.testing.assert_close(norm(strided), F.rms_norm(strided, (64,), norm.weight, EPS))
+    with warnings.catch_warnings():  # torch's own kernel warns that it cannot fuse mixed dtypes
+        warnings.simplefilter("ignore", UserWarning)
+        assert torch.equal(norm(x.float()), F.rms_norm(x.float(), (64,), norm.weight, EPS))  # weight of another dtype
     residual, y = x.clone(), 0.5 * x
     out = norm.add_and_norm(y, residual)
     assert torch.equal(residual, x + y)

@@ -24,13 +24,11 @@ import torch
 logger = logging.getLogger(__name__)
 
 SOURCES = [Path(__file__).parent / "csrc" / name for name in ("decode_attention.cpp", "extend_attention.cpp", "rms_norm.cpp")]
-# what csrc/decode_attention.cpp is compiled for
+CFLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fopenmp"]  # OpenMP: at::parallel_for runs on torch's threads
+# what the attention kernels are compiled for
 DECODE_HEAD_DIMS = (16, 32, 64, 80, 96, 128, 256)
 DECODE_MAX_GROUP = 16  # query heads per kv head
-CFLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fopenmp"]  # OpenMP: at::parallel_for runs on torch's threads
-
-
-EXTEND_HEAD_DIMS = (64, 128)  # csrc/extend_attention.cpp, bf16 on AVX512-BF16 CPUs only
+EXTEND_HEAD_DIMS = (64, 128)  # bf16 on AVX512-BF16 CPUs only
 
 
 def supports_decode(head_dim: int, num_heads: int, num_kv_heads: int) -> bool:
@@ -94,17 +92,13 @@ def cpu_flags() -> set[str]:
 
 def _cpu_id() -> str:
     """A short hash of the CPU's model and flags."""
-    info = []
+    model = ""
     try:
         with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith(("model name", "flags")):
-                    info.append(line)
-                if len(info) == 2:
-                    break
+            model = next((line for line in f if line.startswith("model name")), "")
     except OSError:
         pass
-    return hashlib.sha256("".join(info).encode()).hexdigest()[:12]
+    return hashlib.sha256((model + " ".join(sorted(cpu_flags()))).encode()).hexdigest()[:12]
 
 
 if __name__ == "__main__":

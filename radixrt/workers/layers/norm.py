@@ -18,24 +18,24 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        ops = _cpu_ops(x)
+        ops = _cpu_ops(x, self.weight)
         if ops is not None:
             return ops.rms_norm(x, self.weight, self.eps)
         return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
 
     def add_and_norm(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         """`residual += x` in place, then return the norm of the new residual."""
-        ops = _cpu_ops(residual)
-        if ops is not None and x.is_contiguous():
+        ops = _cpu_ops(residual, self.weight)
+        if ops is not None and x.is_contiguous() and x.dtype == residual.dtype:
             return ops.add_rms_norm_(residual, x, self.weight, self.eps)
         residual.add_(x)
         return self.forward(residual)
 
 
-def _cpu_ops(x: torch.Tensor):
-    """`torch.ops.radixrt` where its kernels take `x`, else None."""
+def _cpu_ops(x: torch.Tensor, weight: torch.Tensor):
+    """`torch.ops.radixrt` where its kernels take `x` and `weight`, else None (torch's own ops)."""
     if x.device.type != "cpu" or x.dtype not in (torch.bfloat16, torch.float32) or x.dim() != 2:
         return None
-    if not x.is_contiguous():
+    if not x.is_contiguous() or weight.dtype != x.dtype:
         return None
     return cpu_kernels.load()

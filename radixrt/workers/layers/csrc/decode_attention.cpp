@@ -227,6 +227,12 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k_pool, const
     TORCH_CHECK(t->scalar_type() == at::kLong && t->is_contiguous(), "indices must be contiguous int64");
   }
   TORCH_CHECK(kv_starts.numel() == q.size(0) && kv_lens.numel() == q.size(0), "one start and length per row");
+  const int64_t* starts = kv_starts.data_ptr<int64_t>();
+  const int64_t* lens = kv_lens.data_ptr<int64_t>();
+  for (int64_t b = 0; b < q.size(0); ++b) {
+    TORCH_CHECK(lens[b] > 0 && starts[b] >= 0 && starts[b] + lens[b] <= kv_indices.numel(), "row ", b,
+                ": its slots must be a non-empty range of kv_indices");
+  }
   auto out = at::empty({q.size(0), q.size(1) * dim}, q.options());
   switch (q.scalar_type()) {
     case at::kBFloat16:

@@ -207,6 +207,8 @@ at::Tensor extend_attention(const at::Tensor& q, const at::Tensor& k_pool, const
   const int64_t *ks = kv_starts.data_ptr<int64_t>(), *sl = seq_lens.data_ptr<int64_t>();
   for (int64_t i = 0; i < requests; ++i) {
     TORCH_CHECK(0 < ql[i] && ql[i] <= sl[i], "request ", i, ": 0 < new rows <= sequence length");
+    TORCH_CHECK(qs[i] >= 0 && qs[i] + ql[i] <= q.size(0) && ks[i] >= 0 && ks[i] + sl[i] <= kv_indices.numel(),
+                "request ", i, ": its rows and slots must lie within q and kv_indices");
     auto run = dim == 64 ? extend_request<64> : extend_request<128>;
     run(q_ptr + qs[i] * q.stride(0), q.stride(0), q.stride(1), k_ptr, v_ptr, k_pool.stride(0), slots + ks[i], sl[i], ql[i],
         heads, kv_heads, static_cast<float>(scale), out.data_ptr<at::BFloat16>() + qs[i] * heads * dim);
