@@ -1,8 +1,8 @@
 """Our C++ CPU kernels (csrc/), compiled on first use for this machine's CPU and cached.
 
 They register torch ops under `torch.ops.radixrt`: `decode_attention` and `extend_attention`
-(the torch attention backend's decode and prefill steps) and `rms_norm` / `add_rms_norm_`
-(layers/norm.py).
+(the torch attention backend's decode and prefill steps), `rms_norm` / `add_rms_norm_`
+(layers/norm.py), `silu_and_mul` (the llama MLP) and `rotary_` (layers/rotary.py).
 `python -m radixrt.workers.layers.cpu_kernels` builds them ahead of time (`make test` and
 `make demo` do); a process that finds no C++ compiler logs why once and runs the PyTorch code
 they replace.
@@ -23,7 +23,7 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-SOURCES = [Path(__file__).parent / "csrc" / name for name in ("decode_attention.cpp", "extend_attention.cpp", "rms_norm.cpp")]
+SOURCES = [Path(__file__).parent / "csrc" / name for name in ("decode_attention.cpp", "extend_attention.cpp", "rms_norm.cpp", "elementwise.cpp")]
 CFLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fopenmp"]  # OpenMP: at::parallel_for runs on torch's threads
 # what the attention kernels are compiled for
 DECODE_HEAD_DIMS = (16, 32, 64, 80, 96, 128, 256)
@@ -37,6 +37,14 @@ def supports_decode(head_dim: int, num_heads: int, num_kv_heads: int) -> bool:
 
 def supports_extend(head_dim: int, dtype: torch.dtype) -> bool:
     return head_dim in EXTEND_HEAD_DIMS and dtype == torch.bfloat16 and "avx512_bf16" in cpu_flags()
+
+
+def elementwise_ops(x: torch.Tensor) -> Any:
+    """`torch.ops.radixrt` where its row-wise ops (norms, SiLU-and-multiply, rotary) take `x`'s
+    device and dtype, else None (use torch's ops)."""
+    if x.device.type != "cpu" or x.dtype not in (torch.bfloat16, torch.float32):
+        return None
+    return load()
 
 
 def build_dir() -> Path:

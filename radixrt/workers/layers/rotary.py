@@ -1,7 +1,8 @@
 """Rotary position embedding (HF "rotate half" layout) with a cos/sin cache.
 
 The model looks up cos/sin for the batch's positions once per forward (`lookup`), and every
-layer applies them in place to the q and k heads of its fused qkv output (`apply_`).
+layer applies them in place to the q and k heads of its fused qkv output (`apply_`: on the CPU
+one C++ op, csrc/elementwise.cpp).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import math
 
 import torch
 
+from radixrt.workers.layers import cpu_kernels
 from radixrt.workers.model_config import RopeScaling
 
 
@@ -65,16 +67,22 @@ class RotaryEmbedding:
     def lookup(
         self, positions: torch.Tensor, dtype: torch.dtype
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos and sin for each position, `[T, 1, head_dim // 2]` each (broadcast over heads).
+        """cos and sin for each position, `[T, head_dim // 2]` each.
 
         Positions must be below `max_positions` (the caller checks; no device sync here).
         """
         cos, sin = self._tables(positions.device, dtype)
-        return cos[positions].unsqueeze(1), sin[positions].unsqueeze(1)
+        return cos[positions], sin[positions]
 
     @staticmethod
     def apply_(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
-        """Rotate `x` `[T, heads, head_dim]` in place (`x` may be a strided view)."""
+        """Rotate `x` `[T, heads, head_dim]` in place (`x` may be a strided view with contiguous
+        dims) by `lookup`'s cos and sin."""
+        ops = cpu_kernels.elementwise_ops(x)
+        if ops is not None and x.stride(-1) == 1 and cos.dtype == x.dtype:
+            ops.rotary_(x, cos, sin)
+            return
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # broadcast over heads
         half = x.shape[-1] // 2
         x1, x2 = x[..., :half], x[..., half:]
         x1_orig = x1.clone()

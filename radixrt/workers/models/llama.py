@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from radixrt.workers.forward_batch import ForwardBatch
+from radixrt.workers.layers import cpu_kernels
 from radixrt.workers.layers.attention.base import AttentionBackend, KVBuffers
 from radixrt.workers.layers.norm import RMSNorm
 from radixrt.workers.layers.packed_linear import PackedLinear, pack_linears
@@ -84,6 +85,9 @@ class LlamaMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate_up = self.gate_up_proj(x)  # [T, 2 * intermediate]
+        ops = cpu_kernels.elementwise_ops(gate_up)
+        if ops is not None and gate_up.is_contiguous():
+            return self.down_proj(ops.silu_and_mul(gate_up))
         gate, up = gate_up.split(self.intermediate_size, dim=-1)
         return self.down_proj(F.silu(gate).mul_(up))
 

@@ -3,8 +3,9 @@
 // Request i's new rows j = 0 .. E-1 attend causally over its sequence of S slots (a cached prefix
 // of S - E, then the new tokens): row j sees the first S - E + j + 1. Its K and V are first packed
 // from the pool into the layouts the dot-product instruction wants (16 keys side by side for
-// Q.K, key pairs side by side for P.V); then every block of 4 query vectors (rows x the query
-// heads of one kv head) walks the key tiles once with an online softmax, flash-attention style.
+// Q.K, key pairs side by side for P.V); then every block of 256 / head_dim query vectors (rows x
+// the query heads of one kv head) walks the 64-key tiles once with an online softmax,
+// flash-attention style. A tile's softmax bookkeeping (max, rescale, sum) is paid once per 64 keys.
 // Tiles start at the sequence's first key and padding rows or keys add exact zeros, so a row's
 // result depends only on its own query and sequence: a prompt prefilled whole or in cached pieces
 // gets the same bits. PyTorch's flash kernel does the same sums in float32 FMAs at about half the
@@ -20,13 +21,18 @@
 #include <cstring>
 #include <vector>
 
+#include "simd.h"
+
 #if defined(__AVX512BF16__)
-#include <immintrin.h>
 
 namespace {
 
-constexpr int kTile = 16;  // keys per tile: one register of float32 scores
-constexpr int kBlock = 4;  // query vectors per pass over the tiles
+using radixrt_simd::exp16;
+
+constexpr int kTile = 64;                  // keys per tile: four registers of float32 scores per query
+constexpr int kVectors = kTile / 16;       // score registers per query vector
+template <int DIM>
+constexpr int kBlock = 256 / DIM;          // query vectors per pass: their accumulators fill 16 registers
 
 inline uint16_t bf16_bits(float x) { return c10::BFloat16(x).x; }
 
@@ -37,95 +43,102 @@ inline float from_bf16(uint16_t bits) {
   return f;
 }
 
-// exp(x) for x <= 0, as in decode_attention.cpp, on 16 lanes
-inline __m512 exp_nonpositive(__m512 x) {
-  x = _mm512_max_ps(x, _mm512_set1_ps(-87.f));
-  const __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693145752f), x);
-  r = _mm512_fnmadd_ps(k, _mm512_set1_ps(1.42860677e-6f), r);
-  __m512 p = _mm512_set1_ps(1.f / 5040);
-  for (const float c : {1.f / 720, 1.f / 120, 1.f / 24, 1.f / 6, 0.5f, 1.f, 1.f}) p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
-  return _mm512_scalef_ps(p, k);
-}
-
-// K of one (request, kv head): [tiles][DIM / 2 pairs][16 keys][2]; V: [tiles][8 key pairs][DIM][2].
-// Both move 32-bit words: a K pair of dims, or the same dim of two neighbouring keys' V.
+// K of one (request, kv head) as 32-bit words: [tiles][DIM / 2 dim pairs][64 keys], each word a
+// key's pair of dims; V: [tiles][32 key pairs][DIM], each word one dim of two neighbouring keys.
 template <int DIM>
 void pack_tile(const uint16_t* k_pool, const uint16_t* v_pool, const int64_t* slots, int64_t keys, int64_t slot_stride,
-               int64_t head_offset, uint16_t* k_tile, uint16_t* v_tile) {
+               int64_t head_offset, uint32_t* k_tile, uint32_t* v_tile) {
   constexpr int P = DIM / 2;
-  uint32_t* k_words = reinterpret_cast<uint32_t*>(k_tile);
-  uint32_t* v_words = reinterpret_cast<uint32_t*>(v_tile);
-  std::fill(k_words, k_words + P * kTile, 0u);
-  std::fill(v_words, v_words + (kTile / 2) * DIM, 0u);
+  std::fill(k_tile, k_tile + P * kTile, 0u);
+  std::fill(v_tile, v_tile + (kTile / 2) * DIM, 0u);
   for (int64_t key = 0; key < keys; ++key) {
     const uint16_t* k = k_pool + slots[key] * slot_stride + head_offset;
-    for (int p = 0; p < P; ++p) std::memcpy(&k_words[p * kTile + key], k + 2 * p, sizeof(uint32_t));
+    for (int p = 0; p < P; ++p) std::memcpy(&k_tile[p * kTile + key], k + 2 * p, sizeof(uint32_t));
   }
   for (int64_t key = 0; key < keys; key += 2) {
     const uint16_t* v0 = v_pool + slots[key] * slot_stride + head_offset;
     const uint16_t* v1 = key + 1 < keys ? v_pool + slots[key + 1] * slot_stride + head_offset : nullptr;
-    uint32_t* row = v_words + (key / 2) * DIM;
+    uint32_t* row = v_tile + (key / 2) * DIM;
     for (int d = 0; d < DIM; ++d) row[d] = v0[d] | (v1 == nullptr ? 0u : static_cast<uint32_t>(v1[d]) << 16);
   }
 }
 
+// lanes of score register j that hold one of the row's first `valid` keys of the tile
+inline __mmask16 valid_lanes(int64_t valid, int j) {
+  const int64_t n = valid - j * 16;
+  return n >= 16 ? static_cast<__mmask16>(0xffff) : n <= 0 ? static_cast<__mmask16>(0) : static_cast<__mmask16>((1u << n) - 1);
+}
+
 // kBlock query vectors (bf16 pairs, pre-scaled) over the tiles; vector r sees keys [0, limit[r]).
+// Keys a row must not see get probability exactly 0, and every sum runs in the same order
+// whatever the other rows of the block are.
 template <int DIM>
-void attend_block(const uint32_t* q, const uint16_t* k_packed, const uint16_t* v_packed, const int64_t* limit,
+void attend_block(const uint32_t* q, const uint32_t* k_packed, const uint32_t* v_packed, const int64_t* limit,
                   float* out) {
-  constexpr int P = DIM / 2, C = DIM / 16;
-  __m512 acc[kBlock][C];
-  float max[kBlock], sum[kBlock];
+  constexpr int P = DIM / 2, C = DIM / 16, R = kBlock<DIM>;
+  __m512 acc[R][C];
+  float max[R], sum[R];
   int64_t longest = 0;
-  for (int r = 0; r < kBlock; ++r) {
+  for (int r = 0; r < R; ++r) {
     max[r] = -INFINITY;
     sum[r] = 0.f;
     longest = std::max(longest, limit[r]);
     for (int c = 0; c < C; ++c) acc[r][c] = _mm512_setzero_ps();
   }
-  alignas(64) uint16_t probs[kBlock][kTile];
+  alignas(64) uint16_t probs[R][kTile];
   for (int64_t t = 0; t * kTile < longest; ++t) {
-    __m512 scores[kBlock];
-    for (int r = 0; r < kBlock; ++r) scores[r] = _mm512_setzero_ps();
-    const uint16_t* k_tile = k_packed + t * P * kTile * 2;
+    __m512 scores[R][kVectors];
+    for (int r = 0; r < R; ++r) {
+      for (int j = 0; j < kVectors; ++j) scores[r][j] = _mm512_setzero_ps();
+    }
+    const uint32_t* k_tile = k_packed + t * P * kTile;
     for (int p = 0; p < P; ++p) {
-      const __m512bh keys = (__m512bh)_mm512_loadu_si512(k_tile + p * kTile * 2);
-      for (int r = 0; r < kBlock; ++r) {
-        scores[r] = _mm512_dpbf16_ps(scores[r], (__m512bh)_mm512_set1_epi32(q[r * P + p]), keys);
+      __m512bh keys[kVectors];
+      for (int j = 0; j < kVectors; ++j) keys[j] = (__m512bh)_mm512_loadu_si512(k_tile + p * kTile + j * 16);
+      for (int r = 0; r < R; ++r) {
+        const __m512bh query = (__m512bh)_mm512_set1_epi32(q[r * P + p]);
+        for (int j = 0; j < kVectors; ++j) scores[r][j] = _mm512_dpbf16_ps(scores[r][j], query, keys[j]);
       }
     }
-    for (int r = 0; r < kBlock; ++r) {
+    for (int r = 0; r < R; ++r) {
       const int64_t valid = limit[r] - t * kTile;
       if (valid <= 0) {  // past this row's last key: it adds exact zeros below
         std::fill(probs[r], probs[r] + kTile, 0);
         continue;
       }
-      if (valid < kTile) {
-        scores[r] = _mm512_mask_mov_ps(_mm512_set1_ps(-INFINITY), static_cast<__mmask16>((1u << valid) - 1), scores[r]);
+      __m512 tile_max = _mm512_set1_ps(-INFINITY);
+      for (int j = 0; j < kVectors; ++j) tile_max = _mm512_mask_max_ps(tile_max, valid_lanes(valid, j), tile_max, scores[r][j]);
+      const float new_max = std::max(max[r], _mm512_reduce_max_ps(tile_max));
+      if (new_max != max[r]) {  // (the first tile: exp(-inf) = 0 clears nothing but zeros)
+        const float rescale = std::exp(max[r] - new_max);
+        sum[r] *= rescale;
+        for (int c = 0; c < C; ++c) acc[r][c] = _mm512_mul_ps(acc[r][c], _mm512_set1_ps(rescale));
+        max[r] = new_max;
       }
-      const float new_max = std::max(max[r], _mm512_reduce_max_ps(scores[r]));
-      const float rescale = std::exp(max[r] - new_max);
-      const __m512 p = exp_nonpositive(_mm512_sub_ps(scores[r], _mm512_set1_ps(new_max)));
-      sum[r] = sum[r] * rescale + _mm512_reduce_add_ps(p);
-      max[r] = new_max;
-      for (int c = 0; c < C; ++c) acc[r][c] = _mm512_mul_ps(acc[r][c], _mm512_set1_ps(rescale));
-      _mm256_store_si256(reinterpret_cast<__m256i*>(probs[r]), (__m256i)_mm512_cvtneps_pbh(p));
+      __m512 total = _mm512_setzero_ps();
+      for (int j = 0; j < kVectors; ++j) {
+        const __m512 p = _mm512_maskz_mov_ps(valid_lanes(valid, j), exp16(_mm512_sub_ps(scores[r][j], _mm512_set1_ps(new_max))));
+        total = _mm512_add_ps(total, p);
+        _mm256_store_si256(reinterpret_cast<__m256i*>(probs[r] + j * 16), (__m256i)_mm512_cvtneps_pbh(p));
+      }
+      sum[r] += _mm512_reduce_add_ps(total);
     }
-    const uint16_t* v_tile = v_packed + t * kTile * DIM;
-    for (int pair = 0; pair < kTile / 2; ++pair) {
+    const uint32_t* v_tile = v_packed + t * (kTile / 2) * DIM;
+    const int64_t pairs = (std::min<int64_t>(kTile, longest - t * kTile) + 1) / 2;  // later pairs: zeros for all rows
+    for (int64_t pair = 0; pair < pairs; ++pair) {
+      __m512bh weights[R];
+      for (int r = 0; r < R; ++r) {
+        uint32_t two;
+        std::memcpy(&two, &probs[r][pair * 2], sizeof two);
+        weights[r] = (__m512bh)_mm512_set1_epi32(two);
+      }
       for (int c = 0; c < C; ++c) {
-        const __m512bh values = (__m512bh)_mm512_loadu_si512(v_tile + (pair * DIM + c * 16) * 2);
-        for (int r = 0; r < kBlock; ++r) {
-          uint32_t two;
-          std::memcpy(&two, &probs[r][pair * 2], sizeof two);
-          acc[r][c] = _mm512_dpbf16_ps(acc[r][c], (__m512bh)_mm512_set1_epi32(two), values);
-        }
+        const __m512bh values = (__m512bh)_mm512_loadu_si512(v_tile + pair * DIM + c * 16);
+        for (int r = 0; r < R; ++r) acc[r][c] = _mm512_dpbf16_ps(acc[r][c], weights[r], values);
       }
     }
   }
-  for (int r = 0; r < kBlock; ++r) {
+  for (int r = 0; r < R; ++r) {
     const __m512 inv = _mm512_set1_ps(1.f / sum[r]);
     for (int c = 0; c < C; ++c) _mm512_storeu_ps(out + r * DIM + c * 16, _mm512_mul_ps(acc[r][c], inv));
   }
@@ -135,10 +148,10 @@ template <int DIM>
 void extend_request(const uint16_t* q, int64_t q_row, int64_t q_head, const uint16_t* k_pool, const uint16_t* v_pool,
                     int64_t slot_stride, const int64_t* slots, int64_t seq_len, int64_t new_rows, int64_t heads,
                     int64_t kv_heads, float scale, at::BFloat16* out) {
-  constexpr int P = DIM / 2;
+  constexpr int P = DIM / 2, R = kBlock<DIM>;
   const int64_t group = heads / kv_heads, tiles = (seq_len + kTile - 1) / kTile, prefix = seq_len - new_rows;
-  const int64_t k_tile_size = P * kTile * 2, v_tile_size = kTile * DIM;
-  std::vector<uint16_t> k_packed(kv_heads * tiles * k_tile_size), v_packed(kv_heads * tiles * v_tile_size);
+  const int64_t k_tile_size = P * kTile, v_tile_size = (kTile / 2) * DIM;  // in 32-bit words
+  std::vector<uint32_t> k_packed(kv_heads * tiles * k_tile_size), v_packed(kv_heads * tiles * v_tile_size);
   at::parallel_for(0, kv_heads * tiles, 1, [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; ++item) {
       const int64_t h = item / tiles, t = item % tiles;
@@ -146,15 +159,18 @@ void extend_request(const uint16_t* q, int64_t q_row, int64_t q_head, const uint
                      h * DIM, k_packed.data() + item * k_tile_size, v_packed.data() + item * v_tile_size);
     }
   });
-  const int64_t vectors = new_rows * group, blocks = (vectors + kBlock - 1) / kBlock;
+  const int64_t vectors = new_rows * group, blocks = (vectors + R - 1) / R;
+  // Later blocks see more keys. Taking them from both ends in turn (0, n-1, 1, n-2, ...) gives
+  // every contiguous share of the items about the same work.
   at::parallel_for(0, kv_heads * blocks, 1, [&](int64_t begin, int64_t end) {
-    alignas(64) uint32_t qv[kBlock * P];
-    alignas(64) float result[kBlock * DIM];
-    int64_t limit[kBlock];
+    alignas(64) uint32_t qv[R * P];
+    alignas(64) float result[R * DIM];
+    int64_t limit[R];
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t h = item / blocks, block = item % blocks;
-      for (int r = 0; r < kBlock; ++r) {
-        const int64_t v = std::min(block * kBlock + r, vectors - 1);  // padding repeats the last vector
+      const int64_t h = item / blocks, turn = item % blocks;
+      const int64_t block = turn % 2 == 0 ? turn / 2 : blocks - 1 - turn / 2;
+      for (int r = 0; r < R; ++r) {
+        const int64_t v = std::min(block * R + r, vectors - 1);  // padding repeats the last vector
         const int64_t row = v / group, head = h * group + v % group;
         const uint16_t* src = q + row * q_row + head * q_head;
         for (int p = 0; p < P; ++p) {
@@ -165,8 +181,8 @@ void extend_request(const uint16_t* q, int64_t q_row, int64_t q_head, const uint
       }
       attend_block<DIM>(qv, k_packed.data() + h * tiles * k_tile_size, v_packed.data() + h * tiles * v_tile_size, limit,
                         result);
-      for (int r = 0; r < kBlock && block * kBlock + r < vectors; ++r) {
-        const int64_t v = block * kBlock + r, row = v / group, head = h * group + v % group;
+      for (int r = 0; r < R && block * R + r < vectors; ++r) {
+        const int64_t v = block * R + r, row = v / group, head = h * group + v % group;
         for (int d = 0; d < DIM; ++d) out[(row * heads + head) * DIM + d] = c10::BFloat16(result[r * DIM + d]);
       }
     }
