@@ -103,6 +103,17 @@ def test_same_prompt_requests_share_one_prefill(tiny_model_dir):
     assert h.stats()["kv_slots_cached"] == len(p) + 2
 
 
+def test_fork_siblings_sharing_a_few_uncached_tokens_compute_them_once(tiny_model_dir):
+    h = Harness(tiny_model_dir)
+    h.request(PREFIX, max_new_tokens=0)  # the fork's commit of the parent
+    h.run()
+    instruction = [11, 12, 13, 14, 15, 16]  # e.g. a role marker and "Attempt", then the branch number
+    rids = [h.request(PREFIX + instruction + [20 + i], max_new_tokens=2) for i in range(3)]
+    h.run()
+    cached = sorted(h.finals[r].cached_tokens for r in rids)
+    assert cached == [len(PREFIX)] + [len(PREFIX) + len(instruction)] * 2
+
+
 def test_prefill_only_request_leaves_the_prompt_cached(tiny_model_dir):
     h = Harness(tiny_model_dir)
     rid = h.request(PREFIX, max_new_tokens=0)
