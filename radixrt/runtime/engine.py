@@ -29,6 +29,7 @@ from radixrt.runtime.protocol import (
 from radixrt.runtime.scheduler import Scheduler
 from radixrt.runtime.scheduler_io import InProcessIO
 from radixrt.runtime.tokenizer_manager import TokenizerManager
+from radixrt.workers.openmp import release_thread_pool
 
 
 class Engine:
@@ -41,8 +42,11 @@ class Engine:
         self.model_dir = str(resolve_model(self.args.model))
         self.io = InProcessIO()
         self.scheduler: Scheduler | None = None
-        # NOTE: the model is built in the thread that runs it: CPU ops in a thread other than the one
-        # whose OpenMP team ran the first parallel ops are ~1.6x slower (measured on decode).
+        # NOTE: the model is built on the thread that runs it, and the caller's OpenMP pool (any
+        # parallel torch op on the caller's thread leaves one) is released here and on every
+        # submit: while a second pool exists, every parallel op of the engine's thread pays tens
+        # of microseconds more (workers/openmp.py; decode at batch 64 ran 1.2x slower).
+        release_thread_pool()
         self._loop = threading.Thread(target=self._run_scheduler, name="radixrt-scheduler", daemon=True)
         self._loop.start()
         ready = self.io.outbox.get()
@@ -134,6 +138,7 @@ class Engine:
         )
 
     def _submit(self, req: GenerateRequest) -> queue.Queue:
+        release_thread_pool()
         tokenized = self.tm.tokenize(req)
         state = self.tm.new_state(req, tokenized)
         q: queue.Queue = queue.Queue()
