@@ -68,13 +68,13 @@ def main(argv: list[str] | None = None) -> int:
         _log("[micro] prefill / decode / json decode on radixrt.Engine ...")
         from radixrt.bench.micro import run_micro
 
-        micro = results["micro"] = run_micro(args.model, repeats=2 if args.quick else 5, seed=args.seed)
+        micro = results["micro"] = run_micro(args.model, repeats=3 if args.quick else 5, seed=args.seed)
         _log("[micro] " + _micro_line(micro))
         if "transformers" in args.system_names:
             _log("[micro] the same prefill / decode on transformers ...")
             from radixrt.bench.micro_transformers import micro_ratios, run_micro_transformers
 
-            micro["transformers"] = run_micro_transformers(args.model, repeats=2 if args.quick else 5, seed=args.seed)
+            micro["transformers"] = run_micro_transformers(args.model, repeats=3 if args.quick else 5, seed=args.seed)
             micro["vs_transformers"] = micro_ratios(micro, micro["transformers"])
             _log("[micro] radixrt / transformers: " + ", ".join(f"{k} {v:.2f}x" for k, v in micro["vs_transformers"].items()))
     results["machine"]["load_average_end"] = list(os.getloadavg())

@@ -23,15 +23,16 @@ _JSON_PROMPTS = [
 
 
 def run_micro(model: str = "default", dtype: str = "bfloat16", repeats: int = 3, seed: int = 0) -> dict[str, Any]:
-    """Prefill tokens/s (1,024-token prompt), decode tokens/s at batch 1/16/64, JSON vs plain decode
-    (and JSON with jump-forward off, on a second engine)."""
+    """Prefill tokens/s (1,024-token prompt), decode tokens/s at batch 1/16/64 (each the median of
+    `repeats` measurements), JSON vs plain decode (and JSON with jump-forward off, on a second
+    engine)."""
     rng = random.Random(seed)
     with _engine(model, dtype) as engine:
         vocab = engine.tm.vocab_size
         engine.generate(input_ids=_ids(rng, vocab, 32), sampling_params={"max_new_tokens": 2})  # warm-up
         results = {
             "prefill_tokens_per_s": _prefill(engine, rng, vocab, repeats),
-            "decode_tokens_per_s": {str(b): _decode(engine, rng, vocab, b) for b in DECODE_BATCHES},
+            "decode_tokens_per_s": {str(b): _decode(engine, rng, vocab, b, repeats) for b in DECODE_BATCHES},
             "json_batch": JSON_BATCH,
         }
         tokens, results["json_decode_tokens_per_s"] = _json_rate(engine)
@@ -63,15 +64,20 @@ def _prefill(engine: Any, rng: random.Random, vocab: int, repeats: int) -> float
     return statistics.median(rates)
 
 
-def _decode(engine: Any, rng: random.Random, vocab: int, batch: int) -> float:
-    times = []
-    for steps in DECODE_STEPS:
-        prompts = [_ids(rng, vocab, 16) for _ in range(batch)]
-        params = {"max_new_tokens": steps, "ignore_eos": True, "temperature": 0.0}
-        start = time.perf_counter()
-        engine.generate(input_ids=prompts, sampling_params=params)
-        times.append(time.perf_counter() - start)
-    return batch * (DECODE_STEPS[1] - DECODE_STEPS[0]) / max(times[1] - times[0], 1e-9)
+def _decode(engine: Any, rng: random.Random, vocab: int, batch: int, repeats: int) -> float:
+    """Median over `repeats` pairs of runs of DECODE_STEPS tokens: the rate comes from each pair's
+    difference, so the prefill cancels out."""
+    rates = []
+    for _ in range(repeats):
+        times = []
+        for steps in DECODE_STEPS:
+            prompts = [_ids(rng, vocab, 16) for _ in range(batch)]
+            params = {"max_new_tokens": steps, "ignore_eos": True, "temperature": 0.0}
+            start = time.perf_counter()
+            engine.generate(input_ids=prompts, sampling_params=params)
+            times.append(time.perf_counter() - start)
+        rates.append(batch * (DECODE_STEPS[1] - DECODE_STEPS[0]) / max(times[1] - times[0], 1e-9))
+    return statistics.median(rates)
 
 
 def _json_rate(engine: Any) -> tuple[int, float]:
