@@ -41,6 +41,17 @@ struct Vec16 {
   void fma(Vec16 a, Vec16 b) { v = _mm512_fmadd_ps(a.v, b.v, v); }  // this += a * b
   float sum() const { return _mm512_reduce_add_ps(v); }
   void store(float* p) const { _mm512_storeu_ps(p, v); }
+  // out[j] = d[j].sum() for j < 4: neighbours interleaved and added, then the 128-bit lanes
+  static void sum4(const Vec16* d, float* out) {
+    const __m512 ab = _mm512_add_ps(_mm512_unpacklo_ps(d[0].v, d[1].v), _mm512_unpackhi_ps(d[0].v, d[1].v));
+    const __m512 cd = _mm512_add_ps(_mm512_unpacklo_ps(d[2].v, d[3].v), _mm512_unpackhi_ps(d[2].v, d[3].v));
+    const __m512d ab_d = _mm512_castps_pd(ab), cd_d = _mm512_castps_pd(cd);
+    const __m512 lanes = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(ab_d, cd_d)),
+                                       _mm512_castpd_ps(_mm512_unpackhi_pd(ab_d, cd_d)));
+    const __m128 low = _mm_add_ps(_mm512_castps512_ps128(lanes), _mm512_extractf32x4_ps(lanes, 1));
+    const __m128 high = _mm_add_ps(_mm512_extractf32x4_ps(lanes, 2), _mm512_extractf32x4_ps(lanes, 3));
+    _mm_storeu_ps(out, _mm_add_ps(low, high));
+  }
 };
 #else
 struct Vec16 {
@@ -77,6 +88,9 @@ struct Vec16 {
     return s[0];
   }
   void store(float* p) const { std::memcpy(p, v, sizeof v); }
+  static void sum4(const Vec16* d, float* out) {
+    for (int j = 0; j < 4; ++j) out[j] = d[j].sum();
+  }
 };
 #endif
 
@@ -112,11 +126,39 @@ inline void exp_nonpositive(float* x, int64_t n) {
   }
 }
 
-// CHUNKS = head_dim / 16 is a compile-time constant, so that a K or V row lives in registers.
-template <typename T, int CHUNKS>
+// max and sum over 16 interleaved partials (a loop the compiler vectorizes; a plain running
+// sum is a chain of dependent adds), in an order that depends on n only
+inline float max_of(const float* x, int64_t n) {
+  float part[16];
+  std::fill(part, part + 16, -std::numeric_limits<float>::infinity());
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    for (int j = 0; j < 16; ++j) part[j] = std::max(part[j], x[i + j]);
+  }
+  for (; i < n; ++i) part[0] = std::max(part[0], x[i]);
+  return *std::max_element(part, part + 16);
+}
+
+inline float sum_of(const float* x, int64_t n) {
+  float part[16] = {};
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    for (int j = 0; j < 16; ++j) part[j] += x[i + j];
+  }
+  for (; i < n; ++i) part[0] += x[i];
+  for (int width = 8; width > 0; width /= 2) {
+    for (int j = 0; j < width; ++j) part[j] += part[j + width];
+  }
+  return part[0];
+}
+
+// CHUNKS = head_dim / 16 is a compile-time constant, so that a K or V row lives in registers;
+// GROUP too where it is not 0 (the common shapes), so that the P.V accumulators do.
+template <typename T, int CHUNKS, int GROUP>
 void attend_one(const T* q, int64_t q_head_stride, const T* k_pool, const T* v_pool, int64_t slot_stride,
-                const int64_t* slots, int64_t len, int64_t kv_head, int64_t group, float scale, T* out,
+                const int64_t* slots, int64_t len, int64_t kv_head, int64_t runtime_group, float scale, T* out,
                 std::vector<float>& scores) {
+  const int64_t group = GROUP > 0 ? GROUP : runtime_group;
   constexpr int64_t dim = CHUNKS * 16, row_bytes = dim * sizeof(T);
   const int64_t head_offset = kv_head * dim;
   Vec16 qv[kMaxGroup * CHUNKS];
@@ -129,28 +171,44 @@ void attend_one(const T* q, int64_t q_head_stride, const T* k_pool, const T* v_p
     }
   }
   scores.resize(group * len);
-  Vec16 row[CHUNKS];
-  for (int64_t l = 0; l < len; ++l) {
-    if (l + kPrefetchAhead < len) prefetch_row(k_pool + slots[l + kPrefetchAhead] * slot_stride + head_offset, row_bytes);
+  // Q.K four keys at a time: their dot products are summed across lanes together
+  Vec16 rows[4][CHUNKS];
+  int64_t l = 0;
+  for (; l + 4 <= len; l += 4) {
+    for (int j = 0; j < 4; ++j) {
+      if (l + j + kPrefetchAhead < len) {
+        prefetch_row(k_pool + slots[l + j + kPrefetchAhead] * slot_stride + head_offset, row_bytes);
+      }
+      const T* k = k_pool + slots[l + j] * slot_stride + head_offset;
+      for (int c = 0; c < CHUNKS; ++c) rows[j][c] = Vec16::load(k + c * 16);
+    }
+    for (int64_t g = 0; g < group; ++g) {
+      Vec16 dots[4] = {Vec16::zero(), Vec16::zero(), Vec16::zero(), Vec16::zero()};
+      for (int c = 0; c < CHUNKS; ++c) {
+        for (int j = 0; j < 4; ++j) dots[j].fma(qv[g * CHUNKS + c], rows[j][c]);
+      }
+      Vec16::sum4(dots, scores.data() + g * len + l);
+    }
+  }
+  for (; l < len; ++l) {
     const T* k = k_pool + slots[l] * slot_stride + head_offset;
-    for (int c = 0; c < CHUNKS; ++c) row[c] = Vec16::load(k + c * 16);
+    for (int c = 0; c < CHUNKS; ++c) rows[0][c] = Vec16::load(k + c * 16);
     for (int64_t g = 0; g < group; ++g) {
       Vec16 dot = Vec16::zero();
-      for (int c = 0; c < CHUNKS; ++c) dot.fma(qv[g * CHUNKS + c], row[c]);
+      for (int c = 0; c < CHUNKS; ++c) dot.fma(qv[g * CHUNKS + c], rows[0][c]);
       scores[g * len + l] = dot.sum();
     }
   }
   float inv_sum[kMaxGroup];
   for (int64_t g = 0; g < group; ++g) {
     float* s = scores.data() + g * len;
-    const float max = *std::max_element(s, s + len);
+    const float max = max_of(s, len);
     for (int64_t l = 0; l < len; ++l) s[l] -= max;
     exp_nonpositive(s, len);
-    float sum = 0.f;
-    for (int64_t l = 0; l < len; ++l) sum += s[l];
-    inv_sum[g] = 1.f / sum;
+    inv_sum[g] = 1.f / sum_of(s, len);
   }
   for (int64_t i = 0; i < group * CHUNKS; ++i) acc[i] = Vec16::zero();
+  Vec16 row[CHUNKS];
   for (int64_t l = 0; l < len; ++l) {
     if (l + kPrefetchAhead < len) prefetch_row(v_pool + slots[l + kPrefetchAhead] * slot_stride + head_offset, row_bytes);
     const T* v = v_pool + slots[l] * slot_stride + head_offset;
@@ -169,6 +227,22 @@ void attend_one(const T* q, int64_t q_head_stride, const T* k_pool, const T* v_p
   }
 }
 
+// head_dim 64 and 128 with 1-8 query heads per kv head get the group as a constant too
+template <typename T, int CHUNKS>
+auto with_group(int64_t group) -> decltype(&attend_one<T, CHUNKS, 0>) {
+  switch (group) {
+    case 1: return attend_one<T, CHUNKS, 1>;
+    case 2: return attend_one<T, CHUNKS, 2>;
+    case 3: return attend_one<T, CHUNKS, 3>;
+    case 4: return attend_one<T, CHUNKS, 4>;
+    case 5: return attend_one<T, CHUNKS, 5>;
+    case 6: return attend_one<T, CHUNKS, 6>;
+    case 7: return attend_one<T, CHUNKS, 7>;
+    case 8: return attend_one<T, CHUNKS, 8>;
+    default: return attend_one<T, CHUNKS, 0>;
+  }
+}
+
 template <typename T>
 void decode_attention_impl(const at::Tensor& q, const at::Tensor& k_pool, const at::Tensor& v_pool,
                            const at::Tensor& kv_indices, const at::Tensor& kv_starts, const at::Tensor& kv_lens,
@@ -183,15 +257,15 @@ void decode_attention_impl(const at::Tensor& q, const at::Tensor& k_pool, const 
   const int64_t* lens = kv_lens.data_ptr<int64_t>();
   T* out_ptr = out.data_ptr<T>();
   const int64_t q_row = q.stride(0), q_head = q.stride(1), slot_stride = k_pool.stride(0);
-  auto attend = attend_one<T, 4>;
+  auto attend = attend_one<T, 4, 0>;
   switch (dim / 16) {  // keep in step with cpu_kernels.DECODE_HEAD_DIMS
-    case 1: attend = attend_one<T, 1>; break;
-    case 2: attend = attend_one<T, 2>; break;
-    case 4: attend = attend_one<T, 4>; break;
-    case 5: attend = attend_one<T, 5>; break;
-    case 6: attend = attend_one<T, 6>; break;
-    case 8: attend = attend_one<T, 8>; break;
-    case 16: attend = attend_one<T, 16>; break;
+    case 1: attend = attend_one<T, 1, 0>; break;
+    case 2: attend = attend_one<T, 2, 0>; break;
+    case 4: attend = with_group<T, 4>(group); break;
+    case 5: attend = attend_one<T, 5, 0>; break;
+    case 6: attend = attend_one<T, 6, 0>; break;
+    case 8: attend = with_group<T, 8>(group); break;
+    case 16: attend = attend_one<T, 16, 0>; break;
     default: TORCH_CHECK(false, "head_dim ", dim, " is not one of 16, 32, 64, 80, 96, 128, 256");
   }
   at::parallel_for(0, batch * kv_heads, 1, [&](int64_t begin, int64_t end) {
