@@ -70,6 +70,41 @@ def test_a_prompt_prefilled_whole_or_in_pieces_gets_the_same_bits(ops):
     assert torch.equal(torch.cat([piece(0, 61), piece(61, 3), piece(64, 1), piece(65, 135)]), whole)
 
 
+def test_requests_sharing_prefix_slots_get_the_bits_they_get_alone(ops):
+    """Fork siblings list the same slots for their prefix, and their tiles are packed once; tiles
+    that only begin alike (same first slot, other slots or another length) must not be mixed up."""
+    g = torch.Generator().manual_seed(6)
+    k_pool = torch.randn(2000, 3, 64, generator=g).bfloat16()
+    v_pool = torch.randn(2000, 3, 64, generator=g).bfloat16()
+    shared = list(range(1, 301))  # 4 full tiles and part of a fifth
+    sequences = [
+        shared + [1001, 1002, 1003],
+        shared + [1101, 1102],
+        shared[:130] + [1201] + shared[131:] + [1202],  # tile 2 starts alike, then differs
+        shared[:200] + [1301],  # tile 3 starts alike and is shorter
+        list(range(1400, 1477)),
+    ]
+    new_rows = [3, 2, 40, 1, 77]
+    q = torch.randn(sum(new_rows), 9, 64, generator=g).bfloat16()
+    slots = torch.tensor([s for seq in sequences for s in seq])
+    q_starts = torch.tensor([0, *torch.tensor(new_rows).cumsum(0)[:-1].tolist()])
+    kv_starts = torch.tensor([0, *torch.tensor([len(s) for s in sequences]).cumsum(0)[:-1].tolist()])
+    seq_lens = torch.tensor([len(s) for s in sequences])
+    together = ops.extend_attention(
+        q, k_pool, v_pool, slots, q_starts, torch.tensor(new_rows), kv_starts, seq_lens, 0.125
+    )
+    for i, (seq, rows) in enumerate(zip(sequences, new_rows)):
+        one = [torch.tensor([x]) for x in (0, rows, 0, len(seq))]
+        alone = ops.extend_attention(
+            q[q_starts[i] : q_starts[i] + rows], k_pool, v_pool, torch.tensor(seq), *one, 0.125
+        )
+        assert torch.equal(together[q_starts[i] : q_starts[i] + rows], alone), f"request {i}"
+    expected = per_row_reference(
+        q, k_pool, v_pool, slots, [q_starts, torch.tensor(new_rows), kv_starts, seq_lens], 0.125
+    )
+    torch.testing.assert_close(together.double(), expected, rtol=1.6e-2, atol=1.2e-2)
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
