@@ -124,7 +124,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
 def _figures_line(f: dict[str, Any]) -> str:
     line = (f"{f['programs']} programs in {f['wall_s']:.1f}s  {f['programs_per_s']:.2f} prog/s  "
             f"{f['output_tokens_per_s']:.1f} out tok/s  p50 {f['latency_p50_s']:.2f}s p99 {f['latency_p99_s']:.2f}s  "
-            f"hit {f['cache_hit_rate']:.0%} (optimal {f['optimal_hit_rate']:.0%})")  # fmt: skip
+            f"hit {f['cache_hit_rate']:.0%} (optimal {f['optimal_hit_rate']:.0%})  busy {f.get('server_busy', 0):.0%}")  # fmt: skip
     bad = f["programs"] - f["ok_programs"]
     return line + (f"  {bad} FAILED: {f['problems'][0]}" if bad else "")
 

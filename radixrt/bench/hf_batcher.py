@@ -9,6 +9,7 @@ scoring). Jobs that arrive meanwhile wait for the next batch. Nothing is reused 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -56,6 +57,7 @@ class HFBatcher:
         self.pad_id, self.eos_ids, self.decode = pad_id, eos_ids, decode
         self.max_batch, self.max_batch_tokens = max_batch, max_batch_tokens
         self.computed_tokens = 0  # prompt tokens run through the model (padding excluded)
+        self.busy_s = 0.0  # time in batches
         self._jobs: list[GenJob | ScoreJob] = []
         self._cond = threading.Condition()
         self._closed = False
@@ -87,6 +89,7 @@ class HFBatcher:
             return
         loaded.set_result(self.model)
         while (batch := self._take()) is not None:
+            start = time.perf_counter()
             try:
                 with torch.inference_mode():
                     (self._run_score if batch[0].key == ("score",) else self._run_gen)(batch)
@@ -94,6 +97,7 @@ class HFBatcher:
                 for job in batch:
                     if not job.future.done():
                         job.future.set_exception(e)
+            self.busy_s += time.perf_counter() - start
 
     def _take(self) -> list[GenJob | ScoreJob] | None:
         """The oldest job and the compatible jobs after it that fit the row and token limits."""

@@ -143,15 +143,15 @@ def _system_order(name: str) -> int:
 
 def markdown(results: dict[str, Any]) -> str:
     """The per-workload figures and the micro-benchmarks as Markdown tables (for BENCHMARKS.md)."""
-    lines = ["| workload | system | programs | prog/s | out tok/s | p50 s | p99 s | hit rate | optimal | ok |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    lines = ["| workload | system | programs | prog/s | out tok/s | p50 s | p99 s | hit rate | optimal | busy | ok |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     for name, entry in results["workloads"].items():
         for system in sorted(entry["systems"], key=_system_order, reverse=True):
             f = entry["systems"][system]
             lines.append(
                 f"| {name} | {system} | {f['programs']} | {f['programs_per_s']:.2f} | {f['output_tokens_per_s']:.1f} "
                 f"| {f['latency_p50_s']:.2f} | {f['latency_p99_s']:.2f} | {f['cache_hit_rate']:.0%} "
-                f"| {f['optimal_hit_rate']:.0%} | {f['ok_programs']}/{f['programs']} |"
+                f"| {f['optimal_hit_rate']:.0%} | {_share(f.get('server_busy'))} | {f['ok_programs']}/{f['programs']} |"
             )
     lines += ["", "| workload | vs | programs/s | output tok/s | p50 latency | p99 latency |",
               "|---|---|---:|---:|---:|---:|"]  # fmt: skip
@@ -162,6 +162,10 @@ def markdown(results: dict[str, Any]) -> str:
     if "micro" in results:
         lines += ["", _micro_markdown(results["micro"])]
     return "\n".join(lines) + "\n"
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"
 
 
 def _times(value: float | None) -> str:

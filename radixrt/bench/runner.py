@@ -54,6 +54,8 @@ def run_workload(
     problems = [_problems(workload, state, inputs) for state, inputs in zip(states, batch.inputs)]
     figures = _throughput(states, recorder, wall)
     figures.update(_cache(before, after, recorder, encode))
+    if "busy_s" in after:  # the share of the wall time the model was running
+        figures["server_busy"] = (after["busy_s"] - before.get("busy_s", 0.0)) / wall
     figures["ok_programs"] = sum(1 for p in problems if not p)
     figures["problems"] = [p for ps in problems for p in ps][:MAX_REPORTED_PROBLEMS]
     return figures

@@ -99,7 +99,8 @@ class TransformersBackend(Backend):
         """There is no cache to flush."""
 
     def get_server_info(self) -> dict[str, Any]:
-        return {"cache_hit_tokens": 0, "prompt_tokens": self.batcher.computed_tokens, "radix_cache": False}
+        b = self.batcher
+        return {"cache_hit_tokens": 0, "prompt_tokens": b.computed_tokens, "busy_s": b.busy_s, "radix_cache": False}
 
     def caches_prefixes(self) -> bool:
         return False

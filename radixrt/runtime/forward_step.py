@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
@@ -32,8 +33,16 @@ class ForwardStep:
         self.eos_ids = eos_ids
         self.grammar_masks = grammar_masks  # callable(reqs, logits) applying grammar masks in place
         self.forward_tokens = 0
+        self.busy_s = 0.0  # time in model steps (forward, scoring, sampling)
 
     def run(self, plan: list[tuple[Req, int]]) -> list[StepResult]:
+        start = time.perf_counter()
+        try:
+            return self._run(plan)
+        finally:
+            self.busy_s += time.perf_counter() - start
+
+    def _run(self, plan: list[tuple[Req, int]]) -> list[StepResult]:
         rows, sample_rows, prompt_rows = self._rows(plan)
         batch = ForwardBatch.build(
             new_ids=[req.fill_ids(req.computed, req.computed + n) for req, n in plan],

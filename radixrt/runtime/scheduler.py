@@ -205,6 +205,7 @@ class Scheduler:
             "cache_hit_tokens": self.cache.hit_tokens,
             "prompt_tokens": self.cache.prompt_tokens,
             "forward_tokens": self.forward.forward_tokens,
+            "busy_s": self.forward.busy_s,
             "worker_pid": os.getpid(),
             "radix_cache": not self.args.disable_radix_cache,
             **self.counters,

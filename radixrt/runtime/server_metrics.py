@@ -35,6 +35,7 @@ WORKER_COUNTERS = {
     "cache_hit_tokens": ("radixrt_cache_hit_tokens_total", "Prompt tokens the worker reused from the radix cache."),
     "retracted": ("radixrt_retracted_requests_total", "Requests sent back to the queue under KV pressure."),
     "forward_tokens": ("radixrt_forward_tokens_total", "Tokens run through the model."),
+    "busy_s": ("radixrt_busy_seconds_total", "Seconds the worker spent in model steps (forward and sampling)."),
 }
 GRAMMAR_COUNTERS = {"compiles": "compiled", "failures": "failed", "hits": "cache_hit", "disk_hits": "disk_hit"}
 

@@ -69,6 +69,7 @@ def test_workload_programs_finish_well_formed_on_radixrt(name, radixrt_session, 
     # the recorded trace tokenizes exactly like the server did
     assert figures["trace_prompt_tokens"] == figures["prompt_tokens"] > 0
     assert 0.0 <= figures["cache_hit_rate"] <= figures["optimal_hit_rate"] + 0.02
+    assert 0.0 < figures["server_busy"] < 1.0  # the worker ran model steps for part of the wall time
 
 
 @pytest.mark.parametrize("name", list(WORKLOADS))
@@ -77,6 +78,7 @@ def test_workload_programs_finish_well_formed_on_transformers(name, hf_session, 
     assert figures["problems"] == []
     assert figures["ok_programs"] == PROGRAMS
     assert figures["cache_hit_tokens"] == 0
+    assert 0.0 < figures["server_busy"] < 1.0
 
 
 def test_batched_greedy_generation_matches_one_by_one(hf_session):

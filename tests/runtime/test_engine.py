@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 import radixrt
@@ -89,6 +91,14 @@ def test_stats_books_balance(engine):
     assert s["kv_slots_free"] + s["kv_slots_cached"] + s["kv_slots_in_use"] == s["kv_slots_total"]
     assert s["kv_slots_in_use"] == 0 and s["running"] == 0
     assert engine.flush_cache() and engine.stats()["kv_slots_cached"] == 0
+
+
+def test_stats_count_the_time_in_model_steps(engine):
+    before = engine.stats()["busy_s"]
+    start = time.perf_counter()
+    engine.generate("Count the time", {"max_new_tokens": 4, "ignore_eos": True})
+    busy = engine.stats()["busy_s"] - before
+    assert 0 < busy < time.perf_counter() - start
 
 
 def test_a_model_that_fails_to_load_raises_in_the_caller():
