@@ -17,6 +17,7 @@ from radixrt.workers.forward_batch import ForwardBatch
 from radixrt.workers.layers.attention import KVBuffers, create_backend
 from radixrt.workers.layers.cpu_kernels import cpu_flags
 from radixrt.workers.layers.packed_linear import can_pack
+from radixrt.workers.malloc import keep_freed_blocks
 from radixrt.workers.model_config import ModelConfig
 from radixrt.workers.models.llama import LlamaForCausalLM
 from radixrt.workers.weights import init_dummy_weights, load_safetensors
@@ -46,6 +47,7 @@ class ModelRunner:
         self.dtype = resolve_dtype(dtype, self.device)
         if self.device.type == "cpu":
             use_all_cores()
+            keep_freed_blocks()
         self.model = build_model(self.model_config, self.dtype, self.device)
         if load_format == "dummy":
             init_dummy_weights(self.model)
