@@ -1,7 +1,7 @@
 """Our C++ CPU kernels (csrc/), compiled on first use for this machine's CPU and cached.
 
-They register torch ops under `torch.ops.radixrt`: `decode_attention` and `extend_attention`
-(the torch attention backend's decode and prefill steps), `rms_norm` / `add_rms_norm_`
+They register torch ops under `torch.ops.radixrt`: `decode_attention`, `shared_prefix_decode`
+and `extend_attention` (the torch attention backend's decode and prefill steps), `rms_norm` / `add_rms_norm_`
 (layers/norm.py), `silu_and_mul` (the llama MLP) and `rotary_` (layers/rotary.py).
 `python -m radixrt.workers.layers.cpu_kernels` builds them ahead of time (`make test` and
 `make demo` do); a process that finds no C++ compiler logs why once and runs the PyTorch code
@@ -23,7 +23,16 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-SOURCES = [Path(__file__).parent / "csrc" / name for name in ("decode_attention.cpp", "extend_attention.cpp", "rms_norm.cpp", "elementwise.cpp")]
+SOURCES = [
+    Path(__file__).parent / "csrc" / name
+    for name in (
+        "decode_attention.cpp",
+        "extend_attention.cpp",
+        "shared_prefix_decode.cpp",
+        "rms_norm.cpp",
+        "elementwise.cpp",
+    )
+]
 CFLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fopenmp"]  # OpenMP: at::parallel_for runs on torch's threads
 # what the attention kernels are compiled for
 DECODE_HEAD_DIMS = (16, 32, 64, 80, 96, 128, 256)
@@ -68,8 +77,9 @@ def _build() -> Any:
 
     if shutil.which("ninja") is None:  # the venv's ninja, when the venv is not activated
         os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    # NOTE: -march=native code must never run on another CPU: the name carries the CPU's identity.
-    name = f"radixrt_cpu_kernels_{_cpu_id()}"
+    # NOTE: -march=native code must never run on another CPU: the name carries the CPU's identity,
+    # and the sources' (torch rebuilds when a listed .cpp file changes, not when a header does).
+    name = f"radixrt_cpu_kernels_{_build_id()}"
     directory = build_dir() / name
     directory.mkdir(parents=True, exist_ok=True)
     if not (directory / f"{name}.so").exists():
@@ -98,15 +108,18 @@ def cpu_flags() -> set[str]:
     return set()
 
 
-def _cpu_id() -> str:
-    """A short hash of the CPU's model and flags."""
+def _build_id() -> str:
+    """A short hash of the CPU's model and flags and of every file in csrc/."""
     model = ""
     try:
         with open("/proc/cpuinfo") as f:
             model = next((line for line in f if line.startswith("model name")), "")
     except OSError:
         pass
-    return hashlib.sha256((model + " ".join(sorted(cpu_flags()))).encode()).hexdigest()[:12]
+    digest = hashlib.sha256((model + " ".join(sorted(cpu_flags()))).encode())
+    for source in sorted(SOURCES[0].parent.iterdir()):
+        digest.update(source.name.encode() + source.read_bytes())
+    return digest.hexdigest()[:12]
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """Attention in PyTorch (CPU and GPU), with our C++ kernels on the CPU.
 
 Decoding requests (one new token they just sampled) are attended together: on the CPU by
-`decode_attention` (layers/csrc/), which reads each request's K/V rows in place from the pool;
+`decode_attention` (layers/csrc/), which reads each request's K/V rows in place from the pool, or,
+in bf16 on AVX512-BF16 CPUs when two of them share at least one 64-slot tile (fork siblings), by
+`shared_prefix_decode`, which reads a shared prefix once for all the requests that share it;
 elsewhere, or where the kernels could not be built, as one padded batch gathered from the pool.
 Prefilling requests (new prompt tokens, even just one) are attended by `extend_attention` in bf16
 on AVX512-BF16 CPUs, all in one call; otherwise one at a time with
@@ -34,6 +36,7 @@ class _DecodeGroup:
     kv_indices: torch.Tensor
     starts: torch.Tensor  # [B] int64
     lens: torch.Tensor  # [B] int64
+    shared_prefix: bool = False  # some requests share K/V tiles: the shared_prefix_decode kernel
     # for the padded batch (no kernel)
     slots: torch.Tensor | None = None  # [B * L] kv slot of each (request, kv position), padded with slot 0
     mask: torch.Tensor | None = None  # [B, 1, 1, L] bool, False on padding; None when nothing is padded
@@ -45,6 +48,7 @@ class _DecodeGroup:
 # first row up to 4, so that recomputing the last prompt token of a fully cached prompt gives the
 # logits its first, uncached run got.
 MIN_QUERY_ROWS = 4
+SHARED_TILE = 64  # keys per tile of the C++ bf16 kernels (csrc/bf16_tiles.h)
 
 
 @dataclass
@@ -99,9 +103,11 @@ class TorchAttentionBackend(AttentionBackend):
             all_decode = len(decode_ids) == batch.batch_size
             rows = None if all_decode else [q_starts[i] for i in decode_ids]
             padded = self.cpu_kernels is None or batch.kv_indices.device.type != "cpu"
-            self._decode = _prepare_decode(
-                batch, decode_ids, [kv_starts[i] for i in decode_ids], rows, padded
-            )
+            starts = [kv_starts[i] for i in decode_ids]
+            self._decode = _prepare_decode(batch, decode_ids, starts, rows, padded)
+            lens = [batch.seq_lens[i] for i in decode_ids]
+            shared = self.extend_kernel and not padded and _shares_a_tile(batch.kv_indices, starts, lens)
+            self._decode.shared_prefix = shared
         prefill_ids = [i for i, p in enumerate(batch.prefill) if p]
         self._extend_group, self._extends = None, []
         if prefill_ids and self.extend_kernel and batch.kv_indices.device.type == "cpu":
@@ -140,6 +146,10 @@ class TorchAttentionBackend(AttentionBackend):
     def _attend_decode(
         self, q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor, g: _DecodeGroup
     ) -> torch.Tensor:
+        if g.shared_prefix:
+            return self.cpu_kernels.shared_prefix_decode(
+                q, k_buf, v_buf, g.kv_indices, g.starts, g.lens, self.scale
+            )
         if g.slots is None:
             return self.cpu_kernels.decode_attention(
                 q, k_buf, v_buf, g.kv_indices, g.starts, g.lens, self.scale
@@ -208,6 +218,22 @@ def _prepare_decode(
         group.slots = torch.where(valid, batch.kv_indices[pos], 0).view(-1)
         group.mask = valid[:, None, None, :] if min(lens_list) != max_len else None
     return group
+
+
+def _shares_a_tile(kv_indices: torch.Tensor, starts: list[int], lens: list[int]) -> bool:
+    """Whether two of these sequences list the same first SHARED_TILE slots (sequences are paths
+    of the radix tree: requests that share any tile share the first)."""
+    if len(starts) < 2:
+        return False
+    by_first_slot: dict[int, torch.Tensor] = {}
+    for start, length in zip(starts, lens):
+        if length <= SHARED_TILE:
+            continue
+        tile = kv_indices[start : start + SHARED_TILE]
+        other = by_first_slot.setdefault(int(tile[0]), tile)
+        if other is not tile and torch.equal(other, tile):
+            return True
+    return False
 
 
 def _prepare_extend(batch: ForwardBatch, i: int, q_start: int, kv_start: int) -> _Extend:

@@ -21,236 +21,11 @@
 #include <limits>
 #include <vector>
 
-#if defined(__AVX512F__)
-#include <immintrin.h>
-#endif
+#include "decode_rows.h"
 
 namespace {
 
-// 16 float32 lanes: one AVX-512 register, or a plain array the compiler vectorizes as it can.
-#if defined(__AVX512F__)
-struct Vec16 {
-  __m512 v;
-  static Vec16 zero() { return {_mm512_setzero_ps()}; }
-  static Vec16 broadcast(float x) { return {_mm512_set1_ps(x)}; }
-  static Vec16 load(const float* p) { return {_mm512_loadu_ps(p)}; }
-  static Vec16 load(const at::BFloat16* p) {
-    const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-    return {_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16))};
-  }
-  void fma(Vec16 a, Vec16 b) { v = _mm512_fmadd_ps(a.v, b.v, v); }  // this += a * b
-  float sum() const { return _mm512_reduce_add_ps(v); }
-  void store(float* p) const { _mm512_storeu_ps(p, v); }
-  // out[j] = d[j].sum() for j < 4: neighbours interleaved and added, then the 128-bit lanes
-  static void sum4(const Vec16* d, float* out) {
-    const __m512 ab = _mm512_add_ps(_mm512_unpacklo_ps(d[0].v, d[1].v), _mm512_unpackhi_ps(d[0].v, d[1].v));
-    const __m512 cd = _mm512_add_ps(_mm512_unpacklo_ps(d[2].v, d[3].v), _mm512_unpackhi_ps(d[2].v, d[3].v));
-    const __m512d ab_d = _mm512_castps_pd(ab), cd_d = _mm512_castps_pd(cd);
-    const __m512 lanes = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(ab_d, cd_d)),
-                                       _mm512_castpd_ps(_mm512_unpackhi_pd(ab_d, cd_d)));
-    const __m128 low = _mm_add_ps(_mm512_castps512_ps128(lanes), _mm512_extractf32x4_ps(lanes, 1));
-    const __m128 high = _mm_add_ps(_mm512_extractf32x4_ps(lanes, 2), _mm512_extractf32x4_ps(lanes, 3));
-    _mm_storeu_ps(out, _mm_add_ps(low, high));
-  }
-};
-#else
-struct Vec16 {
-  float v[16];
-  static Vec16 zero() { return broadcast(0.f); }
-  static Vec16 broadcast(float x) {
-    Vec16 r;
-    std::fill(r.v, r.v + 16, x);
-    return r;
-  }
-  static Vec16 load(const float* p) {
-    Vec16 r;
-    std::memcpy(r.v, p, sizeof r.v);
-    return r;
-  }
-  static Vec16 load(const at::BFloat16* p) {
-    Vec16 r;
-    const auto* bits = reinterpret_cast<const uint16_t*>(p);
-    for (int i = 0; i < 16; ++i) {
-      const uint32_t widened = static_cast<uint32_t>(bits[i]) << 16;
-      std::memcpy(r.v + i, &widened, sizeof(float));
-    }
-    return r;
-  }
-  void fma(Vec16 a, Vec16 b) {
-    for (int i = 0; i < 16; ++i) v[i] += a.v[i] * b.v[i];
-  }
-  float sum() const {
-    float s[16];
-    std::memcpy(s, v, sizeof s);
-    for (int width = 8; width > 0; width /= 2) {
-      for (int i = 0; i < width; ++i) s[i] += s[i + width];
-    }
-    return s[0];
-  }
-  void store(float* p) const { std::memcpy(p, v, sizeof v); }
-  static void sum4(const Vec16* d, float* out) {
-    for (int j = 0; j < 4; ++j) out[j] = d[j].sum();
-  }
-};
-#endif
-
-constexpr int64_t kMaxGroup = 16;  // query heads per kv head
-// Slots are scattered over the pool, so the hardware prefetcher cannot guess the next row.
-constexpr int64_t kPrefetchAhead = 8;
-constexpr int64_t kWholeSlotPrefetchBytes = 768 << 10;  // within a core's L2 on current x86 CPUs
-
-template <typename T>
-inline void prefetch_row(const T* row, int64_t bytes) {
-  for (int64_t offset = 0; offset < bytes; offset += 64) __builtin_prefetch(reinterpret_cast<const char*>(row) + offset);
-}
-
-// exp(x) for x <= 0 (scores minus their max), written so that the compiler vectorizes the loop:
-// x = n ln2 + r with |r| <= ln2 / 2, exp(r) by its degree-7 Taylor polynomial (relative error
-// below 2e-7), 2^n put into the float's exponent bits. Below -87 the result is 0.
-inline void exp_nonpositive(float* x, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) {
-    const float v = std::max(x[i], -87.f);
-    const float k = std::floor(v * 1.44269504f + 0.5f);
-    const float r = (v - k * 0.693145752f) - k * 1.42860677e-6f;
-    float p = 1.f / 5040;
-    p = p * r + 1.f / 720;
-    p = p * r + 1.f / 120;
-    p = p * r + 1.f / 24;
-    p = p * r + 1.f / 6;
-    p = p * r + 0.5f;
-    p = p * r + 1.f;
-    p = p * r + 1.f;
-    const uint32_t scale_bits = static_cast<uint32_t>(static_cast<int32_t>(k) + 127) << 23;
-    float scale;
-    std::memcpy(&scale, &scale_bits, sizeof(float));
-    x[i] = p * scale;
-  }
-}
-
-// max and sum over 16 interleaved partials (a loop the compiler vectorizes; a plain running
-// sum is a chain of dependent adds), in an order that depends on n only
-inline float max_of(const float* x, int64_t n) {
-  float part[16];
-  std::fill(part, part + 16, -std::numeric_limits<float>::infinity());
-  int64_t i = 0;
-  for (; i + 16 <= n; i += 16) {
-    for (int j = 0; j < 16; ++j) part[j] = std::max(part[j], x[i + j]);
-  }
-  for (; i < n; ++i) part[0] = std::max(part[0], x[i]);
-  return *std::max_element(part, part + 16);
-}
-
-inline float sum_of(const float* x, int64_t n) {
-  float part[16] = {};
-  int64_t i = 0;
-  for (; i + 16 <= n; i += 16) {
-    for (int j = 0; j < 16; ++j) part[j] += x[i + j];
-  }
-  for (; i < n; ++i) part[0] += x[i];
-  for (int width = 8; width > 0; width /= 2) {
-    for (int j = 0; j < width; ++j) part[j] += part[j + width];
-  }
-  return part[0];
-}
-
-// CHUNKS = head_dim / 16 is a compile-time constant, so that a K or V row lives in registers;
-// GROUP too where it is not 0 (the common shapes), so that the P.V accumulators do.
-template <typename T, int CHUNKS, int GROUP>
-void attend_one(const T* q, int64_t q_head_stride, const T* k_pool, const T* v_pool, int64_t slot_stride,
-                const int64_t* slots, int64_t len, int64_t kv_head, int64_t runtime_group, float scale, T* out,
-                std::vector<float>& scores) {
-  const int64_t group = GROUP > 0 ? GROUP : runtime_group;
-  constexpr int64_t dim = CHUNKS * 16, row_bytes = dim * sizeof(T);
-  const int64_t head_offset = kv_head * dim;
-  // The first kv head's item prefetches whole slots (every head's row, contiguous): the same
-  // request's other heads, the next items on this thread, then find their rows in cache
-  // (batch 16 at 512-token contexts: 12.4 -> 10.7 ms of attention per step). Only while the
-  // request's K and V fit in cache: beyond, the prefetched rows would be gone before their use.
-  const int64_t slot_bytes = slot_stride * static_cast<int64_t>(sizeof(T));
-  const bool whole_slots = kv_head == 0 && 2 * len * slot_bytes <= kWholeSlotPrefetchBytes;
-  const int64_t fetch_offset = whole_slots ? 0 : head_offset;
-  const int64_t fetch_bytes = whole_slots ? slot_bytes : row_bytes;
-  Vec16 qv[kMaxGroup * CHUNKS];
-  Vec16 acc[kMaxGroup * CHUNKS];
-  const Vec16 scale_v = Vec16::broadcast(scale);
-  for (int64_t g = 0; g < group; ++g) {
-    for (int c = 0; c < CHUNKS; ++c) {
-      qv[g * CHUNKS + c] = Vec16::zero();
-      qv[g * CHUNKS + c].fma(Vec16::load(q + g * q_head_stride + c * 16), scale_v);
-    }
-  }
-  scores.resize(group * len);
-  // Q.K four keys at a time: their dot products are summed across lanes together
-  Vec16 rows[4][CHUNKS];
-  int64_t l = 0;
-  for (; l + 4 <= len; l += 4) {
-    for (int j = 0; j < 4; ++j) {
-      if (l + j + kPrefetchAhead < len) {
-        prefetch_row(k_pool + slots[l + j + kPrefetchAhead] * slot_stride + fetch_offset, fetch_bytes);
-      }
-      const T* k = k_pool + slots[l + j] * slot_stride + head_offset;
-      for (int c = 0; c < CHUNKS; ++c) rows[j][c] = Vec16::load(k + c * 16);
-    }
-    for (int64_t g = 0; g < group; ++g) {
-      Vec16 dots[4] = {Vec16::zero(), Vec16::zero(), Vec16::zero(), Vec16::zero()};
-      for (int c = 0; c < CHUNKS; ++c) {
-        for (int j = 0; j < 4; ++j) dots[j].fma(qv[g * CHUNKS + c], rows[j][c]);
-      }
-      Vec16::sum4(dots, scores.data() + g * len + l);
-    }
-  }
-  for (; l < len; ++l) {
-    const T* k = k_pool + slots[l] * slot_stride + head_offset;
-    for (int c = 0; c < CHUNKS; ++c) rows[0][c] = Vec16::load(k + c * 16);
-    for (int64_t g = 0; g < group; ++g) {
-      Vec16 dot = Vec16::zero();
-      for (int c = 0; c < CHUNKS; ++c) dot.fma(qv[g * CHUNKS + c], rows[0][c]);
-      scores[g * len + l] = dot.sum();
-    }
-  }
-  float inv_sum[kMaxGroup];
-  for (int64_t g = 0; g < group; ++g) {
-    float* s = scores.data() + g * len;
-    const float max = max_of(s, len);
-    for (int64_t l = 0; l < len; ++l) s[l] -= max;
-    exp_nonpositive(s, len);
-    inv_sum[g] = 1.f / sum_of(s, len);
-  }
-  for (int64_t i = 0; i < group * CHUNKS; ++i) acc[i] = Vec16::zero();
-  Vec16 row[CHUNKS];
-  for (int64_t l = 0; l < len; ++l) {
-    if (l + kPrefetchAhead < len) prefetch_row(v_pool + slots[l + kPrefetchAhead] * slot_stride + fetch_offset, fetch_bytes);
-    const T* v = v_pool + slots[l] * slot_stride + head_offset;
-    for (int c = 0; c < CHUNKS; ++c) row[c] = Vec16::load(v + c * 16);
-    for (int64_t g = 0; g < group; ++g) {
-      const Vec16 p = Vec16::broadcast(scores[g * len + l]);
-      for (int c = 0; c < CHUNKS; ++c) acc[g * CHUNKS + c].fma(p, row[c]);
-    }
-  }
-  float lanes[16];
-  for (int64_t g = 0; g < group; ++g) {
-    for (int c = 0; c < CHUNKS; ++c) {
-      acc[g * CHUNKS + c].store(lanes);
-      for (int i = 0; i < 16; ++i) out[g * dim + c * 16 + i] = static_cast<T>(lanes[i] * inv_sum[g]);
-    }
-  }
-}
-
-// head_dim 64 and 128 with 1-8 query heads per kv head get the group as a constant too
-template <typename T, int CHUNKS>
-auto with_group(int64_t group) -> decltype(&attend_one<T, CHUNKS, 0>) {
-  switch (group) {
-    case 1: return attend_one<T, CHUNKS, 1>;
-    case 2: return attend_one<T, CHUNKS, 2>;
-    case 3: return attend_one<T, CHUNKS, 3>;
-    case 4: return attend_one<T, CHUNKS, 4>;
-    case 5: return attend_one<T, CHUNKS, 5>;
-    case 6: return attend_one<T, CHUNKS, 6>;
-    case 7: return attend_one<T, CHUNKS, 7>;
-    case 8: return attend_one<T, CHUNKS, 8>;
-    default: return attend_one<T, CHUNKS, 0>;
-  }
-}
+using namespace radixrt_decode;
 
 template <typename T>
 void decode_attention_impl(const at::Tensor& q, const at::Tensor& k_pool, const at::Tensor& v_pool,
@@ -266,23 +41,15 @@ void decode_attention_impl(const at::Tensor& q, const at::Tensor& k_pool, const 
   const int64_t* lens = kv_lens.data_ptr<int64_t>();
   T* out_ptr = out.data_ptr<T>();
   const int64_t q_row = q.stride(0), q_head = q.stride(1), slot_stride = k_pool.stride(0);
-  auto attend = attend_one<T, 4, 0>;
-  switch (dim / 16) {  // keep in step with cpu_kernels.DECODE_HEAD_DIMS
-    case 1: attend = attend_one<T, 1, 0>; break;
-    case 2: attend = attend_one<T, 2, 0>; break;
-    case 4: attend = with_group<T, 4>(group); break;
-    case 5: attend = attend_one<T, 5, 0>; break;
-    case 6: attend = attend_one<T, 6, 0>; break;
-    case 8: attend = with_group<T, 8>(group); break;
-    case 16: attend = attend_one<T, 16, 0>; break;
-    default: TORCH_CHECK(false, "head_dim ", dim, " is not one of 16, 32, 64, 80, 96, 128, 256");
-  }
+  const auto attend = attend_for<T>(dim, group);
   at::parallel_for(0, batch * kv_heads, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> scores;
+    float acc[kMaxGroup * 256], max[kMaxGroup], sum[kMaxGroup];
     for (int64_t item = begin; item < end; ++item) {
       const int64_t b = item / kv_heads, h = item % kv_heads;
       attend(q_ptr + b * q_row + h * group * q_head, q_head, k_ptr, v_ptr, slot_stride, slots + starts[b], lens[b],
-             h, group, static_cast<float>(scale), out_ptr + (b * heads + h * group) * dim, scores);
+             h, group, static_cast<float>(scale), acc, max, sum, scores);
+      normalize_rows(acc, sum, group, dim, out_ptr + (b * heads + h * group) * dim);
     }
   });
 }
