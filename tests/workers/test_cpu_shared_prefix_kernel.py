@@ -1,6 +1,7 @@
 """The C++ decode kernel for requests that share cached tiles (layers/csrc/shared_prefix_decode.cpp,
 bf16 on AVX512-BF16) against a float64 softmax reference and the per-request decode kernel, and
-the torch backend's choice between the two."""
+the torch backend's choice between the two. The kernel shares a run of tiles among at least
+`min_requests` requests: 2 here exercises every shape of the trie on small batches."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch
 
 from radixrt.workers.forward_batch import ForwardBatch
 from radixrt.workers.layers import cpu_kernels
-from radixrt.workers.layers.attention.torch_backend import TorchAttentionBackend
+from radixrt.workers.layers.attention.torch_backend import SHARED_PREFIX_MIN_REQUESTS, TorchAttentionBackend
 from radixrt.workers.layers.cpu_kernels import cpu_flags
 from tests.workers.test_cpu_decode_kernel import reference
 
@@ -63,7 +64,7 @@ def make_case(seqs: list[list[int]], heads: int, kv_heads: int, dim: int, seed: 
 def test_matches_a_float64_softmax(ops, heads, kv_heads, dim):
     args = make_case(fork_tree(), heads, kv_heads, dim)
     args[0][6] = args[0][1]  # the repeated fork asks the same query too
-    out = ops.shared_prefix_decode(*args, dim**-0.5)
+    out = ops.shared_prefix_decode(*args, dim**-0.5, 2)
     assert out.shape == (args[0].shape[0], heads * dim) and out.dtype == torch.bfloat16
     expected = reference(*args, dim**-0.5)
     # bf16 products and probabilities, float32 sums, one bf16 rounding of the output
@@ -81,23 +82,28 @@ def test_requests_that_share_no_tile_get_the_per_request_kernels_bits(ops):
     the unrelated requests of a batch that does, get exactly what decode_attention computes."""
     seqs = fork_tree(seed=1)
     q, k_pool, v_pool, slots, starts, lens = make_case(seqs, 9, 3, 64, seed=1)
-    together = ops.shared_prefix_decode(q, k_pool, v_pool, slots, starts, lens, 0.125)
+    together = ops.shared_prefix_decode(q, k_pool, v_pool, slots, starts, lens, 0.125, 2)
     per_request = ops.decode_attention(q, k_pool, v_pool, slots, starts, lens, 0.125)
     for b in (7, 8, 9):  # 40 shared slots, unrelated, one slot
         assert torch.equal(together[b], per_request[b])
     alone = [7, 8, 9]
     sub = make_case([seqs[b] for b in alone], 9, 3, 64, seed=1)
     sub = (q[alone], k_pool, v_pool, *sub[3:])
-    assert torch.equal(ops.shared_prefix_decode(*sub, 0.125), ops.decode_attention(*sub, 0.125))
+    assert torch.equal(ops.shared_prefix_decode(*sub, 0.125, 2), ops.decode_attention(*sub, 0.125))
+    # groups smaller than min_requests are not shared: 3 forks per branch, 7 under the root
+    assert torch.equal(ops.shared_prefix_decode(q, k_pool, v_pool, slots, starts, lens, 0.125, 8), per_request)
+    partly = ops.shared_prefix_decode(q, k_pool, v_pool, slots, starts, lens, 0.125, 4)  # the root only
+    assert not torch.equal(partly[:7], together[:7])
+    torch.testing.assert_close(partly, per_request, rtol=1.6e-2, atol=1.2e-2)
 
 
 def test_a_forks_result_depends_on_its_sequence_not_its_place_in_the_batch(ops):
     seqs = fork_tree(seed=2)
     q, k_pool, v_pool, slots, starts, lens = make_case(seqs, 9, 3, 64, seed=2)
-    out = ops.shared_prefix_decode(q, k_pool, v_pool, slots, starts, lens, 0.125)
+    out = ops.shared_prefix_decode(q, k_pool, v_pool, slots, starts, lens, 0.125, 2)
     order = list(reversed(range(len(seqs))))
     shuffled = make_case([seqs[b] for b in order], 9, 3, 64, seed=2)
-    again = ops.shared_prefix_decode(q[order], k_pool, v_pool, *shuffled[3:], 0.125)
+    again = ops.shared_prefix_decode(q[order], k_pool, v_pool, *shuffled[3:], 0.125, 2)
     assert torch.equal(again, out[order])
 
 
@@ -113,26 +119,29 @@ def test_a_forks_result_depends_on_its_sequence_not_its_place_in_the_batch(ops):
         (lambda a: {**a, "q": a["q"][..., :32], "k_pool": a["k_pool"][..., :32].contiguous(),
                     "v_pool": a["v_pool"][..., :32].contiguous()}, "head_dim 32"),
         (lambda a: {**a, "k_pool": a["k_pool"][::2], "v_pool": a["v_pool"][::2]}, "contiguous"),
+        (lambda a: {**a, "min_requests": 1}, "at least 2"),
     ],
 )  # fmt: skip
 def test_bad_inputs_raise_clear_errors(ops, change, message):
     q, k_pool, v_pool, slots, starts, lens = make_case(fork_tree()[:3], 4, 2, 64)
-    args = dict(q=q, k_pool=k_pool, v_pool=v_pool, kv_indices=slots, kv_starts=starts, kv_lens=lens)
+    args = dict(q=q, k_pool=k_pool, v_pool=v_pool, kv_indices=slots, kv_starts=starts, kv_lens=lens, scale=0.125,
+                min_requests=2)  # fmt: skip
     with pytest.raises(RuntimeError, match=message):
-        ops.shared_prefix_decode(*change(args).values(), 0.125)
+        ops.shared_prefix_decode(*change(args).values())
 
 
-def test_backend_takes_the_shared_kernel_only_when_requests_share_a_tile(ops):
+def test_backend_takes_the_shared_kernel_only_when_enough_requests_share_a_tile(ops):
     heads, kv_heads, dim = 9, 3, 64
     g = torch.Generator().manual_seed(4)
     pool = type("Pool", (), {"k_buffers": [torch.randn(2048, kv_heads, dim, generator=g).bfloat16()],
                              "v_buffers": [torch.randn(2048, kv_heads, dim, generator=g).bfloat16()]})()  # fmt: skip
-    prefix = list(range(1, 201))
+    prefix, wide = list(range(1, 201)), SHARED_PREFIX_MIN_REQUESTS
     cases = {
-        "forks": ([prefix + [300 + i] for i in range(4)], True),
-        "63 shared slots": ([prefix[:63] + [300 + i] * 10 for i in range(4)], False),
-        "unrelated": ([list(range(1 + 200 * i, 150 + 200 * i)) for i in range(4)], False),
-        "forks beside a prefill": ([prefix + [300], prefix + [301], list(range(400, 480))], True),
+        "forks": ([prefix + [300 + i] for i in range(wide)], True),
+        "too few forks": ([prefix + [300 + i] for i in range(wide - 1)], False),
+        "63 shared slots": ([prefix[:63] + [300 + i] * 10 for i in range(wide)], False),
+        "unrelated": ([list(range(1 + 200 * i, 150 + 200 * i)) for i in range(wide)], False),
+        "forks beside a prefill": ([prefix + [300 + i] for i in range(wide)] + [list(range(400, 480))], True),
     }
     for name, (seqs, expect_shared) in cases.items():
         new = [[7]] * len(seqs)

@@ -4,11 +4,15 @@
 // decode_attention.cpp attends each request alone: every request reads its whole sequence, and
 // each key meets only the request's G query heads, in float32 FMAs. Here the requests' 64-key
 // tiles are deduplicated (bf16_tiles.h) and arranged as a trie: a node is a run of tiles that the
-// same set of requests lists at the same place. The query vectors of all of a node's requests walk
-// its tiles together, kBlock at a time, with the bf16 dot-product instruction: a prefix shared by
-// 36 forks is read once per block of 4 vectors instead of once per request and head. Each node
-// leaves a partial softmax per vector (max, sum, weighted V); a request's partials are merged
-// root to leaf.
+// same set of at least `min_requests` requests lists at the same place. The query vectors of all
+// of a node's requests walk its tiles together, kBlock at a time, with the bf16 dot-product
+// instruction: a prefix shared by 36 forks is read once per block of 4 vectors instead of once per
+// request and head. The rest of each sequence (what fewer requests share) is read in place by
+// decode_attention's loop. Each part leaves a partial softmax per vector (max, sum, weighted V); a
+// request's partials are merged root to leaf.
+// Packing tiles costs about as much as a few requests' passes over them, so sharing pays from
+// about 8 requests on (attention of the embedded model, 6 forks of a 400-token prefix with 60
+// tokens each of their own: 15% slower shared; 18 forks: 31% faster).
 // A row's result depends on which requests of the batch share its tiles (the trie), not only on
 // its own sequence: the same attention in another order of float32 sums.
 
@@ -44,7 +48,7 @@ struct Trie {
   std::vector<Node> nodes;
   std::vector<std::vector<std::pair<int64_t, int64_t>>> paths;
 
-  Trie(const TilePlan& plan, int64_t requests) : paths(requests) {
+  Trie(const TilePlan& plan, int64_t requests, int64_t min_requests) : paths(requests) {
     auto tiles_of = [&](int64_t i) { return plan.first[i + 1] - plan.first[i]; };
     auto id = [&](int64_t i, int64_t t) { return plan.ids[plan.first[i] + t]; };
     struct Pending {
@@ -57,6 +61,11 @@ struct Trie {
       Pending pending = std::move(stack.back());
       stack.pop_back();
       const std::vector<int64_t>& members = pending.members;
+      const int64_t count = static_cast<int64_t>(members.size());
+      if (count > 1 && count < min_requests) {  // too few to pay for packing: one node each
+        for (const int64_t i : members) stack.push_back({{i}, pending.place});
+        continue;
+      }
       int64_t end = pending.place;
       while (std::all_of(members.begin(), members.end(), [&](int64_t i) {
         return tiles_of(i) > end && id(i, end) == id(members[0], end);
@@ -83,11 +92,11 @@ struct Trie {
 template <int DIM>
 void decode_shared(const uint16_t* q, int64_t q_row, int64_t q_head, const uint16_t* k_pool, const uint16_t* v_pool,
                    int64_t slot_stride, const int64_t* slots, const Requests& reqs, int64_t heads, int64_t kv_heads,
-                   float scale, at::BFloat16* out) {
+                   float scale, int64_t min_requests, at::BFloat16* out) {
   constexpr int R = kBlock<DIM>;
   const int64_t group = heads / kv_heads;
   const TilePlan plan(slots, reqs);
-  Trie trie(plan, reqs.count);
+  Trie trie(plan, reqs.count, min_requests);
 
   // Work items, each costing the tiles it walks: (node, kv head, block of R of its members' query
   // vectors) for a node of several requests, over its packed tiles; (node, kv head) for a node of
@@ -196,12 +205,13 @@ void decode_shared(const uint16_t* q, int64_t q_row, int64_t q_head, const uint1
 }  // namespace
 #endif
 
-// Same arguments and result as decode_attention: q [B, H, D] bf16 (rows and heads may be strided,
-// dims contiguous); k_pool, v_pool [slots, Hkv, D]; request b attends over
-// kv_indices[kv_starts[b] : kv_starts[b] + kv_lens[b]]. Returns [B, H * D] bf16.
+// decode_attention's arguments and result: q [B, H, D] bf16 (rows and heads may be strided, dims
+// contiguous); k_pool, v_pool [slots, Hkv, D]; request b attends over
+// kv_indices[kv_starts[b] : kv_starts[b] + kv_lens[b]]. Returns [B, H * D] bf16. Tiles are shared
+// where at least min_requests (>= 2) requests list them.
 at::Tensor shared_prefix_decode(const at::Tensor& q, const at::Tensor& k_pool, const at::Tensor& v_pool,
                                 const at::Tensor& kv_indices, const at::Tensor& kv_starts, const at::Tensor& kv_lens,
-                                double scale) {
+                                double scale, int64_t min_requests) {
 #if defined(__AVX512BF16__)
   TORCH_CHECK(q.device().is_cpu() && k_pool.device().is_cpu() && v_pool.device().is_cpu(), "CPU tensors only");
   TORCH_CHECK(q.scalar_type() == at::kBFloat16 && k_pool.scalar_type() == at::kBFloat16 &&
@@ -212,6 +222,7 @@ at::Tensor shared_prefix_decode(const at::Tensor& q, const at::Tensor& k_pool, c
   const int64_t batch = q.size(0), dim = q.size(2), heads = q.size(1), kv_heads = k_pool.size(1);
   TORCH_CHECK(dim == k_pool.size(2) && heads % kv_heads == 0, "head shapes do not match");
   TORCH_CHECK(dim == 64 || dim == 128, "head_dim ", dim, " is not 64 or 128");
+  TORCH_CHECK(min_requests >= 2, "min_requests must be at least 2, got ", min_requests);
   for (const auto* t : {&kv_indices, &kv_starts, &kv_lens}) {
     TORCH_CHECK(t->scalar_type() == at::kLong && t->is_contiguous(), "indices must be contiguous int64");
   }
@@ -229,7 +240,7 @@ at::Tensor shared_prefix_decode(const at::Tensor& q, const at::Tensor& k_pool, c
   run(reinterpret_cast<const uint16_t*>(q.data_ptr<at::BFloat16>()), q.stride(0), q.stride(1),
       reinterpret_cast<const uint16_t*>(k_pool.data_ptr<at::BFloat16>()),
       reinterpret_cast<const uint16_t*>(v_pool.data_ptr<at::BFloat16>()), k_pool.stride(0),
-      kv_indices.data_ptr<int64_t>(), reqs, heads, kv_heads, static_cast<float>(scale),
+      kv_indices.data_ptr<int64_t>(), reqs, heads, kv_heads, static_cast<float>(scale), min_requests,
       out.data_ptr<at::BFloat16>());
   return out;
 #else
@@ -240,7 +251,7 @@ at::Tensor shared_prefix_decode(const at::Tensor& q, const at::Tensor& k_pool, c
 TORCH_LIBRARY_FRAGMENT(radixrt, m) {
   m.def(
       "shared_prefix_decode(Tensor q, Tensor k_pool, Tensor v_pool, Tensor kv_indices, Tensor kv_starts, "
-      "Tensor kv_lens, float scale) -> Tensor");
+      "Tensor kv_lens, float scale, int min_requests) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(radixrt, CPU, m) { m.impl("shared_prefix_decode", &shared_prefix_decode); }
