@@ -1,5 +1,6 @@
 """`python -m radixrt.bench.profile`: where one forward's time goes (torch.profiler), for a
-prefill of 1,024 new tokens and decode steps at batch 1, 16 and 64 on the model runner alone."""
+prefill of 1,024 new tokens, decode steps at batch 1, 16 and 64, and a decode step of 32
+requests after one shared 1,000-token prefix, on the model runner alone."""
 
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ def main(argv: list[str] | None = None) -> None:
     pool = KVPool(70_000, *runner.kv_shape(), dtype=runner.dtype)
     steps = {"prefill, 1,024 new tokens": _prefill(1024), "decode, batch 1, 64-token contexts": _decode(1, 64),
              "decode, batch 16, 512-token contexts": _decode(16, 512),
-             "decode, batch 64, 64-token contexts": _decode(64, 64)}  # fmt: skip
+             "decode, batch 64, 64-token contexts": _decode(64, 64),
+             "decode, 32 requests of 300 tokens after one 1,000-token prefix": _decode(32, 300, shared=1000)}  # fmt: skip
     for name, batch in steps.items():
         for _ in range(2):
             runner.forward(batch, pool)  # warm-up
@@ -43,8 +45,9 @@ def _prefill(n: int) -> ForwardBatch:
     return ForwardBatch.build([ids], [list(range(1, n + 1))])
 
 
-def _decode(batch: int, context: int) -> ForwardBatch:
-    slots = [list(range(1 + i * context, 1 + (i + 1) * context)) for i in range(batch)]
+def _decode(batch: int, context: int, shared: int = 0) -> ForwardBatch:
+    prefix = list(range(1, 1 + shared))
+    slots = [prefix + list(range(1 + shared + i * context, 1 + shared + (i + 1) * context)) for i in range(batch)]
     return ForwardBatch.build([[5]] * batch, slots)
 
 
