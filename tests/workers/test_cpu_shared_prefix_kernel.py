@@ -107,6 +107,12 @@ def test_a_forks_result_depends_on_its_sequence_not_its_place_in_the_batch(ops):
     assert torch.equal(again, out[order])
 
 
+def test_an_empty_batch_gives_an_empty_result(ops):
+    q, k_pool, v_pool, slots, starts, lens = make_case(fork_tree()[:2], 9, 3, 64)
+    out = ops.shared_prefix_decode(q[:0], k_pool, v_pool, slots, starts[:0], lens[:0], 0.125, 2)
+    assert out.shape == (0, 9 * 64)
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [

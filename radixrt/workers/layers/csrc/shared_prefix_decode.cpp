@@ -62,6 +62,7 @@ struct Trie {
       stack.pop_back();
       const std::vector<int64_t>& members = pending.members;
       const int64_t count = static_cast<int64_t>(members.size());
+      if (count == 0) continue;  // an empty batch
       if (count > 1 && count < min_requests) {  // too few to pay for packing: one node each
         for (const int64_t i : members) stack.push_back({{i}, pending.place});
         continue;
