@@ -1,5 +1,5 @@
-// Decode attention for requests that share a cached prefix (fork siblings, a select's
-// continuations, questions after one few-shot block), bf16 on AVX512-BF16 CPUs.
+// Decode attention for requests that share a cached prefix (wide forks, the n samples of one
+// prompt, conversations after one system prompt), bf16 on AVX512-BF16 CPUs.
 //
 // decode_attention.cpp attends each request alone: every request reads its whole sequence, and
 // each key meets only the request's G query heads, in float32 FMAs. Here the requests' 64-key
