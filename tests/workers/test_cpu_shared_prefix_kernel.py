@@ -126,6 +126,7 @@ def test_an_empty_batch_gives_an_empty_result(ops):
                     "v_pool": a["v_pool"][..., :32].contiguous()}, "head_dim 32"),
         (lambda a: {**a, "k_pool": a["k_pool"][::2], "v_pool": a["v_pool"][::2]}, "contiguous"),
         (lambda a: {**a, "min_requests": 1}, "at least 2"),
+        (lambda a: {**a, "q": a["q"].repeat(1, 9, 1)[:, :36]}, "at most 16 query heads per kv head"),
     ],
 )  # fmt: skip
 def test_bad_inputs_raise_clear_errors(ops, change, message):
@@ -146,6 +147,7 @@ def test_backend_takes_the_shared_kernel_only_when_enough_requests_share_a_tile(
         "forks": ([prefix + [300 + i] for i in range(wide)], True),
         "too few forks": ([prefix + [300 + i] for i in range(wide - 1)], False),
         "63 shared slots": ([prefix[:63] + [300 + i] * 10 for i in range(wide)], False),
+        "forks after another branch": ([prefix[:30] + [500] * 40] + [prefix + [300 + i] for i in range(wide)], True),
         "unrelated": ([list(range(1 + 200 * i, 150 + 200 * i)) for i in range(wide)], False),
         "forks beside a prefill": ([prefix + [300 + i] for i in range(wide)] + [list(range(400, 480))], True),
     }

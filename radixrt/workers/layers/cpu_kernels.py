@@ -1,8 +1,8 @@
 """Our C++ CPU kernels (csrc/), compiled on first use for this machine's CPU and cached.
 
 They register torch ops under `torch.ops.radixrt`: `decode_attention`, `shared_prefix_decode`
-and `extend_attention` (the torch attention backend's decode and prefill steps), `rms_norm` / `add_rms_norm_`
-(layers/norm.py), `silu_and_mul` (the llama MLP) and `rotary_` (layers/rotary.py).
+and `extend_attention` (the torch attention backend's decode and prefill steps),
+`rms_norm` / `add_rms_norm_` (layers/norm.py), `silu_and_mul` (the llama MLP) and `rotary_` (layers/rotary.py).
 `python -m radixrt.workers.layers.cpu_kernels` builds them ahead of time (`make test` and
 `make demo` do); a process that finds no C++ compiler logs why once and runs the PyTorch code
 they replace.
@@ -109,7 +109,7 @@ def cpu_flags() -> set[str]:
 
 
 def _build_id() -> str:
-    """A short hash of the CPU's model and flags and of every file in csrc/."""
+    """A short hash of the CPU's model and flags and of the sources and headers in csrc/."""
     model = ""
     try:
         with open("/proc/cpuinfo") as f:
@@ -117,7 +117,7 @@ def _build_id() -> str:
     except OSError:
         pass
     digest = hashlib.sha256((model + " ".join(sorted(cpu_flags()))).encode())
-    for source in sorted(SOURCES[0].parent.iterdir()):
+    for source in sorted(p for p in SOURCES[0].parent.iterdir() if p.suffix in (".cpp", ".h")):
         digest.update(source.name.encode() + source.read_bytes())
     return digest.hexdigest()[:12]
 

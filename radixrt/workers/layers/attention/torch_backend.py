@@ -229,18 +229,19 @@ def _prepare_decode(
 def _shares_a_tile(kv_indices: torch.Tensor, starts: list[int], lens: list[int]) -> bool:
     """Whether SHARED_PREFIX_MIN_REQUESTS of these sequences list the same first SHARED_TILE slots
     (sequences are paths of the radix tree: requests that share any tile share the first)."""
+    starts = [start for start, length in zip(starts, lens) if length > SHARED_TILE]
     if len(starts) < SHARED_PREFIX_MIN_REQUESTS:
         return False
-    by_first_slot: dict[int, list] = {}  # [the first tile seen with this first slot, how many list it]
-    for start, length in zip(starts, lens):
-        if length <= SHARED_TILE:
+    first_slots = kv_indices[torch.tensor(starts)].tolist()  # one gather: most batches stop here
+    by_first_slot: dict[int, list[int]] = {}
+    for start, slot in zip(starts, first_slots):
+        by_first_slot.setdefault(slot, []).append(start)
+    for same_first in by_first_slot.values():
+        if len(same_first) < SHARED_PREFIX_MIN_REQUESTS:
             continue
-        tile = kv_indices[start : start + SHARED_TILE]
-        entry = by_first_slot.setdefault(int(tile[0]), [tile, 0])
-        if entry[0] is tile or torch.equal(entry[0], tile):
-            entry[1] += 1
-            if entry[1] >= SHARED_PREFIX_MIN_REQUESTS:
-                return True
+        tiles = torch.stack([kv_indices[start : start + SHARED_TILE] for start in same_first])
+        if int(torch.unique(tiles, dim=0, return_counts=True)[1].max()) >= SHARED_PREFIX_MIN_REQUESTS:
+            return True
     return False
 
 

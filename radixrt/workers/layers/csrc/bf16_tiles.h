@@ -229,7 +229,7 @@ inline uint32_t* packed_buffer(int64_t words) {
   thread_local int64_t capacity = 0;
   if (words > capacity) {  // 64-byte aligned: a tile row is one cache line
     buffer.reset(static_cast<uint32_t*>(std::aligned_alloc(64, (words * sizeof(uint32_t) + 63) / 64 * 64)));
-    TORCH_CHECK(buffer != nullptr, "extend_attention: out of memory for ", words * sizeof(uint32_t), " bytes of packed K/V");
+    TORCH_CHECK(buffer != nullptr, "radixrt attention kernels: out of memory for ", words * sizeof(uint32_t), " bytes of packed K/V");
     capacity = words;
   }
   return buffer.get();

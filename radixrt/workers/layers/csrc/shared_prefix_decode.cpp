@@ -223,6 +223,8 @@ at::Tensor shared_prefix_decode(const at::Tensor& q, const at::Tensor& k_pool, c
   const int64_t batch = q.size(0), dim = q.size(2), heads = q.size(1), kv_heads = k_pool.size(1);
   TORCH_CHECK(dim == k_pool.size(2) && heads % kv_heads == 0, "head shapes do not match");
   TORCH_CHECK(dim == 64 || dim == 128, "head_dim ", dim, " is not 64 or 128");
+  TORCH_CHECK(heads / kv_heads <= radixrt_decode::kMaxGroup, "at most ", radixrt_decode::kMaxGroup,
+              " query heads per kv head");
   TORCH_CHECK(min_requests >= 2, "min_requests must be at least 2, got ", min_requests);
   for (const auto* t : {&kv_indices, &kv_starts, &kv_lens}) {
     TORCH_CHECK(t->scalar_type() == at::kLong && t->is_contiguous(), "indices must be contiguous int64");
