@@ -240,7 +240,7 @@ def run_bounded(opts: argparse.Namespace) -> dict[str, Any]:
             raise SystemExit("this load test only targets loopback addresses")
         return _with_time_limit(load_test, opts.http, opts.zmq, opts)
     from radixrt.runtime.config import ServerArgs
-    from radixrt.runtime.server_handle import launch_server
+    from radixrt.runtime.server.server_handle import launch_server
 
     args = ServerArgs.from_kwargs(model=opts.model, dtype="float32", kv_slots=opts.kv_slots, port=0,
                                   max_running_requests=opts.max_running_requests, log_level="warning")  # fmt: skip

@@ -36,5 +36,7 @@ def print_cache_summary(states: list) -> None:
     reports = [s.cache_report() for s in states]
     prompt = sum(r.prompt_tokens for r in reports)
     cached = sum(r.cached_tokens for r in reports)
-    print(f"\nradix cache: {cached} of {prompt} prompt tokens reused ({cached / max(prompt, 1):.0%}) "
-          f"over {sum(len(r.records) for r in reports)} model calls")
+    print(
+        f"\nradix cache: {cached} of {prompt} prompt tokens reused ({cached / max(prompt, 1):.0%}) "
+        f"over {sum(len(r.records) for r in reports)} model calls"
+    )

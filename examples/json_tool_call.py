@@ -82,16 +82,17 @@ def tool_call(s, request):
 def main() -> None:
     args = parse_args(__doc__.splitlines()[0])
     with backend(args) as b:
-        states = tool_call.run_batch([{"request": r} for r in REQUESTS], backend=b, temperature=0,
-                                     progress_bar=False)
+        states = tool_call.run_batch([{"request": r} for r in REQUESTS], backend=b, temperature=0, progress_bar=False)
         for request, state in zip(REQUESTS, states):
             report = state.cache_report()
             print(f"user: {request}")
             print(f"  call {state['tool']}({state['arguments']})")
             print(f"  result {json.dumps(state['result'])}")
             print(f"  answer: {state['answer'].strip()}")
-            print(f"  [{report.cached_tokens}/{report.prompt_tokens} prompt tokens cached over "
-                  f"{len(report.records)} calls]\n")
+            print(
+                f"  [{report.cached_tokens}/{report.prompt_tokens} prompt tokens cached over "
+                f"{len(report.records)} calls]\n"
+            )
         print_cache_summary(states)
 
 

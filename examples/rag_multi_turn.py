@@ -45,8 +45,7 @@ def chat(s, turns):
 def main() -> None:
     args = parse_args(__doc__.splitlines()[0])
     with backend(args) as b:
-        states = chat.run_batch([{"turns": t} for t in CONVERSATIONS], backend=b, temperature=0,
-                                progress_bar=False)
+        states = chat.run_batch([{"turns": t} for t in CONVERSATIONS], backend=b, temperature=0, progress_bar=False)
         for turns, state in zip(CONVERSATIONS, states):
             for i, question in enumerate(turns):
                 meta = state.get_meta_info(f"answer_{i}")

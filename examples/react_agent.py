@@ -98,15 +98,16 @@ def react(s, question, max_steps=3):
 def main() -> None:
     args = parse_args(__doc__.splitlines()[0])
     with backend(args) as b:
-        states = react.run_batch([{"question": q} for q in QUESTIONS], backend=b, temperature=0,
-                                 progress_bar=False)
+        states = react.run_batch([{"question": q} for q in QUESTIONS], backend=b, temperature=0, progress_bar=False)
         for question, state in zip(QUESTIONS, states):
             print(f"Q: {question}")
             for message in state.messages()[2:]:
                 print(f"  {message['role']}: {message['content'].strip()}".replace("\n", "\n    "))
             report = state.cache_report()
-            print(f"-> answer: {state['answer']}   [{report.cached_tokens}/{report.prompt_tokens} prompt tokens "
-                  f"cached over {len(report.records)} calls]\n")
+            print(
+                f"-> answer: {state['answer']}   [{report.cached_tokens}/{report.prompt_tokens} prompt tokens "
+                f"cached over {len(report.records)} calls]\n"
+            )
         print_cache_summary(states)
 
 

@@ -8,7 +8,7 @@ import sys
 
 # subcommand -> (module, help). Each module defines `add_arguments(parser)` and `main(args)`.
 COMMANDS = {
-    "serve": ("radixrt.runtime.launcher", "start the HTTP + ZMQ server"),
+    "serve": ("radixrt.runtime.server.launcher", "start the HTTP + ZMQ server"),
     "import-gguf": ("radixrt.workers.gguf_import", "convert a llama-family GGUF file to an HF folder"),
     "demo": ("radixrt.demo", "run the demo on the embedded model"),
 }

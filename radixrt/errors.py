@@ -31,3 +31,22 @@ class Overloaded(RadixRTError):
 
     status = 503
     kind = "overloaded_error"
+
+
+class BodyTimeout(RadixRTError):
+    """An HTTP client sent its body too slowly."""
+
+    status = 408
+    kind = "invalid_request_error"
+
+
+class BodyTooLarge(RadixRTError):
+    status = 413
+    kind = "invalid_request_error"
+
+
+class TooManyRequests(RadixRTError):
+    """One ZMQ connection has too many requests in flight."""
+
+    status = 429
+    kind = "rate_limit_error"

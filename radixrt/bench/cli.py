@@ -52,7 +52,7 @@ def _names(text: str, known: Any, parser: argparse.ArgumentParser, what: str) ->
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from radixrt.runtime.tokenizer_manager import load_tokenizer
+    from radixrt.runtime.server.tokenizer_manager import load_tokenizer
     from radixrt.workers.model_runner import use_all_cores
     from radixrt.workers.model_store import resolve_model
 
@@ -76,7 +76,10 @@ def main(argv: list[str] | None = None) -> int:
 
             micro["transformers"] = run_micro_transformers(args.model, repeats=3 if args.quick else 5, seed=args.seed)
             micro["vs_transformers"] = micro_ratios(micro, micro["transformers"])
-            _log("[micro] radixrt / transformers: " + ", ".join(f"{k} {v:.2f}x" for k, v in micro["vs_transformers"].items()))
+            _log(
+                "[micro] radixrt / transformers: "
+                + ", ".join(f"{k} {v:.2f}x" for k, v in micro["vs_transformers"].items())
+            )
     results["machine"]["load_average_end"] = list(os.getloadavg())
     _print_ratios(results)
     if args.json_out:
@@ -131,9 +134,11 @@ def _figures_line(f: dict[str, Any]) -> str:
 
 def _micro_line(m: dict[str, Any]) -> str:
     decode = " ".join(f"b{b}={v:.0f}" for b, v in m["decode_tokens_per_s"].items())
-    return (f"prefill {m['prefill_tokens_per_s']:.0f} tok/s; decode tok/s {decode}; json "
-            f"{m['json_decode_tokens_per_s']:.0f} (no jump-forward {m['json_nojump_decode_tokens_per_s']:.0f}) "
-            f"vs plain {m['unconstrained_decode_tokens_per_s']:.0f} tok/s")
+    return (
+        f"prefill {m['prefill_tokens_per_s']:.0f} tok/s; decode tok/s {decode}; json "
+        f"{m['json_decode_tokens_per_s']:.0f} (no jump-forward {m['json_nojump_decode_tokens_per_s']:.0f}) "
+        f"vs plain {m['unconstrained_decode_tokens_per_s']:.0f} tok/s"
+    )
 
 
 def _print_ratios(results: dict[str, Any]) -> None:

@@ -71,7 +71,6 @@ def optimal_hits(trace: list[TraceRequest]) -> tuple[int, int]:
     return hits, total
 
 
-
 def percentile(values: list[float], q: float) -> float:
     """The q-th percentile (0..100) by linear interpolation; NaN for no values."""
     if not values:

@@ -11,8 +11,9 @@ from typing import Any
 from radixrt.bench.micro import DECODE_BATCHES, DECODE_STEPS, PREFILL_TOKENS
 
 
-def run_micro_transformers(model: str = "default", dtype: str = "bfloat16", repeats: int = 3,
-                           seed: int = 0) -> dict[str, Any]:
+def run_micro_transformers(
+    model: str = "default", dtype: str = "bfloat16", repeats: int = 3, seed: int = 0
+) -> dict[str, Any]:
     import torch
     from transformers import AutoModelForCausalLM
 

@@ -60,7 +60,7 @@ def start(name: str, config: SystemConfig) -> Session:
 def _start_server(name: str, config: SystemConfig) -> Session:
     from radixrt.lang import RuntimeEndpoint
     from radixrt.runtime.config import ServerArgs
-    from radixrt.runtime.server_handle import launch_server
+    from radixrt.runtime.server.server_handle import launch_server
 
     args = ServerArgs(
         model=config.model, dtype=config.dtype, device="cpu", port=0, log_level="warning",
@@ -80,7 +80,7 @@ def _start_transformers(config: SystemConfig) -> Session:
     import transformers
 
     from radixrt.bench.transformers_backend import TransformersBackend
-    from radixrt.runtime.grammar_manager import grammar_cache_dir
+    from radixrt.runtime.scheduler.grammar_manager import grammar_cache_dir
     from radixrt.workers.model_store import resolve_model
 
     if config.dtype not in ("bfloat16", "float32", "float16"):

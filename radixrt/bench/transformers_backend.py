@@ -24,14 +24,14 @@ from radixrt.errors import InvalidRequest
 from radixrt.lang.backends.base import Backend
 from radixrt.lang.chat_template import ChatTemplate
 from radixrt.lang.sampling import NO_LOGPROBS, LogprobOptions
-from radixrt.runtime.detokenizer import trim_at_stop
 from radixrt.runtime.protocol import (
     ContinuationScore,
     GenerateResult,
     SamplingParams,
     ScoreResult,
 )
-from radixrt.runtime.tokenizer_manager import load_tokenizer
+from radixrt.runtime.server.detokenizer import trim_at_stop
+from radixrt.runtime.server.tokenizer_manager import load_tokenizer
 from radixrt.token_ids import common_prefix_len
 
 

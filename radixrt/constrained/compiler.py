@@ -174,7 +174,9 @@ class GrammarCompiler:
         with self._lock:
             self._stats["compiles"] += 1
             self._stats["compile_seconds"] += seconds
-        return CompiledGrammar(outlines_core.Index.from_binary(binary), self.table, regex, num_states, len(binary), seconds)
+        return CompiledGrammar(
+            outlines_core.Index.from_binary(binary), self.table, regex, num_states, len(binary), seconds
+        )
 
     def _disk_key(self, kind: str, source: str) -> str:
         parts = (_OUTLINES_VERSION, self.table.hash, self.whitespace_pattern, kind, source)

@@ -1,9 +1,9 @@
 """radixrt.lang: the frontend DSL (SGLang-compatible) and its clients.
 
-    @function
-    def qa(s, question):
-        s += user(question)
-        s += assistant(gen("answer", max_tokens=64))
+@function
+def qa(s, question):
+    s += user(question)
+    s += assistant(gen("answer", max_tokens=64))
 """
 
 from radixrt.lang.api import (

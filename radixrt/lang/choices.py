@@ -96,9 +96,7 @@ token_length_normalized = TokenLengthNormalized()
 greedy_token_selection = GreedyTokenSelection()
 unconditional_likelihood_normalized = UnconditionalLikelihoodNormalized()
 
-_BY_NAME = {
-    m.name: m for m in (token_length_normalized, greedy_token_selection, unconditional_likelihood_normalized)
-}
+_BY_NAME = {m.name: m for m in (token_length_normalized, greedy_token_selection, unconditional_likelihood_normalized)}
 _BY_NAME["greedy_token_selection"] = greedy_token_selection
 
 

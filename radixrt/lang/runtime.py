@@ -6,7 +6,7 @@ from typing import Any
 
 from radixrt.lang.backends.runtime_endpoint import RuntimeEndpoint
 from radixrt.runtime.config import ServerArgs
-from radixrt.runtime.server_handle import launch_server
+from radixrt.runtime.server.server_handle import launch_server
 
 
 class Runtime:
@@ -19,8 +19,15 @@ class Runtime:
     The server logs warnings and errors only unless `log_level="info"` (one line per request).
     """
 
-    def __init__(self, model: str | None = None, *, model_path: str | None = None,
-                 start_timeout: float = 900.0, request_timeout: float | None = None, **server_args: Any):
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        model_path: str | None = None,
+        start_timeout: float = 900.0,
+        request_timeout: float | None = None,
+        **server_args: Any,
+    ):
         if model is not None and model_path is not None and model != model_path:
             raise ValueError("give model or model_path, not both")
         server_args.setdefault("log_level", "warning")

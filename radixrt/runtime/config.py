@@ -10,8 +10,9 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
+from radixrt import envs
+
 POLICIES = ("lpm", "dfs-weight", "fcfs")
-API_KEY_ENV = "RADIXRT_API_KEY"  # the API key's environment variable (keeps it out of `ps`)
 
 
 def _opt(help_text: str, **kw: Any) -> Any:
@@ -28,27 +29,31 @@ class ServerArgs:
     host: str = _opt("HTTP bind address", default="127.0.0.1")
     port: int = _opt("HTTP port", default=30000)
     zmq_port: int = _opt("ZMQ ROUTER port for DSL clients (0: HTTP port + 1)", default=0)
-    api_key: str | None = _opt(f"require this key (HTTP Bearer / ZMQ field); default: ${API_KEY_ENV}", default=None)
+    api_key: str | None = _opt(f"require this key (HTTP Bearer / ZMQ field); default: ${envs.API_KEY}", default=None)
     disable_radix_cache: bool = _opt("turn prefix reuse off (benchmark ablation)", default=False)
     schedule_policy: str = _opt("lpm | dfs-weight | fcfs", default="lpm")
     max_wait_passes: int = _opt("LPM starvation bound: a request waiting this many passes goes first", default=32)
     max_running_requests: int = _opt("running requests at most", default=64)
     kv_slots: int = _opt("KV cache size in tokens (0: from --mem-fraction)", default=0)
     mem_fraction: float = _opt("fraction of free memory for the KV cache when --kv-slots is 0", default=0.5)
-    decode_reserve_ratio: float = _opt("share of a request's remaining max_new_tokens reserved at admission "
-                                       "(lower admits more; retraction covers a shortfall)", default=0.5)
+    decode_reserve_ratio: float = _opt(
+        "share of a request's remaining max_new_tokens reserved at admission "
+        "(lower admits more; retraction covers a shortfall)",
+        default=0.5,
+    )
     chunked_prefill_size: int = _opt("tokens per scheduler step at most (prefill chunks)", default=2048)
     context_length: int = _opt("max prompt + output tokens (0: the model's)", default=0)
     max_new_tokens_limit: int = _opt("largest max_new_tokens a request may ask for", default=8192)
-    max_queued_requests: int = _opt("requests waiting beyond --max-running-requests at most; more get 503",
-                                    default=4096)
+    max_queued_requests: int = _opt(
+        "requests waiting beyond --max-running-requests at most; more get 503", default=4096
+    )
     max_body_bytes: int = _opt("largest HTTP request body / ZMQ frame in bytes", default=8 << 20)
     max_prompts_per_request: int = _opt("prompts in one /generate list at most", default=256)
-    max_requests_per_connection: int = _opt("concurrent requests on one ZMQ client connection at most",
-                                            default=1024)
+    max_requests_per_connection: int = _opt("concurrent requests on one ZMQ client connection at most", default=1024)
     max_grammar_bytes: int = _opt("largest regex / JSON schema / choices list a request may send", default=64 << 10)
-    client_timeout: float = _opt("seconds a client may stall (sending its body, reading a stream) before abort",
-                                 default=60.0)
+    client_timeout: float = _opt(
+        "seconds a client may stall (sending its body, reading a stream) before abort", default=60.0
+    )
     restart_worker: bool = _opt("restart a worker process that died (in-flight requests fail)", default=False)
     shutdown_grace: float = _opt("seconds SIGTERM waits for running requests before stopping", default=10.0)
     disable_jump_forward: bool = _opt("decode grammar-forced text token by token", default=False)
@@ -60,8 +65,15 @@ class ServerArgs:
     def __post_init__(self) -> None:
         if self.schedule_policy not in POLICIES:
             raise ValueError(f"schedule_policy must be one of {POLICIES}, got {self.schedule_policy!r}")
-        for name in ("max_running_requests", "chunked_prefill_size", "max_wait_passes", "max_body_bytes",
-                     "max_prompts_per_request", "max_requests_per_connection", "max_grammar_bytes"):
+        for name in (
+            "max_running_requests",
+            "chunked_prefill_size",
+            "max_wait_passes",
+            "max_body_bytes",
+            "max_prompts_per_request",
+            "max_requests_per_connection",
+            "max_grammar_bytes",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
         if not 0.0 <= self.decode_reserve_ratio <= 1.0:
@@ -108,9 +120,8 @@ class ServerArgs:
         """The parsed flags; the API key comes from $RADIXRT_API_KEY when --api-key is not given."""
         names = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in vars(args).items() if k in names}
-        env = os.environ if environ is None else environ
-        if not values.get("api_key") and env.get(API_KEY_ENV):
-            values["api_key"] = env[API_KEY_ENV]
+        if not values.get("api_key"):
+            values["api_key"] = envs.api_key(os.environ if environ is None else environ)
         return cls(**values)
 
     @classmethod
@@ -120,5 +131,3 @@ class ServerArgs:
         if unknown:
             raise TypeError(f"unknown server arguments: {unknown}")
         return cls(**kwargs)
-
-

@@ -26,9 +26,9 @@ from radixrt.runtime.protocol import (
     TokenBatch,
     WorkerReady,
 )
-from radixrt.runtime.scheduler import Scheduler
-from radixrt.runtime.scheduler_io import InProcessIO
-from radixrt.runtime.tokenizer_manager import TokenizerManager
+from radixrt.runtime.scheduler.in_process_io import InProcessIO
+from radixrt.runtime.scheduler.loop import Scheduler
+from radixrt.runtime.server.tokenizer_manager import TokenizerManager
 from radixrt.workers.openmp import release_thread_pool
 
 

@@ -33,9 +33,7 @@ class RopeScaling:
 
     def __post_init__(self) -> None:
         if self.rope_type not in _ROPE_TYPES:
-            raise ValueError(
-                f"unsupported rope scaling {self.rope_type!r}; supported: {_ROPE_TYPES}"
-            )
+            raise ValueError(f"unsupported rope scaling {self.rope_type!r}; supported: {_ROPE_TYPES}")
         if self.factor <= 0:
             raise ValueError(f"rope scaling factor must be > 0, got {self.factor}")
         if self.rope_type == "llama3" and self.high_freq_factor <= self.low_freq_factor:
@@ -65,9 +63,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         if self.architecture not in SUPPORTED_ARCHITECTURES:
-            raise ValueError(
-                f"unsupported architecture {self.architecture!r}; supported: {SUPPORTED_ARCHITECTURES}"
-            )
+            raise ValueError(f"unsupported architecture {self.architecture!r}; supported: {SUPPORTED_ARCHITECTURES}")
         for name in (
             "vocab_size",
             "hidden_size",
@@ -166,8 +162,7 @@ def _rope(d: dict[str, Any]) -> tuple[float, RopeScaling | None]:
         low_freq_factor=float(params.get("low_freq_factor", 1.0)),
         high_freq_factor=float(params.get("high_freq_factor", 4.0)),
         original_max_position_embeddings=int(
-            params.get("original_max_position_embeddings")
-            or d.get("max_position_embeddings", DEFAULT_MAX_POSITIONS)
+            params.get("original_max_position_embeddings") or d.get("max_position_embeddings", DEFAULT_MAX_POSITIONS)
         ),
     )
     return theta, scaling

@@ -15,6 +15,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from radixrt import envs
 from radixrt.workers.gguf_import import IMPORT_FORMAT, MARKER, import_gguf, is_complete
 
 logger = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ _ACCEPTED = (
 
 def cache_root() -> Path:
     """`$RADIXRT_CACHE`, or ~/.cache/radixrt."""
-    return Path(os.environ.get("RADIXRT_CACHE") or Path.home() / ".cache" / "radixrt")
+    return envs.cache_root()
 
 
 def resolve_model(name_or_path: str, *, cache_dir: Path | None = None) -> Path:

@@ -32,9 +32,7 @@ def iter_safetensors(model_dir: str | Path) -> Iterator[tuple[str, torch.Tensor]
     """(name, tensor) for every tensor of every shard, read lazily one at a time."""
     files = safetensors_files(model_dir)
     if not files:
-        raise FileNotFoundError(
-            f"no *.safetensors files in {model_dir} (load_format='dummy' uses random weights)"
-        )
+        raise FileNotFoundError(f"no *.safetensors files in {model_dir} (load_format='dummy' uses random weights)")
     for path in files:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             for name in f.keys():  # noqa: SIM118 (safe_open is not a dict)
@@ -59,9 +57,7 @@ def load_safetensors(model: nn.Module, model_dir: str | Path) -> None:
             unexpected.append(name)
             continue
         if param.shape != tensor.shape:
-            raise ValueError(
-                f"{name}: checkpoint shape {tuple(tensor.shape)} != {tuple(param.shape)}"
-            )
+            raise ValueError(f"{name}: checkpoint shape {tuple(tensor.shape)} != {tuple(param.shape)}")
         with torch.no_grad():
             param.copy_(tensor)
         loaded.add(name)

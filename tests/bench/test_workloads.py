@@ -18,8 +18,8 @@ from radixrt.bench.transformers_backend import TransformersBackend
 from radixrt.bench.workloads import WORKLOADS
 from radixrt.runtime.config import ServerArgs
 from radixrt.runtime.protocol import SamplingParams
-from radixrt.runtime.server_handle import launch_server
-from radixrt.runtime.tokenizer_manager import load_tokenizer
+from radixrt.runtime.server.server_handle import launch_server
+from radixrt.runtime.server.tokenizer_manager import load_tokenizer
 from tests.tiny_models import write_tiny_llama
 
 PROGRAMS = 2
@@ -142,12 +142,20 @@ def test_transformers_micro_baseline_measures_the_same_figures_and_ratios(bench_
 
     base = run_micro_transformers(str(bench_model_dir), dtype="float32", repeats=1)
     assert set(base["decode_tokens_per_s"]) == {"1", "16", "64"} and base["prefill_tokens_per_s"] > 0
-    ours = {"prefill_tokens_per_s": 2 * base["prefill_tokens_per_s"],
-            "decode_tokens_per_s": {b: r / 2 for b, r in base["decode_tokens_per_s"].items()}}
+    ours = {
+        "prefill_tokens_per_s": 2 * base["prefill_tokens_per_s"],
+        "decode_tokens_per_s": {b: r / 2 for b, r in base["decode_tokens_per_s"].items()},
+    }
     ratios = micro_ratios(ours, base)
     assert ratios["prefill"] == pytest.approx(2.0) and ratios["decode_batch_64"] == pytest.approx(0.5)
-    micro = {**ours, "json_batch": 8, "json_decode_tokens_per_s": 1.0, "json_nojump_decode_tokens_per_s": 1.0,
-             "unconstrained_decode_tokens_per_s": 1.0, "transformers": base}
+    micro = {
+        **ours,
+        "json_batch": 8,
+        "json_decode_tokens_per_s": 1.0,
+        "json_nojump_decode_tokens_per_s": 1.0,
+        "unconstrained_decode_tokens_per_s": 1.0,
+        "transformers": base,
+    }
     assert "| prefill, 1,024-token prompt |" in markdown({"workloads": {}, "micro": micro})
     assert "| 2.00x |" in markdown({"workloads": {}, "micro": micro})
 

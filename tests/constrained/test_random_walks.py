@@ -24,7 +24,10 @@ PERSON = {
         "active": {"type": "boolean"},
         "address": {
             "type": "object",
-            "properties": {"city": {"type": "string", "maxLength": 6}, "zip": {"type": "string", "pattern": "[0-9]{5}"}},
+            "properties": {
+                "city": {"type": "string", "maxLength": 6},
+                "zip": {"type": "string", "pattern": "[0-9]{5}"},
+            },
             "required": ["city"],
         },
         "nickname": {"anyOf": [{"type": "string", "maxLength": 5}, {"type": "null"}]},
@@ -64,7 +67,10 @@ EVENTS = {
     },
     "required": ["event", "point"],
 }  # fmt: skip
-OPTIONALS = {"type": "object", "properties": {f"p{i}": {"type": "integer", "minimum": 0, "maximum": 9} for i in range(8)}}
+OPTIONALS = {
+    "type": "object",
+    "properties": {f"p{i}": {"type": "integer", "minimum": 0, "maximum": 9} for i in range(8)},
+}
 
 
 @pytest.mark.parametrize("schema", [PERSON, ORDERS, EVENTS, OPTIONALS], ids=["person", "orders", "events", "optionals"])

@@ -127,7 +127,9 @@ def test_pattern_alternation_stays_inside_the_quotes():
 
 def test_any_value_property_is_grouped():
     # outlines-core writes {} as a bare alternation; inside an object that would match "null" alone.
-    pattern = schema_regex({"type": "object", "properties": {"x": {}, "y": {"type": "integer"}}, "required": ["x", "y"]})
+    pattern = schema_regex(
+        {"type": "object", "properties": {"x": {}, "y": {"type": "integer"}}, "required": ["x", "y"]}
+    )
     assert pattern.fullmatch('{"x":[1,"a"],"y":2}') and not pattern.fullmatch("null")
 
 

@@ -107,8 +107,14 @@ class FakeServer:
         elif isinstance(msg, p.ScoreRequest):
             self._send(ident, self._score(msg))
         elif isinstance(msg, p.GetModelInfo):
-            info = p.ModelInfo(model_path="fake", context_length=4096, vocab_size=256, chat_template=self.chat_template,
-                               bos_token="<|im_start|>", eos_token="<|im_end|>")
+            info = p.ModelInfo(
+                model_path="fake",
+                context_length=4096,
+                vocab_size=256,
+                chat_template=self.chat_template,
+                bos_token="<|im_start|>",
+                eos_token="<|im_end|>",
+            )
             self._control(ident, info)
         elif isinstance(msg, p.FlushCache):
             self._seen.clear()
@@ -155,8 +161,12 @@ class FakeServer:
 
     def _meta(self, prompt: str, completion: int) -> dict:
         cached = max((common_prefix(prompt, s) for s in self._seen), default=0)
-        return {"prompt_tokens": len(prompt), "cached_tokens": cached, "completion_tokens": completion,
-                "finish_reason": {"type": "length"}}
+        return {
+            "prompt_tokens": len(prompt),
+            "cached_tokens": cached,
+            "completion_tokens": completion,
+            "finish_reason": {"type": "length"},
+        }
 
     def _score(self, req: p.ScoreRequest) -> p.ServerMsg:
         table = self.unconditional_scores if req.prefix == "" else self.scores
@@ -164,9 +174,14 @@ class FakeServer:
         for cont in req.continuations:
             full = req.prefix + cont
             cached = max((common_prefix(full, s) for s in self._seen), default=0)
-            scores.append(p.ContinuationScore(token_ids=[ord(c) for c in cont],
-                                              logprobs=table.get(cont, [-1.0] * len(cont)),
-                                              prompt_tokens=len(full), cached_tokens=cached))
+            scores.append(
+                p.ContinuationScore(
+                    token_ids=[ord(c) for c in cont],
+                    logprobs=table.get(cont, [-1.0] * len(cont)),
+                    prompt_tokens=len(full),
+                    cached_tokens=cached,
+                )
+            )
         self._seen.append(req.prefix)
         return p.ScoreResult(rid=req.rid, scores=scores)
 

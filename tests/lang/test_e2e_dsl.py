@@ -94,8 +94,8 @@ def test_fork_branches_see_the_parent_only_and_join_appends_in_order(backend):
     for i, text in enumerate(texts):
         assert text.startswith(parent) and f"Fruit {i}: " in text
         assert all(f"Fruit {j}: " not in text for j in range(3) if j != i)
-    appended = state.text()[len(parent):]
-    assert appended == "".join(t[len(parent):] for t in texts)
+    appended = state.text()[len(parent) :]
+    assert appended == "".join(t[len(parent) :] for t in texts)
 
 
 @sgl.function
@@ -175,13 +175,15 @@ def test_run_batch_of_32_with_one_system_prompt_hits_90_percent_of_the_optimum(b
     ids = [tokenizer.encode(r.prompt) for r in records]
     # optimum: every prompt but the first reuses its longest common prefix with another (the last
     # prompt token is always computed); counting the first too makes this an upper bound
-    optimum = sum(min(max(common_prefix_len(a, b) for j, b in enumerate(ids) if j != i), len(a) - 1) for i, a in enumerate(ids))
+    optimum = sum(
+        min(max(common_prefix_len(a, b) for j, b in enumerate(ids) if j != i), len(a) - 1) for i, a in enumerate(ids)
+    )
     cached = sum(r.cached_tokens for r in records)
     assert optimum > 32 * 100 and cached >= 0.9 * optimum, (cached, optimum)
 
 
 def _tokenizer(backend):
-    from radixrt.runtime.tokenizer_manager import load_tokenizer
+    from radixrt.runtime.server.tokenizer_manager import load_tokenizer
     from radixrt.workers.model_store import resolve_model
 
     return load_tokenizer(resolve_model("default"))

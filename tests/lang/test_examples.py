@@ -27,8 +27,12 @@ def server():
 
 @pytest.mark.parametrize("name", sorted(MIN_REUSE))
 def test_example_runs_and_reuses_the_cache(server, name):
-    done = subprocess.run([sys.executable, str(EXAMPLES / f"{name}.py"), "--url", server.zmq_address],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / f"{name}.py"), "--url", server.zmq_address],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     summary = re.search(r"radix cache: (\d+) of (\d+) prompt tokens reused", done.stdout)
     assert summary, done.stdout[-2000:]

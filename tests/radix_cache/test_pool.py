@@ -89,9 +89,7 @@ def test_pool_needs_a_real_slot_beside_the_padding_slot():
 
 
 def test_bytes_per_slot_counts_k_and_v_of_every_layer():
-    assert KVPool.bytes_per_slot(num_layers=3, n_kv_heads=2, head_dim=8, dtype=torch.bfloat16) == (
-        2 * 3 * 2 * 8 * 2
-    )
+    assert KVPool.bytes_per_slot(num_layers=3, n_kv_heads=2, head_dim=8, dtype=torch.bfloat16) == (2 * 3 * 2 * 8 * 2)
 
 
 def test_req_to_token_rows_are_reused_after_free():

@@ -122,9 +122,7 @@ class CacheMachine(RuleBasedStateMachine):
             del self.slot_of[p]
         kept_leaves = [p for p in self.slot_of if self.locks[p] == 0 and self.is_leaf(p)]
         if removed and kept_leaves:
-            assert max(self.touched[p] for p in removed) <= min(
-                self.touched[p] for p in kept_leaves
-            )
+            assert max(self.touched[p] for p in removed) <= min(self.touched[p] for p in kept_leaves)
         return freed
 
     # ---- rules ----
@@ -198,9 +196,7 @@ class CacheMachine(RuleBasedStateMachine):
     def every_slot_is_in_exactly_one_place(self):
         free = self.pool.alloc(self.pool.num_free)
         self.pool.free(free)
-        places = [free.tolist(), list(self.slot_of.values())] + [
-            r.own.tolist() for r in self.running
-        ]
+        places = [free.tolist(), list(self.slot_of.values())] + [r.own.tolist() for r in self.running]
         flat = [s for place in places for s in place]
         assert sorted(flat) == list(range(1, CAPACITY + 1))
 

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from radixrt.runtime.launcher import ServerHandle
+from radixrt.runtime.server.launcher import ServerHandle
 from tests.runtime.server_harness import start_server
 
 

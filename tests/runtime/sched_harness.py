@@ -7,8 +7,8 @@ from typing import Any
 
 from radixrt.runtime.config import ServerArgs
 from radixrt.runtime.protocol import ErrorOut, SamplingParams, StatsOut, TokenBatch, TokenizedRequest
-from radixrt.runtime.scheduler import Scheduler
-from radixrt.runtime.scheduler_io import InProcessIO
+from radixrt.runtime.scheduler.in_process_io import InProcessIO
+from radixrt.runtime.scheduler.loop import Scheduler
 
 _rids = itertools.count()
 
@@ -28,7 +28,9 @@ class Harness:
         rid = rid or f"r{next(_rids)}"
         params = {k: kw.pop(k) for k in list(kw) if k in SamplingParams.__struct_fields__}
         params.setdefault("temperature", 0.0)
-        msg = TokenizedRequest(rid=rid, input_ids=ids, sampling=SamplingParams(max_new_tokens=max_new_tokens, **params), **kw)
+        msg = TokenizedRequest(
+            rid=rid, input_ids=ids, sampling=SamplingParams(max_new_tokens=max_new_tokens, **params), **kw
+        )
         self.sched.handle(msg)
         self.outputs[rid] = []
         return rid

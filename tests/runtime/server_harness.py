@@ -11,8 +11,8 @@ import zmq
 
 from radixrt.runtime import protocol
 from radixrt.runtime.config import ServerArgs
-from radixrt.runtime.launcher import ServerHandle, launch_server
 from radixrt.runtime.protocol import ErrorReply, GenerateRequest, GenerateResult, SamplingParams
+from radixrt.runtime.server.launcher import ServerHandle, launch_server
 
 # float32 keeps greedy outputs identical to radixrt.Engine's; small pools keep it light
 SERVER_DEFAULTS: dict[str, Any] = {

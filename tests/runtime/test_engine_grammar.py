@@ -32,8 +32,9 @@ def engine():
 
 
 def prompt(engine, text: str) -> str:
-    return engine.tm.tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
-                                                   add_generation_prompt=True)
+    return engine.tm.tokenizer.apply_chat_template(
+        [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+    )
 
 
 def test_json_schema_outputs_validate_when_sampling(engine):
@@ -51,7 +52,9 @@ def test_regex_and_choices_and_dtype(engine):
     assert re.fullmatch(r"[0-9]{3}-[0-9]{4}", out["text"])
     out = engine.generate(p, {"choices": ["yes", "no", "maybe"], "temperature": 0})
     assert out["text"] in ("yes", "no", "maybe")
-    out = engine.generate(prompt(engine, "How many legs does a cat have?"), {"dtype": "int", "temperature": 0, "max_new_tokens": 8})
+    out = engine.generate(
+        prompt(engine, "How many legs does a cat have?"), {"dtype": "int", "temperature": 0, "max_new_tokens": 8}
+    )
     int(out["text"])
 
 
@@ -84,8 +87,10 @@ def test_bad_grammar_fails_alone_while_a_concurrent_request_completes(engine):
     with pytest.raises(InvalidRequest, match="regex"):
         engine.generate("x", {"regex": r"(?<=a)b"})
     with pytest.raises(InvalidRequest, match="cannot enforce"):
-        engine.generate("x", {"json_schema": json.dumps({"type": "string", "format": "no-such-format",
-                                                         "contentEncoding": "base64"})})
+        engine.generate(
+            "x",
+            {"json_schema": json.dumps({"type": "string", "format": "no-such-format", "contentEncoding": "base64"})},
+        )
     t.join(timeout=120)
     assert results["ok"]["meta_info"]["completion_tokens"] == 16
     s = engine.stats()
@@ -101,6 +106,8 @@ def test_same_grammar_is_served_from_the_cache(engine):
 
 
 def test_structured_output_cut_by_max_tokens_reports_length(engine):
-    out = engine.generate(prompt(engine, "Describe a person as JSON."),
-                          {"json_schema": json.dumps(PERSON), "max_new_tokens": 3, "temperature": 0})
+    out = engine.generate(
+        prompt(engine, "Describe a person as JSON."),
+        {"json_schema": json.dumps(PERSON), "max_new_tokens": 3, "temperature": 0},
+    )
     assert out["meta_info"]["finish_reason"]["type"] == "length"

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 import radixrt
-from radixrt.runtime.config import API_KEY_ENV, ServerArgs
+from radixrt.envs import API_KEY as API_KEY_ENV
+from radixrt.runtime.config import ServerArgs
 from tests.runtime.server_harness import ZmqClient, http_client, sse_events, start_server, stats, zmq_generate
 
 GREEDY = {"temperature": 0, "max_new_tokens": 12}

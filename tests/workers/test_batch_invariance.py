@@ -12,8 +12,10 @@ from radixrt.workers.layers.packed_linear import can_pack
 from radixrt.workers.model_runner import ModelRunner
 from tests.cpu import VERIFIED_BF16_KERNELS
 
-pytestmark = pytest.mark.skipif(not (can_pack(torch.device("cpu"), torch.bfloat16) and VERIFIED_BF16_KERNELS),
-                                reason="bf16 bit-identity is verified on AVX512-BF16 CPUs without AMX only")
+pytestmark = pytest.mark.skipif(
+    not (can_pack(torch.device("cpu"), torch.bfloat16) and VERIFIED_BF16_KERNELS),
+    reason="bf16 bit-identity is verified on AVX512-BF16 CPUs without AMX only",
+)
 
 
 @pytest.fixture(scope="module")

@@ -34,8 +34,11 @@ def test_one_row_uses_the_plain_weight_only_when_kept():
 
 
 def test_pack_linears_replaces_nested_linears_and_keeps_outputs():
-    model = nn.Sequential(nn.Linear(8, 16, dtype=torch.bfloat16), nn.ReLU(),
-                          nn.Sequential(nn.Linear(16, 4, bias=False, dtype=torch.bfloat16)))
+    model = nn.Sequential(
+        nn.Linear(8, 16, dtype=torch.bfloat16),
+        nn.ReLU(),
+        nn.Sequential(nn.Linear(16, 4, bias=False, dtype=torch.bfloat16)),
+    )
     x = torch.randn(5, 8).bfloat16()
     with torch.inference_mode():
         before = model(x)

@@ -144,9 +144,7 @@ def penalised_by_hand(row: list[float], output: list[int], prompt: list[int], f:
 
 def test_penalties_match_hand_computation():
     row = [2.0, 1.5, -0.5, 0.7, 0.0, -2.0]
-    params = SamplingParams(
-        temperature=0.0, frequency_penalty=0.5, presence_penalty=0.3, repetition_penalty=1.5
-    )
+    params = SamplingParams(temperature=0.0, frequency_penalty=0.5, presence_penalty=0.3, repetition_penalty=1.5)
     sampler = Sampler(6)
     output, prompt = [1, 1, 2, 4], [3, 5]
     out = sampler.sample(
@@ -281,10 +279,7 @@ def test_token_logprobs_helpers_match_log_softmax_in_chunks():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_samples_the_same_tokens_as_cpu():
     logits = torch.randn(32, 5000, generator=torch.Generator().manual_seed(8)) * 2
-    params = [
-        SamplingParams(seed=i, temperature=0.8, top_p=0.9 if i % 2 else 1.0, top_k=i * 3 - 1)
-        for i in range(32)
-    ]
+    params = [SamplingParams(seed=i, temperature=0.8, top_p=0.9 if i % 2 else 1.0, top_k=i * 3 - 1) for i in range(32)]
     sampler = Sampler(5000)
     cpu = sampler.sample(logits, sampler.make_batch(params, "cpu"), steps=list(range(32)))
     gpu = sampler.sample(logits.cuda(), sampler.make_batch(params, "cuda"), steps=list(range(32)))

@@ -39,6 +39,4 @@ def check(state: ProgramState, inputs: dict) -> list[str]:
     return problems
 
 
-WORKLOAD = Workload(
-    "multi_turn", "4-turn chat, 256-512-token user messages, 4-8-token answers", build, check, 4, 100
-)
+WORKLOAD = Workload("multi_turn", "4-turn chat, 256-512-token user messages, 4-8-token answers", build, check, 4, 100)

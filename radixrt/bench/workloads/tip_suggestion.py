@@ -8,9 +8,7 @@ from radixrt.bench.workloads.base import Batch, Workload, expect_str
 from radixrt.lang import ProgramState, function, gen
 
 NUM_TIPS = 5
-PREAMBLE = (
-    "Please act as a helpful assistant. Your job is to provide users with useful tips on a specific topic.\n"
-)
+PREAMBLE = "Please act as a helpful assistant. Your job is to provide users with useful tips on a specific topic.\n"
 
 
 @function

@@ -48,6 +48,4 @@ def check(state: ProgramState, inputs: dict) -> list[str]:
     return []
 
 
-WORKLOAD = Workload(
-    "tree_of_thought", "fork 3 x 3 levels: plans, answers, scores (39 short gens)", build, check, 4, 40
-)
+WORKLOAD = Workload("tree_of_thought", "fork 3 x 3 levels: plans, answers, scores (39 short gens)", build, check, 4, 40)

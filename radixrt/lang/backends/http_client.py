@@ -205,4 +205,3 @@ def _model_info(data: dict[str, Any]) -> ModelInfo:
         bos_token=data.get("bos_token"),
         eos_token=data.get("eos_token"),
     )
-

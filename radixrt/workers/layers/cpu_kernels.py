@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+from radixrt import envs
+
 logger = logging.getLogger(__name__)
 
 SOURCES = [
@@ -57,8 +59,7 @@ def elementwise_ops(x: torch.Tensor) -> Any:
 
 
 def build_dir() -> Path:
-    root = os.environ.get("RADIXRT_KERNEL_CACHE") or Path.home() / ".cache" / "radixrt" / "kernels"
-    return Path(root)
+    return envs.kernel_cache_dir()
 
 
 @functools.cache

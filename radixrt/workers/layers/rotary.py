@@ -55,18 +55,14 @@ class RotaryEmbedding:
         self.inv_freq = inverse_frequencies(head_dim, theta, scaling)
         self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    def _tables(
-        self, device: torch.device, dtype: torch.dtype
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _tables(self, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         if self._cache is None or self._cache[0].device != device or self._cache[0].dtype != dtype:
             positions = torch.arange(self.max_positions, dtype=torch.float32, device="cpu")
             freqs = torch.outer(positions, self.inv_freq)  # [max_positions, head_dim / 2]
             self._cache = (freqs.cos().to(device, dtype), freqs.sin().to(device, dtype))
         return self._cache
 
-    def lookup(
-        self, positions: torch.Tensor, dtype: torch.dtype
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def lookup(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and sin for each position, `[T, head_dim // 2]` each.
 
         Positions must be below `max_positions` (the caller checks; no device sync here).

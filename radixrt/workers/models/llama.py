@@ -125,9 +125,7 @@ class LlamaModel(nn.Module):
     def __init__(self, config: ModelConfig, dtype: torch.dtype):
         super().__init__()
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, dtype=dtype)
-        self.layers = nn.ModuleList(
-            LlamaDecoderLayer(config, dtype) for _ in range(config.num_hidden_layers)
-        )
+        self.layers = nn.ModuleList(LlamaDecoderLayer(config, dtype) for _ in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
 
 
@@ -165,9 +163,7 @@ class LlamaForCausalLM(nn.Module):
             return self.model.embed_tokens.weight
         return self.lm_head.weight
 
-    def forward(
-        self, batch: ForwardBatch, kv_pool: KVBuffers, backend: AttentionBackend
-    ) -> torch.Tensor:
+    def forward(self, batch: ForwardBatch, kv_pool: KVBuffers, backend: AttentionBackend) -> torch.Tensor:
         """Logits `[R, vocab]` float32 for `batch.logits_indices`; writes the batch's K/V."""
         if max(batch.seq_lens) > self.rotary.max_positions:
             raise ValueError(

@@ -42,6 +42,4 @@ def create_backend(
         return TorchAttentionBackend(num_heads, num_kv_heads, head_dim, scale, kernels, extend_kernel)
     from radixrt.workers.layers.attention import flashinfer_backend
 
-    return flashinfer_backend.FlashInferAttentionBackend(
-        num_heads, num_kv_heads, head_dim, dtype, device, scale
-    )
+    return flashinfer_backend.FlashInferAttentionBackend(num_heads, num_kv_heads, head_dim, dtype, device, scale)

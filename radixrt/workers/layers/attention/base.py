@@ -26,13 +26,9 @@ class KVBuffers(Protocol):
 class AttentionBackend(ABC):
     """Paged (page size 1) causal attention over a KV pool."""
 
-    def __init__(
-        self, num_heads: int, num_kv_heads: int, head_dim: int, scale: float | None = None
-    ):
+    def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, scale: float | None = None):
         if num_heads % num_kv_heads:
-            raise ValueError(
-                f"num_heads {num_heads} is not a multiple of num_kv_heads {num_kv_heads}"
-            )
+            raise ValueError(f"num_heads {num_heads} is not a multiple of num_kv_heads {num_kv_heads}")
         self.num_heads = num_heads
         self.num_kv_heads = num_kv_heads
         self.head_dim = head_dim
@@ -54,8 +50,6 @@ class AttentionBackend(ABC):
         """Store k, v at the batch's `out_slots` of layer `layer_id`; return `[T, num_heads * head_dim]`."""
 
     @staticmethod
-    def store_kv(
-        k: torch.Tensor, v: torch.Tensor, layer_id: int, kv_pool: KVBuffers, out_slots: torch.Tensor
-    ) -> None:
+    def store_kv(k: torch.Tensor, v: torch.Tensor, layer_id: int, kv_pool: KVBuffers, out_slots: torch.Tensor) -> None:
         kv_pool.k_buffers[layer_id].index_copy_(0, out_slots, k)
         kv_pool.v_buffers[layer_id].index_copy_(0, out_slots, v)

@@ -157,9 +157,7 @@ class TorchAttentionBackend(AttentionBackend):
                 q, k_buf, v_buf, g.kv_indices, g.starts, g.lens, self.scale, SHARED_PREFIX_MIN_REQUESTS
             )
         if g.slots is None:
-            return self.cpu_kernels.decode_attention(
-                q, k_buf, v_buf, g.kv_indices, g.starts, g.lens, self.scale
-            )
+            return self.cpu_kernels.decode_attention(q, k_buf, v_buf, g.kv_indices, g.starts, g.lens, self.scale)
         return self._attend_decode_padded(q, k_buf, v_buf, g)
 
     def _attend_decode_padded(

@@ -1,0 +1,225 @@
+"""The worker's scheduler loop: receive, schedule one mixed batch, run it, send outputs.
+
+Each step gives every running request its pending tokens (1 for decode, a chunk for a long
+prefill) and then admits waiting requests in policy order while the token budget, request
+rows and KV memory allow. The loop owns all of this state; nothing here takes a lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from radixrt.radix_cache.pool import KVPool, ReqToToken
+from radixrt.runtime.config import ServerArgs
+from radixrt.runtime.protocol import (
+    Abort,
+    DebugCache,
+    ErrorOut,
+    FlushCache,
+    GetStats,
+    StatsOut,
+    TokenBatch,
+    TokenizedRequest,
+    TokenOut,
+    WorkerReady,
+)
+from radixrt.runtime.scheduler.admission import Admission
+from radixrt.runtime.scheduler.cache_manager import CacheManager
+from radixrt.runtime.scheduler.forward_step import ForwardStep
+from radixrt.runtime.scheduler.grammar_manager import GrammarManager
+from radixrt.runtime.scheduler.output_processor import OutputProcessor
+from radixrt.runtime.scheduler.req import Req
+from radixrt.runtime.server.tokenizer_manager import load_tokenizer
+from radixrt.workers.layers.sampler import Sampler
+
+log = logging.getLogger("radixrt.scheduler")
+
+
+class Scheduler:
+    def __init__(self, args: ServerArgs, io: Any, runner: Any = None, model_dir: str | None = None):
+        self.args = args
+        self.io = io
+        if runner is None:
+            from radixrt.workers.model_runner import ModelRunner
+            from radixrt.workers.model_store import resolve_model
+
+            model_dir = str(resolve_model(args.model))
+            runner = ModelRunner(
+                model_dir,
+                dtype=args.dtype,
+                device=args.device,
+                load_format=args.load_format,
+                attention_backend=args.attention_backend,
+            )
+        self.runner = runner
+        cfg = runner.model_config
+        self.context_length = args.context_length or cfg.max_position_embeddings
+        tokenizer = load_tokenizer(model_dir)
+        self.eos_ids = sorted(set(cfg.eos_token_ids) | ({tokenizer.eos_token_id} - {None}))
+        num_slots = args.kv_slots or runner.suggest_num_slots(args.mem_fraction)
+        layers, kv_heads, head_dim = runner.kv_shape()
+        pool = KVPool(num_slots + 1, layers, kv_heads, head_dim, runner.dtype, runner.device)
+        table = ReqToToken(args.max_running_requests, self.context_length + 1, runner.device)
+        self.cache = CacheManager(pool, table, args.disable_radix_cache)
+        self.grammars = GrammarManager(model_dir, tokenizer, self.eos_ids, cfg.vocab_size, args)
+        self.forward = ForwardStep(
+            runner, self.cache, Sampler(cfg.vocab_size, seed=args.seed), self.eos_ids, self.grammars.apply_masks
+        )
+        jump = None if args.disable_jump_forward else self._jump_forward
+        self.outputs = OutputProcessor(tokenizer, self.eos_ids, self.context_length, jump)
+        self.admission = Admission(args, self.cache)
+        self.waiting: list[Req] = []
+        self.running: list[Req] = []
+        self.arrivals = 0
+        self.counters = {"requests_served": 0, "decode_steps": 0, "steps": 0, "retracted": 0}
+        log.info("worker ready: %d KV slots, context %d, eos %s", pool.capacity, self.context_length, self.eos_ids)
+        self.io.send(
+            WorkerReady(
+                context_length=self.context_length,
+                kv_slots=pool.capacity,
+                vocab_size=cfg.vocab_size,
+                eos_token_ids=self.eos_ids,
+            )
+        )
+
+    # ---- loop --------------------------------------------------------------------------
+
+    def run_forever(self) -> None:
+        while True:
+            busy = bool(self.running or self.waiting)
+            msgs = self.io.recv(0 if busy else None)
+            if msgs is None:
+                return
+            for msg in msgs:
+                self.handle(msg)
+            if not self.step() and not self.running:
+                self.cache.check(self.running)
+
+    def handle(self, msg: Any) -> None:
+        if isinstance(msg, TokenizedRequest):
+            self._add_request(msg)
+        elif isinstance(msg, Abort):
+            self._abort(msg.rid)
+        elif isinstance(msg, FlushCache):
+            ok = not self.running and self.cache.flush()
+            self.io.send(StatsOut(stats={"flushed": ok}))
+        elif isinstance(msg, GetStats):
+            self.io.send(StatsOut(stats=self.stats()))
+        elif isinstance(msg, DebugCache):
+            from radixrt.runtime.http.cache_svg import snapshot
+
+            tree = snapshot(self.cache.tree, self.outputs.tokenizer, msg.max_nodes)
+            self.io.send(StatsOut(stats={"tree": tree}))
+
+    def step(self) -> bool:
+        """Run one batch; False when there was nothing to run."""
+        self.grammars.poll(self.waiting, self._fail)
+        plan = self.admission.schedule(self.running, self.waiting, self._retract)
+        if not plan:
+            return False
+        self.counters["steps"] += 1
+        self.counters["decode_steps"] += all(n == 1 for _, n in plan)
+        try:
+            results = self.forward.run(plan)
+        except Exception as exc:  # a failed batch fails its requests, never the loop
+            log.exception("forward failed")
+            for req, _ in plan:
+                self._fail(req, 500, f"internal error in model forward: {exc}")
+            return True
+        for res in results:
+            self.outputs.apply(res)
+        for req, n in plan:
+            if n > 1 and not req.finished:
+                self.cache.cache_prefix(req)
+        self._send_outputs([req for req, _ in plan])
+        return True
+
+    # ---- requests ----------------------------------------------------------------------
+
+    def _add_request(self, msg: TokenizedRequest) -> None:
+        need = len(msg.input_ids) + msg.sampling.max_new_tokens
+        capacity = self.cache.pool.capacity
+        if any(r.rid == msg.rid for r in self.running + self.waiting):
+            self._error(msg.rid, 400, f"request id {msg.rid!r} is already in use", "rid")
+        elif len(self.waiting) >= self.args.max_in_flight:  # backstop: the frontend enforces the limit
+            self._error(msg.rid, 503, "the waiting queue is full; retry later")
+        elif need > capacity:
+            self._error(
+                msg.rid,
+                400,
+                f"prompt ({len(msg.input_ids)}) + max_new_tokens "
+                f"({msg.sampling.max_new_tokens}) = {need} tokens exceeds the KV cache ({capacity} slots)",
+            )
+        else:
+            req = Req.from_msg(msg, self.arrivals)
+            self.arrivals += 1
+            if msg.sampling.grammar_key is not None:
+                self.grammars.submit(req)
+            self.waiting.append(req)
+
+    def _abort(self, rid: str) -> None:
+        for req in self.running + self.waiting:
+            if req.rid == rid:
+                req.finish_reason = {"type": "abort"}
+                self._send_outputs([req])
+
+    def _fail(self, req: Req, status: int, message: str, param: str | None = None) -> None:
+        req.finish_reason = {"type": "abort", "message": message}
+        self._remove(req)
+        self._error(req.rid, status, message, param)
+
+    def _error(self, rid: str, status: int, message: str, param: str | None = None) -> None:
+        self.io.send(ErrorOut(rid=rid, status=status, message=message, param=param))
+
+    def _remove(self, req: Req) -> None:
+        self.cache.release(req)
+        if req in self.running:
+            self.running.remove(req)
+        if req in self.waiting:
+            self.waiting.remove(req)
+
+    def _retract(self, req: Req) -> None:
+        """Out of KV memory: send the request back to the queue; its KV stays in the tree."""
+        self.cache.release(req)
+        self.running.remove(req)
+        self.waiting.insert(0, req)
+        self.counters["retracted"] += 1
+        log.info("retracted %s (%d tokens) to free KV memory", req.rid, req.known)
+
+    def _send_outputs(self, reqs: list[Req]) -> None:
+        outs: list[TokenOut] = []
+        for req in reqs:
+            out = self.outputs.token_out(req)
+            if out is not None:
+                outs.append(out)
+            if req.finished:
+                self.counters["requests_served"] += 1
+                self._remove(req)
+        if outs:
+            self.io.send(TokenBatch(outs=outs))
+
+    def _jump_forward(self, req: Req) -> None:
+        self.grammars.jump_forward(req, self.cache)
+
+    # ---- stats -------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        slots = self.cache.stats(self.running)
+        return {
+            "kv_slots_total": slots.total,
+            "kv_slots_free": slots.free,
+            "kv_slots_cached": slots.cached,
+            "kv_slots_in_use": slots.in_use,
+            "running": len(self.running),
+            "waiting": len(self.waiting),
+            "cache_hit_tokens": self.cache.hit_tokens,
+            "prompt_tokens": self.cache.prompt_tokens,
+            "forward_tokens": self.forward.forward_tokens,
+            "busy_s": self.forward.busy_s,
+            "worker_pid": os.getpid(),
+            "radix_cache": not self.args.disable_radix_cache,
+            **self.counters,
+            **self.grammars.stats(),
+        }

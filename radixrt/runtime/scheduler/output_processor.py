@@ -1,0 +1,98 @@
+"""After sampling: append tokens, decide who finished, build the TokenOuts to send."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from radixrt.runtime.protocol import TokenOut
+from radixrt.runtime.scheduler.forward_step import StepResult
+from radixrt.runtime.scheduler.req import Req
+
+STOP_WINDOW_TOKENS = 8  # extra tokens decoded around a stop string to catch it across tokens
+
+
+class OutputProcessor:
+    def __init__(self, tokenizer: Any, eos_ids: list[int], context_length: int, jump_forward: Any = None):
+        self.tokenizer = tokenizer
+        self.eos_ids = set(eos_ids)
+        self.context_length = context_length
+        self.jump_forward = jump_forward  # callable(req) -> None, or None when disabled
+
+    def apply(self, result: StepResult) -> None:
+        """Append the sampled token (if any) and set finish_reason when the request is done."""
+        req = result.req
+        if req.finished:
+            return
+        if result.next_id is None:
+            if req.pending == 0 and req.sampling.max_new_tokens == 0:
+                req.finish_reason = {"type": "length", "length": 0}
+            return
+        tok = result.next_id
+        req.output_ids.append(tok)
+        if req.return_logprob:
+            req.output_logprobs.append(result.logprob)
+            if result.top_logprobs is not None:
+                req.output_top_logprobs.append(result.top_logprobs)
+        req.finish_reason = self._finish_reason(req, tok)
+        if req.finish_reason is None and self.jump_forward is not None and req.matcher is not None:
+            self.jump_forward(req)
+
+    def _finish_reason(self, req: Req, tok: int) -> dict[str, Any] | None:
+        params = req.sampling
+        if req.matcher is not None:
+            if not req.matcher.accept_token(tok):
+                return {"type": "abort", "message": f"token {tok} rejected by the grammar"}
+            if req.matcher.is_terminated():
+                return {"type": "stop", "matched": tok}
+        n_out = len(req.output_ids)
+        if n_out >= params.min_new_tokens:
+            if tok in params.stop_token_ids:
+                return {"type": "stop", "matched": tok}
+            if not params.ignore_eos and tok in self.eos_ids and req.matcher is None:
+                return {"type": "stop", "matched": tok}
+            matched = self._stop_string(req)
+            if matched is not None:
+                return {"type": "stop", "matched": matched}
+        if n_out >= params.max_new_tokens or req.known >= self.context_length:
+            return {"type": "length", "length": n_out}
+        return None
+
+    def _stop_string(self, req: Req) -> str | None:
+        stops = req.sampling.stop
+        if not stops:
+            return None
+        window = max(len(s) for s in stops) + STOP_WINDOW_TOKENS
+        tail = self.tokenizer.decode(req.output_ids[-window:], skip_special_tokens=False)
+        return next((stop for stop in stops if stop in tail), None)
+
+    @staticmethod
+    def token_out(req: Req, final_only: bool = False) -> TokenOut | None:
+        """New output since the last send; None when there is nothing to send now."""
+        if not req.finished and (final_only or not req.stream):
+            return None
+        new = req.output_ids[req.sent :]
+        if not new and not req.finished:
+            return None
+        out = TokenOut(
+            rid=req.rid,
+            new_ids=new,
+            finish_reason=req.finish_reason,
+            prompt_tokens=req.prompt_len,
+            cached_tokens=max(req.cached_tokens, 0),
+            completion_tokens=len(req.output_ids),
+        )
+        if req.return_logprob:
+            out.output_logprobs = req.output_logprobs[req.sent :]
+            if req.top_logprobs_num:
+                out.output_top_logprobs = req.output_top_logprobs[req.sent :]
+            if req.wants_prompt_logprobs and not req.sent_input_logprobs:
+                start = req.logprob_start_len
+                out.input_logprobs = req.input_logprobs
+                out.input_ids_scored = req.input_ids[start : start + len(req.input_logprobs)]
+                if req.top_logprobs_num:
+                    out.input_top_logprobs = req.input_top_logprobs
+                req.sent_input_logprobs = True
+        if req.jump_forward_tokens:
+            out.extra = {"jump_forward_tokens": req.jump_forward_tokens}
+        req.sent = len(req.output_ids)
+        return out
