@@ -48,6 +48,15 @@ class MatchResult(NamedTuple):
     last_node: TreeNode  # ends exactly at the match; the root when nothing matched
 
 
+class PrefixPeek(NamedTuple):
+    """What `peek_prefix` finds: the cached prefix of a query, with nothing in the tree changed."""
+
+    length: int  # leading tokens of the query the tree holds
+    node: TreeNode  # the node whose edge holds the last of them; the root when none
+    in_node: int  # of them, tokens on `node`'s own edge (< len(node.key): the match ends mid-edge)
+    unlocked: int  # of them, tokens in unlocked nodes: what locking the match takes from the evictable
+
+
 class CacheSize(NamedTuple):
     evictable: int  # slots held by unlocked nodes
     protected: int  # slots held by locked nodes
@@ -72,17 +81,10 @@ def _match_len(key: list[int], ids: list[int], start: int) -> int:
 
 
 class RadixCache:
-    """Prefix cache of KV slots: match, insert, lock running prefixes, evict LRU leaves.
+    """Prefix cache of KV slots: match, insert, lock running prefixes, evict LRU leaves."""
 
-    With `disabled=True` nothing is ever cached: matches are empty and `insert` frees what it
-    is given, so a scheduler runs the same code path as the ablation of the cache.
-    """
-
-    def __init__(self, pool: KVPool, *, disabled: bool = False):
+    def __init__(self, pool: KVPool):
         self.pool = pool
-        self.disabled = disabled
-        self.hit_tokens = 0  # tokens served from the cache by match_prefix, ever
-        self.queried_tokens = 0  # tokens asked for by match_prefix, ever
         self._clock = 0
         self._next_id = 0
         self.root = self._new_node([], torch.empty(0, dtype=torch.int64), None)
@@ -101,50 +103,66 @@ class RadixCache:
 
     # ---- lookup and insertion -------------------------------------------------------------
 
+    def peek_prefix(self, ids: Sequence[int] | torch.Tensor) -> PrefixPeek:
+        """Longest cached prefix of `ids`, changing nothing: no split, no LRU touch, no hit count.
+
+        For questions asked often of requests that may never run (ordering, fit checks).
+        """
+        ids = _as_list(ids)
+        node, pos, in_node, unlocked = self.root, 0, 0, 0
+        while pos < len(ids) and (child := node.children.get(ids[pos])) is not None:
+            in_node = _match_len(child.key, ids, pos)
+            unlocked += in_node if child.lock_ref == 0 else 0
+            node, pos = child, pos + in_node
+            if in_node < len(child.key):
+                break  # the match ends mid-edge; the node's children continue its whole edge
+        return PrefixPeek(pos, node, in_node, unlocked)
+
     def match_prefix(self, ids: Sequence[int] | torch.Tensor) -> MatchResult:
         """Longest cached prefix of `ids`: its slots and the node that ends exactly there.
 
         A match that ends inside an edge splits that edge, so `last_node` can be locked to pin
-        exactly the matched tokens. Every node on the path is touched for LRU. The caller that
-        needs logits for the last prompt token should match `ids[:-1]`.
+        exactly the matched tokens. Every node on the path is touched for LRU and counts a hit.
+        The caller that needs logits for the last prompt token should match `ids[:-1]`.
         """
-        ids = _as_list(ids)
-        self.queried_tokens += len(ids)
-        if self.disabled:
-            return MatchResult(torch.empty(0, dtype=torch.int64), self.root)
+        peek = self.peek_prefix(ids)
+        node = peek.node
+        if peek.in_node < len(node.key):
+            node = self._split(node, peek.in_node)
         now = self._tick()
-        node, pos, values = self.root, 0, []
-        while pos < len(ids) and (child := node.children.get(ids[pos])) is not None:
-            m = _match_len(child.key, ids, pos)
-            if m < len(child.key):
-                child = self._split(child, m)
-            child.last_access = now
-            child.hit_count += 1
-            values.append(child.value)
-            node, pos = child, pos + m
-        self.hit_tokens += pos
-        slots = torch.cat(values) if values else torch.empty(0, dtype=torch.int64)
-        return MatchResult(slots, node)
+        for n in self._path(node):
+            n.last_access = now
+            n.hit_count += 1
+        return MatchResult(self.path_slots(node), node)
+
+    def path_slots(self, node: TreeNode) -> torch.Tensor:
+        """[tokens from the root to the end of `node`'s edge] int64: their slots, a copy."""
+        values = [n.value for n in reversed(self._path(node))]
+        return torch.cat(values) if values else torch.empty(0, dtype=torch.int64)
+
+    def _path(self, node: TreeNode) -> list[TreeNode]:
+        """`node` and its ancestors below the root, deepest first."""
+        path = []
+        while node is not self.root:
+            path.append(node)
+            node = node.parent
+        return path
 
     def insert(self, ids: Sequence[int] | torch.Tensor, slots: torch.Tensor) -> int:
         """Cache `ids` with their KV `slots`; returns how many leading tokens were already cached.
 
-        Ownership contract (identical in disabled mode), with `r` the returned length and
-        `cached` the length the caller got from `match_prefix` (and kept locked):
+        Ownership contract, with `r` the returned length and `cached` the length the caller got
+        from `match_prefix` (and kept locked):
           - the tree takes `slots[r:]`; the caller must not free them;
           - the tree keeps its own slots for `ids[:r]`, so `slots[cached:r]` are duplicates
             the caller allocated itself and must now free: `pool.free(slots[cached:r])`;
           - `slots[:cached]` came from the tree and stay owned by it.
-        Disabled: nothing is cached, all `slots` are freed here, and the return is 0 (the empty
-        tree holds no prefix), so the caller's `slots[cached:r]` is empty and nothing leaks.
+        Afterwards a node ends exactly at `len(ids)`, so `peek_prefix(ids)` finds it unsplit.
         """
         ids = _as_list(ids)
         if len(ids) != slots.numel():
             raise ValueError(f"insert got {len(ids)} ids but {slots.numel()} slots")
         slots = slots.to(device="cpu", dtype=torch.int64).reshape(-1)
-        if self.disabled:
-            self.pool.free(slots)
-            return 0
         now = self._tick()
         node, pos = self.root, 0
         while pos < len(ids):

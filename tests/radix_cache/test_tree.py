@@ -7,9 +7,9 @@ from radixrt.radix_cache.pool import KVPool
 from radixrt.radix_cache.tree import RadixCache, TreeNode
 
 
-def make_cache(num_slots: int = 64, disabled: bool = False) -> tuple[RadixCache, KVPool]:
+def make_cache(num_slots: int = 64) -> tuple[RadixCache, KVPool]:
     pool = KVPool(num_slots, num_layers=1, n_kv_heads=1, head_dim=2)
-    return RadixCache(pool, disabled=disabled), pool
+    return RadixCache(pool), pool
 
 
 def put(cache: RadixCache, ids: list[int]) -> torch.Tensor:
@@ -27,6 +27,15 @@ def path_of(node: TreeNode) -> list[int]:
         keys = list(node.key) + keys
         node = node.parent
     return keys
+
+
+def count_nodes(tree: dict) -> int:
+    return 1 + sum(count_nodes(c) for c in tree["children"])
+
+
+def state(cache: RadixCache) -> tuple:
+    """Everything a lookup could change: structure, slots, locks, LRU times, hit counts, sizes."""
+    return cache.to_dict(), tuple(cache.size_info()), cache.pool.num_free
 
 
 def test_empty_cache_matches_nothing_at_the_root():
@@ -93,12 +102,74 @@ def test_long_runs_match_up_to_the_first_differing_token(mismatch_at):
     cache.check_integrity()
 
 
-def test_match_accepts_tensor_ids_and_counts_hit_tokens():
+def test_match_accepts_tensor_ids_and_counts_one_hit_on_each_node_of_the_path():
     cache, _ = make_cache()
     put(cache, [5, 6, 7])
-    before = cache.hit_tokens
-    assert cache.match_prefix(torch.tensor([5, 6, 8])).slots.numel() == 2
-    assert cache.hit_tokens == before + 2
+    result = cache.match_prefix(torch.tensor([5, 6, 8]))
+    assert result.slots.numel() == 2
+    upper = result.last_node
+    assert upper.hit_count == 2  # put() matched [5, 6, 7] once, before the split copied its count
+    assert cache.match_prefix([5, 6, 7]).last_node.hit_count == 2
+    assert upper.hit_count == 3
+
+
+def test_peek_changes_nothing_where_match_splits_touches_and_counts():
+    cache, _ = make_cache()
+    put(cache, [1, 2, 3, 4])
+    put(cache, [1, 2, 3, 4, 5, 6])
+    put(cache, [9])
+    before = state(cache)
+    for ids in ([1, 2], [1, 2, 3, 4, 5], [1, 2, 3, 4, 5, 6, 7], [9, 9], [7], []):
+        cache.peek_prefix(ids)
+    assert state(cache) == before
+    cache.match_prefix([1, 2, 3, 4, 5])  # the same question, asked mutably
+    after = state(cache)
+    assert count_nodes(after[0]) == count_nodes(before[0]) + 1
+    assert after[0] != before[0]
+
+
+@pytest.mark.parametrize(
+    "ids", [[1, 2], [1, 2, 3, 4], [1, 2, 3, 4, 5], [1, 2, 3, 4, 5, 6, 7], [1, 9], [9, 9], [7], [], list(range(100))]
+)
+def test_peek_finds_the_length_and_end_that_match_finds(ids):
+    cache, _ = make_cache(num_slots=256)
+    put(cache, [1, 2, 3, 4])
+    put(cache, [1, 2, 3, 4, 5, 6])
+    put(cache, [9])
+    put(cache, list(range(60)))
+    peek = cache.peek_prefix(ids)
+    mid_edge = peek.in_node < len(peek.node.key)
+    match = cache.match_prefix(ids)
+    assert peek.length == match.slots.numel()
+    assert path_of(match.last_node) == ids[: peek.length]
+    if mid_edge:  # the match split peek.node: its upper part is the new last node
+        assert peek.node.parent is match.last_node and len(match.last_node.key) == peek.in_node
+    else:
+        assert peek.node is match.last_node
+    cache.check_integrity()
+
+
+def test_peek_counts_the_tokens_a_lock_would_take_from_the_evictable():
+    cache, _ = make_cache()
+    put(cache, [1, 2, 3, 4, 5, 6])
+    cache.lock(cache.match_prefix([1, 2]).last_node)
+    peek = cache.peek_prefix([1, 2, 3, 4, 9])
+    assert (peek.length, peek.unlocked) == (4, 2)
+    evictable = cache.size_info().evictable
+    cache.lock(cache.match_prefix([1, 2, 3, 4, 9]).last_node)
+    assert cache.size_info().evictable == evictable - peek.unlocked
+    cache.check_integrity()
+
+
+def test_path_slots_reads_the_slots_from_the_root_without_touching_anything():
+    cache, _ = make_cache()
+    stored = put(cache, [1, 2, 3, 4])
+    put(cache, [1, 2, 7])
+    node = cache.peek_prefix([1, 2, 3, 4]).node
+    before = state(cache)
+    assert cache.path_slots(node).tolist() == stored.tolist()
+    assert cache.path_slots(cache.root).numel() == 0
+    assert state(cache) == before
 
 
 def test_returned_slots_and_inserted_slots_are_copies():
@@ -215,18 +286,6 @@ def test_last_access_is_a_deterministic_logical_clock():
     b = cache.match_prefix([3]).last_node
     assert b.last_access == a.last_access + 1
     assert a.hit_count == 2  # put() matched it once too
-
-
-def test_disabled_cache_matches_nothing_and_frees_what_it_is_given():
-    cache, pool = make_cache(disabled=True)
-    slots = pool.alloc(3)
-    assert cache.insert([1, 2, 3], slots) == 0
-    assert pool.num_free == pool.capacity
-    result = cache.match_prefix([1, 2, 3])
-    assert result.slots.numel() == 0 and result.last_node is cache.root
-    assert tuple(cache.size_info()) == (0, 0, 0)
-    assert cache.evict(10) == 0
-    cache.check_integrity()
 
 
 def test_reset_frees_every_slot_and_refuses_while_locked():

@@ -65,16 +65,12 @@ class Admission:
         reserved = sum(
             r.pending - planned.get(id(r), 0) + r.decode_reserve(DECODE_RESERVE_CLIP, ratio) for r in running
         )
-        # NOTE: matching every waiting request each step costs a tree walk each; past
+        # NOTE: a lookup of every waiting request each step costs a tree walk each; past
         # LPM_MAX_WAITING the order falls back to arrival (in-batch sharing still applies).
         policy = self.args.schedule_policy if len(waiting) <= LPM_MAX_WAITING else "fcfs"
-        matches = {id(r): self.cache.match_len(r) for r in waiting} if policy != "fcfs" else {}
+        cached = {id(r): self.cache.prefix_len(r) for r in waiting} if policy != "fcfs" else {}
         order = order_waiting(
-            policy,
-            waiting,
-            lambda r: matches.get(id(r), 0),
-            self.args.max_wait_passes,
-            node_of=lambda r: self.cache.tree.match_prefix(r.fill_ids(0, r.max_reusable_prefix)).last_node,
+            policy, waiting, lambda r: cached[id(r)], self.cache.prefix_path, self.args.max_wait_passes
         )
         admitted: Plan = []
         for req in order:
@@ -82,19 +78,16 @@ class Admission:
                 break
             if req.grammar_future is not None:
                 continue  # still compiling
-            if self._shares_with_batch(req, admitted, matches.get(id(req), 0)):
+            if self._shares_with_batch(req, admitted, cached.get(id(req), 0)):
                 continue  # next step it hits the cache instead of computing the same prefix twice
-            self.cache.borrow_prefix(req)
-            need = req.pending + req.decode_reserve(DECODE_RESERVE_CLIP, ratio)
-            if self.cache.available() - reserved < need:
-                self.cache.undo_borrow(req)
+            # NOTE: peek again: requests admitted before this one may have locked or evicted nodes.
+            prefix = self.cache.peek(req)
+            uncached = req.known - prefix.length
+            need = uncached + req.decode_reserve(DECODE_RESERVE_CLIP, ratio)
+            if self.cache.available_after_borrow(prefix) - reserved < need:
                 break
-            n = min(req.pending, budget)
-            slots = self.cache.alloc(n)
-            if slots is None:
-                self.cache.undo_borrow(req)
-                break
-            self.cache.append(req, slots)
+            n = min(uncached, budget)
+            self.cache.admit(req, n)
             waiting.remove(req)
             running.append(req)
             admitted.append((req, n))

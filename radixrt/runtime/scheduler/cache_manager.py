@@ -1,7 +1,11 @@
-"""KV bookkeeping for running requests: prefix borrowing, slot allocation, release.
+"""KV bookkeeping for running requests: the only code that changes KV slots or the radix tree.
 
 Every slot is in exactly one place: the pool's free list, the radix tree, or a running
 request's private tail (`Req.private_slots`). `check()` asserts that the books balance.
+
+Lookups for waiting requests (`peek`, `prefix_len`, `prefix_path`) change nothing; the one
+mutating match of a request happens in `admit`, so the tree's LRU times and hit counts say
+how often a prefix was used, not how often it was looked at.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from typing import NamedTuple
 import torch
 
 from radixrt.radix_cache.pool import KVPool, ReqToToken
-from radixrt.radix_cache.tree import RadixCache
+from radixrt.radix_cache.tree import PrefixPeek, RadixCache
 from radixrt.runtime.scheduler.req import Req
 
 
@@ -26,21 +30,54 @@ class CacheManager:
     def __init__(self, pool: KVPool, req_to_token: ReqToToken, disable_radix_cache: bool = False):
         self.pool = pool
         self.table = req_to_token
+        # NOTE: the cache ablation's one switch lives here, not in the tree: the manager decides
+        # what is borrowed and inserted, and must know the mode anyway (cache_prefix, in-batch
+        # sharing), so with it off the tree stays empty and keeps a single behaviour.
         self.disabled = disable_radix_cache
         self.tree = RadixCache(pool)
         self.hit_tokens = 0  # prompt tokens reused from the cache, over all requests
         self.prompt_tokens = 0  # prompt tokens admitted, over all requests
 
-    # ---- prefix --------------------------------------------------------------------------
+    # ---- read-only lookups (ordering, fit checks) ---------------------------------------------
 
-    def match_len(self, req: Req) -> int:
-        """Cached prefix length a waiting request would get (for the scheduling policy)."""
+    def peek(self, req: Req) -> PrefixPeek:
+        """The cached prefix a waiting request would borrow now; changes nothing."""
         if self.disabled:
-            return 0
-        return min(len(self.tree.match_prefix(req.fill_ids(0, req.max_reusable_prefix)).slots), req.max_reusable_prefix)
+            return PrefixPeek(0, self.tree.root, 0, 0)
+        return self.tree.peek_prefix(req.fill_ids(0, req.max_reusable_prefix))
 
-    def borrow_prefix(self, req: Req) -> None:
-        """Give an admitted request a row and lock its longest cached prefix."""
+    def prefix_len(self, req: Req) -> int:
+        return self.peek(req).length
+
+    def prefix_path(self, req: Req) -> tuple[int, ...]:
+        """Ids of the tree nodes req's cached prefix runs through, the root first (dfs-weight)."""
+        node, ids = self.peek(req).node, []
+        while node is not None:
+            ids.append(node.id)
+            node = node.parent
+        return tuple(reversed(ids))
+
+    def available_after_borrow(self, prefix: PrefixPeek) -> int:
+        """Slots obtainable once `prefix` is borrowed (locking it takes its unlocked slots)."""
+        return self.available() - prefix.unlocked
+
+    # ---- admission -----------------------------------------------------------------------
+
+    def admit(self, req: Req, n: int) -> None:
+        """Give a waiting request a row, its longest cached prefix (locked) and slots for its
+        next `n` tokens. The caller checked a free row and `available_after_borrow`."""
+        self._borrow(req)
+        slots = self.alloc(n)
+        # NOTE: cannot fail: every evictable slot can be evicted (an unlocked node has no locked
+        # descendant), and the fit check counted free + evictable after this borrow's lock.
+        assert slots is not None, f"{req.rid}: {n} slots passed the fit check but are not there"
+        self.append(req, slots)
+        if req.cached_tokens < 0:  # first admission; a retracted request keeps its count
+            req.cached_tokens = min(req.prefix_len, req.prompt_len)
+            self.hit_tokens += req.cached_tokens
+            self.prompt_tokens += req.prompt_len
+
+    def _borrow(self, req: Req) -> None:
         row = self.table.alloc()
         assert row is not None, "admission checked for a free row"
         req.row = row
@@ -52,17 +89,6 @@ class CacheManager:
             self.table.write(row, 0, match.slots)
         req.prefix_len = req.computed = n
         req.last_node = node
-        if req.cached_tokens < 0:
-            req.cached_tokens = min(n, req.prompt_len)
-            self.hit_tokens += req.cached_tokens
-            self.prompt_tokens += req.prompt_len
-
-    def undo_borrow(self, req: Req) -> None:
-        """Reverse borrow_prefix for a request that turned out not to fit."""
-        if req.last_node is not None:
-            self.tree.unlock(req.last_node)
-        self.table.free(req.row)
-        req.row, req.last_node, req.prefix_len, req.computed = None, None, 0, 0
 
     # ---- slots -------------------------------------------------------------------------
 
@@ -84,6 +110,17 @@ class CacheManager:
     def seq_slots(self, req: Req, length: int) -> torch.Tensor:
         return self.table.read(req.row, length)
 
+    def can_uncompute(self, req: Req, n: int) -> bool:
+        """Whether req's last `n` computed tokens are its own (not borrowed from the tree)."""
+        return n <= req.private_slots
+
+    def uncompute(self, req: Req, n: int) -> None:
+        """Free the KV of req's last `n` computed tokens; they become pending again (jump-forward
+        rewrites them)."""
+        assert self.can_uncompute(req, n), f"{req.rid}: {n} tokens reach into the borrowed prefix"
+        self.pool.free(self.seq_slots(req, req.computed)[req.computed - n :])
+        req.computed -= n
+
     # ---- release -----------------------------------------------------------------------
 
     def cache_prefix(self, req: Req) -> None:
@@ -93,12 +130,13 @@ class CacheManager:
             return
         ids = req.fill_ids(0, req.computed)
         self._insert(req, ids)
-        match = self.tree.match_prefix(ids)
-        assert len(match.slots) == len(ids), "just inserted"
-        self.tree.lock(match.last_node)
+        # NOTE: a peek, not a match: taking back one's own tokens is not a hit.
+        peek = self.tree.peek_prefix(ids)
+        assert peek.length == len(ids) and peek.in_node == len(peek.node.key), "insert ends a node there"
+        self.tree.lock(peek.node)
         self.tree.unlock(req.last_node)
-        self.table.write(req.row, 0, match.slots)
-        req.last_node, req.prefix_len = match.last_node, len(ids)
+        self.table.write(req.row, 0, self.tree.path_slots(peek.node))
+        req.last_node, req.prefix_len = peek.node, len(ids)
 
     def release(self, req: Req) -> None:
         """Finished, aborted or retracted: computed KV goes to the tree (or the pool), row freed."""

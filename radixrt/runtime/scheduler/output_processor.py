@@ -6,7 +6,7 @@ from typing import Any
 
 from radixrt.runtime.protocol import TokenOut
 from radixrt.runtime.scheduler.forward_step import StepResult
-from radixrt.runtime.scheduler.req import Req
+from radixrt.runtime.scheduler.req import Logprobs, Req
 
 STOP_WINDOW_TOKENS = 8  # extra tokens decoded around a stop string to catch it across tokens
 
@@ -29,10 +29,10 @@ class OutputProcessor:
             return
         tok = result.next_id
         req.output_ids.append(tok)
-        if req.return_logprob:
-            req.output_logprobs.append(result.logprob)
+        if req.logprobs is not None:
+            req.logprobs.output.append(result.logprob)
             if result.top_logprobs is not None:
-                req.output_top_logprobs.append(result.top_logprobs)
+                req.logprobs.output_top.append(result.top_logprobs)
         req.finish_reason = self._finish_reason(req, tok)
         if req.finish_reason is None and self.jump_forward is not None and req.matcher is not None:
             self.jump_forward(req)
@@ -81,18 +81,23 @@ class OutputProcessor:
             cached_tokens=max(req.cached_tokens, 0),
             completion_tokens=len(req.output_ids),
         )
-        if req.return_logprob:
-            out.output_logprobs = req.output_logprobs[req.sent :]
-            if req.top_logprobs_num:
-                out.output_top_logprobs = req.output_top_logprobs[req.sent :]
-            if req.wants_prompt_logprobs and not req.sent_input_logprobs:
-                start = req.logprob_start_len
-                out.input_logprobs = req.input_logprobs
-                out.input_ids_scored = req.input_ids[start : start + len(req.input_logprobs)]
-                if req.top_logprobs_num:
-                    out.input_top_logprobs = req.input_top_logprobs
-                req.sent_input_logprobs = True
+        if req.logprobs is not None:
+            _add_logprobs(out, req, req.logprobs)
         if req.jump_forward_tokens:
             out.extra = {"jump_forward_tokens": req.jump_forward_tokens}
         req.sent = len(req.output_ids)
         return out
+
+
+def _add_logprobs(out: TokenOut, req: Req, scores: Logprobs) -> None:
+    """The output scores since the last send, and the prompt scores with the first send."""
+    out.output_logprobs = scores.output[req.sent :]
+    if scores.top_n:
+        out.output_top_logprobs = scores.output_top[req.sent :]
+    if scores.wants_prompt and not scores.prompt_sent:
+        start = scores.start_len
+        out.input_logprobs = scores.prompt
+        out.input_ids_scored = req.input_ids[start : start + len(scores.prompt)]
+        if scores.top_n:
+            out.input_top_logprobs = scores.prompt_top
+        scores.prompt_sent = True

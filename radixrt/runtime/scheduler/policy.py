@@ -8,22 +8,20 @@ cache-hitting requests, a request that shares nothing is admitted within that ma
 
 from __future__ import annotations
 
+from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from radixrt.runtime.scheduler.req import Req
 
-PrefixLen = Callable[[Req], int]
+PrefixLen = Callable[[Req], int]  # cached prefix length of a waiting request
+PrefixPath = Callable[[Req], tuple[int, ...]]  # ids of the tree nodes that prefix runs through, root first
 
 
 def order_waiting(
-    policy: str,
-    waiting: Sequence[Req],
-    prefix_len: PrefixLen,
-    max_wait_passes: int,
-    node_of: Callable[[Req], Any] | None = None,
+    policy: str, waiting: Sequence[Req], prefix_len: PrefixLen, prefix_path: PrefixPath, max_wait_passes: int
 ) -> list[Req]:
-    """Return `waiting` in admission order."""
+    """Return `waiting` in admission order. `prefix_len` and `prefix_path` are lookups that
+    change nothing (the cache manager's), asked only by the prefix-aware policies."""
     starved = sorted((r for r in waiting if r.wait_passes >= max_wait_passes), key=lambda r: r.arrival)
     rest = [r for r in waiting if r.wait_passes < max_wait_passes]
     if policy == "fcfs":
@@ -31,33 +29,38 @@ def order_waiting(
     elif policy == "lpm":
         rest.sort(key=lambda r: (-prefix_len(r), r.arrival))
     elif policy == "dfs-weight":
-        rest = _dfs_weight(rest, node_of)
+        rest = _dfs_weight(rest, prefix_len, prefix_path)
     else:
         raise ValueError(f"unknown schedule policy {policy!r}")
     return starved + rest
 
 
-def _dfs_weight(reqs: list[Req], node_of: Callable[[Req], Any] | None) -> list[Req]:
-    """SGLang's dfs-weight: walk the radix tree depth first, heavier subtrees (more waiting
-    requests below) first, emitting requests at the node where their cached prefix ends."""
-    if node_of is None:
-        return sorted(reqs, key=lambda r: r.arrival)
-    by_node: dict[int, list[Req]] = {}
-    nodes: dict[int, Any] = {}
-    weight: dict[int, int] = {}
+def _dfs_weight(reqs: list[Req], prefix_len: PrefixLen, prefix_path: PrefixPath) -> list[Req]:
+    """SGLang's dfs-weight: walk the tree depth first, heavier subtrees (more waiting requests
+    below) first, emitting requests at the node where their cached prefix ends.
+
+    Requests ending inside one node's edge go shortest prefix first, as if the edge were split
+    there; equally heavy subtrees go oldest waiting request first.
+    """
+    weight: Counter[int] = Counter()
+    oldest: dict[int, int] = {}
+    kids: defaultdict[int | None, set[int]] = defaultdict(set)
+    ends: defaultdict[int, list[Req]] = defaultdict(list)
     for r in reqs:
-        node = node_of(r)
-        by_node.setdefault(id(node), []).append(r)
-        while node is not None:
-            nodes[id(node)] = node
-            weight[id(node)] = weight.get(id(node), 0) + 1
-            node = node.parent
-    roots = [n for n in nodes.values() if n.parent is None]
+        path = prefix_path(r)
+        ends[path[-1]].append(r)
+        for parent, node in zip((None, *path), path):
+            kids[parent].add(node)
+            weight[node] += 1
+            oldest[node] = min(oldest.get(node, r.arrival), r.arrival)
+
+    def heaviest_last(nodes: set[int]) -> list[int]:
+        return sorted(nodes, key=lambda n: (weight[n], -oldest[n]))
+
     out: list[Req] = []
-    stack = sorted(roots, key=lambda n: weight[id(n)])
+    stack = heaviest_last(kids[None])
     while stack:
         node = stack.pop()
-        out.extend(sorted(by_node.get(id(node), []), key=lambda r: r.arrival))
-        kids = [c for c in node.children.values() if id(c) in weight]
-        stack.extend(sorted(kids, key=lambda n: weight[id(n)]))
+        out.extend(sorted(ends[node], key=lambda r: (prefix_len(r), r.arrival)))
+        stack.extend(heaviest_last(kids[node]))
     return out

@@ -10,9 +10,35 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from radixrt.runtime.protocol import SamplingParams, TokenizedRequest
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
+
+    from radixrt.constrained.grammar import CompiledGrammar
+    from radixrt.constrained.matcher import GrammarMatcher
+    from radixrt.radix_cache.tree import TreeNode
+
+TopLogprobs = list[tuple[float, int]]  # (logprob, token id), best first
+
+
+@dataclass
+class Logprobs:
+    """What a request asked to be scored (it set return_logprob) and the scores so far."""
+
+    start_len: int = -1  # first prompt position to score; -1: no prompt logprobs
+    top_n: int = 0  # alternatives reported per position
+    output: list[float] = field(default_factory=list)
+    output_top: list[TopLogprobs] = field(default_factory=list)
+    prompt: list[float | None] = field(default_factory=list)  # None: the first prompt token
+    prompt_top: list[TopLogprobs] = field(default_factory=list)
+    prompt_sent: bool = False
+
+    @property
+    def wants_prompt(self) -> bool:
+        return self.start_len >= 0
 
 
 @dataclass
@@ -21,27 +47,20 @@ class Req:
     input_ids: list[int]
     sampling: SamplingParams
     arrival: int
-    return_logprob: bool = False
-    logprob_start_len: int = -1
-    top_logprobs_num: int = 0
+    logprobs: Logprobs | None = None  # None unless the request asked for logprobs
     stream: bool = False
     output_ids: list[int] = field(default_factory=list)
     computed: int = 0  # leading tokens of fill_ids whose KV this request holds
     prefix_len: int = 0  # leading tokens borrowed (locked) from the radix tree
-    last_node: Any = None  # tree node locked for the borrowed prefix
+    last_node: TreeNode | None = None  # tree node locked for the borrowed prefix
     row: int | None = None  # ReqToToken row while running
     cached_tokens: int = -1  # prompt tokens reused from the cache at first admission
     wait_passes: int = 0  # scheduling passes spent waiting (LPM aging)
     finish_reason: dict[str, Any] | None = None
     sent: int = 0  # output ids already sent to the frontend
-    sent_input_logprobs: bool = False
-    matcher: Any = None  # grammar matcher, when constrained
-    grammar_future: Any = None
+    matcher: GrammarMatcher | None = None  # grammar cursor, when constrained
+    grammar_future: Future[CompiledGrammar] | None = None  # the compile, until the matcher exists
     jump_forward_tokens: int = 0
-    output_logprobs: list[float] = field(default_factory=list)
-    output_top_logprobs: list[list[tuple[float, int]]] = field(default_factory=list)
-    input_logprobs: list[float | None] = field(default_factory=list)
-    input_top_logprobs: list[list[tuple[float, int]]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         assert self.input_ids, "a request needs at least one prompt token"
@@ -53,9 +72,7 @@ class Req:
             input_ids=list(msg.input_ids),
             sampling=msg.sampling,
             arrival=arrival,
-            return_logprob=msg.return_logprob,
-            logprob_start_len=msg.logprob_start_len,
-            top_logprobs_num=msg.top_logprobs_num,
+            logprobs=Logprobs(msg.logprob_start_len, msg.top_logprobs_num) if msg.return_logprob else None,
             stream=msg.stream,
         )
 
@@ -82,16 +99,16 @@ class Req:
         return self.finish_reason is not None
 
     @property
-    def wants_prompt_logprobs(self) -> bool:
-        return self.return_logprob and self.logprob_start_len >= 0
+    def top_logprobs_num(self) -> int:
+        return self.logprobs.top_n if self.logprobs is not None else 0
 
     @property
     def max_reusable_prefix(self) -> int:
         """How many leading tokens may come from the cache: the last known token is always
         recomputed (its logits are needed), and prompt logprobs need their rows computed."""
         cap = self.known - 1
-        if self.wants_prompt_logprobs:
-            cap = min(cap, max(self.logprob_start_len - 1, 0))
+        if self.logprobs is not None and self.logprobs.wants_prompt:
+            cap = min(cap, max(self.logprobs.start_len - 1, 0))
         return cap
 
     def fill_ids(self, start: int = 0, end: int | None = None) -> list[int]:

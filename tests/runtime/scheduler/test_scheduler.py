@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 
 import pytest
 
@@ -211,3 +212,27 @@ def test_duplicate_rid_is_rejected(tiny_model_dir):
     h.sched.handle(TokenizedRequest(rid="dup", input_ids=[1, 2]))
     h.run()
     assert h.errors["dup"].status == 400
+
+
+def test_cache_hits_count_once_per_admission_not_per_ordering_pass(tiny_model_dir):
+    h = Harness(tiny_model_dir, max_running_requests=1)  # the others wait, ordered every step
+    h.request(PREFIX, max_new_tokens=0)
+    h.run()
+    hits_before = h.stats()["cache_hit_tokens"]
+    rids = [h.request(PREFIX + [3 + i], max_new_tokens=3) for i in range(6)]
+    h.run()
+    assert all(h.finals[r].cached_tokens == len(PREFIX) for r in rids)
+    assert h.stats()["cache_hit_tokens"] - hits_before == 6 * len(PREFIX)
+    prefix = h.sched.cache.tree.peek_prefix(PREFIX)
+    assert prefix.length == len(PREFIX) and prefix.node.hit_count == 6
+
+
+def test_jump_forward_in_the_loop_keeps_the_books_balanced(tiny_model_dir):
+    h = Harness(tiny_model_dir)
+    regex = "(yes|no), and the rest is forced text: (red|blue)"
+    rid = h.request(PREFIX, max_new_tokens=40, regex=regex)
+    h.run()  # checks the books after every step
+    text = h.sched.outputs.tokenizer.decode(h.outputs[rid])
+    assert re.fullmatch(regex, text), text
+    assert h.finals[rid].extra["jump_forward_tokens"] > 0
+    assert h.stats()["kv_slots_in_use"] == 0
