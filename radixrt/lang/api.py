@@ -47,8 +47,9 @@ def gen(
 ) -> ir.Expr:
     """Generate text into variable `name`. With `choices`, it is a `select`.
 
-    `dtype` (int, float, bool, str or their names) constrains the output and stores the parsed
-    value; `regex` / `json_schema` constrain it on the server. Options left None take the run's
+    `dtype` (int, float, bool, str or their names) constrains the output to SGLang's regex for
+    it; the variable holds the text, as in SGLang (`int(s["n"])` makes the number). `regex` /
+    `json_schema` constrain it on the server. Options left None take the run's
     defaults (`f.run(max_new_tokens=..., temperature=...)`).
     """
     if choices is not None:
@@ -79,7 +80,7 @@ def gen(
 
 
 def gen_int(name: str | None = None, **kwargs: Any) -> ir.Expr:
-    """`gen(name, dtype=int, ...)`: the variable holds an int."""
+    """`gen(name, dtype=int, ...)`: the variable holds the digits as text."""
     return gen(name, dtype=int, **kwargs)
 
 

@@ -68,7 +68,8 @@ class StreamExecutor(Ops):
                 raise TypeError(f"{item} is a trace placeholder; it cannot run")
             with self._cond:
                 if self._ended:
-                    raise RuntimeError("the program has ended; cannot add to its state")
+                    self._set_after_end(item)
+                    continue
                 self._pending.update(ir.assigned_names(item))
                 self._unfinished += 1
             self._queue.put(item)
@@ -130,6 +131,17 @@ class StreamExecutor(Ops):
 
     def set_var(self, name: str, value: Any) -> None:
         self.submit(ir.SetVar(name, value))
+
+    def _set_after_end(self, item: ir.Expr) -> None:
+        """An ended program takes only `s[name] = value` (SGLang programs post-process results
+        that way), applied after the queued expressions. Called under the condition."""
+        if not isinstance(item, ir.SetVar):
+            raise RuntimeError(
+                f"the program has ended; cannot add {item.kind} to its state (s[name] = value still sets a variable)"
+            )
+        self._cond.wait_for(lambda: self.finished)
+        self._failed.discard(item.name)
+        self.assign(item.name, item.value, item.meta, has_meta=item.meta is not None)
 
     def text(self) -> str:
         self.sync()

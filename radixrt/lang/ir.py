@@ -10,13 +10,13 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from radixrt.lang.sampling import GenOptions
-
-# Grammars for `gen(dtype=...)` / `gen(regex=...)`, with SGLang's names and meaning.
-REGEX_INT = r"[-+]?[0-9]+[ \n]*"
-REGEX_FLOAT = r"[-+]?[0-9]*\.?[0-9]+[ \n]*"
-REGEX_BOOL = r"(True|False)"
-REGEX_STR = r"\"[\w\d\s]*\""
+from radixrt.lang.sampling import (  # noqa: F401 - the regexes stay importable from ir, as in SGLang
+    REGEX_BOOL,
+    REGEX_FLOAT,
+    REGEX_INT,
+    REGEX_STR,
+    GenOptions,
+)
 
 
 class Expr:

@@ -6,15 +6,10 @@ turns that into a prefix hit, so the DSL never manages KV state itself.
 
 from __future__ import annotations
 
-import logging
-from typing import Any
-
 from radixrt.errors import InvalidRequest
 from radixrt.lang import choices, ir
-from radixrt.lang.sampling import LogprobOptions, parse_typed
+from radixrt.lang.sampling import LogprobOptions
 from radixrt.runtime.protocol import GenerateResult, SamplingParams
-
-logger = logging.getLogger(__name__)
 
 
 class Ops:
@@ -46,7 +41,7 @@ class Ops:
         result = self.backend.generate(prompt, sampling, logprobs, on_chunk)
         self.log.record("gen", e.name, self.branch, prompt, result.meta_info)
         self.set_generated(prompt, result.text, e.name)
-        self.assign(e.name, _typed(result.text, sampling.dtype), result.meta_info, has_meta=True)
+        self.assign(e.name, result.text, result.meta_info, has_meta=True)  # typed gens too: SGLang stores text
 
     def _gen_n(self, name: str | None, prompt: str, sampling: SamplingParams, logprobs: LogprobOptions, n: int):
         """n samples: commit the prompt once, then n requests at once. The variable is the list
@@ -56,8 +51,7 @@ class Ops:
         for r in results:
             self.log.record("gen", name, self.branch, prompt, r.meta_info)
         self.set_generated(prompt, results[0].text, name)
-        values = [_typed(r.text, sampling.dtype) for r in results]
-        self.assign(name, values, [r.meta_info for r in results], has_meta=True)
+        self.assign(name, [r.text for r in results], [r.meta_info for r in results], has_meta=True)
 
     # ---- select -----------------------------------------------------------------------------
 
@@ -123,11 +117,3 @@ class Ops:
             return  # nothing to share: a fork before any text, or a server that keeps no cache
         result = self.backend.generate(prompt, SamplingParams(max_new_tokens=0))
         self.log.record("commit", None, self.branch, prompt, result.meta_info)
-
-
-def _typed(text: str, dtype: str | None) -> Any:
-    try:
-        return parse_typed(text, dtype)
-    except ValueError:
-        logger.warning("gen(dtype=%s) produced %r, which does not parse; keeping the text", dtype, text)
-        return text

@@ -12,6 +12,15 @@ from radixrt.runtime.protocol import SamplingParams
 _DTYPE_NAMES = {int: "int", float: "float", str: "str", bool: "bool"}
 _LOGPROB_FIELDS = ("return_logprob", "logprob_start_len", "top_logprobs_num")
 
+# `gen(dtype=...)` is sent as these regexes (SGLang's, with its names), as SGLang's RuntimeEndpoint
+# sends it: the same program then gets the same text from either frontend.
+REGEX_INT = r"[-+]?[0-9]+[ \n]*"
+REGEX_FLOAT = r"[-+]?[0-9]*\.?[0-9]+[ \n]*"
+REGEX_BOOL = r"(True|False)"
+REGEX_STR = r"\"[\w\d\s]*\""
+DTYPE_REGEXES = {"int": REGEX_INT, "float": REGEX_FLOAT, "bool": REGEX_BOOL, "str": REGEX_STR}
+NUMBER_STOPS = (" ", "\n")  # an int or float ends at the first space or newline (trimmed)
+
 
 @dataclass(frozen=True)
 class LogprobOptions:
@@ -69,13 +78,16 @@ class GenOptions:
         return replace(defaults, **given)
 
     def to_sampling(self) -> SamplingParams:
-        """Wire sampling parameters (n is fanned out by the interpreter, so always 1 here)."""
-        skip = (*_LOGPROB_FIELDS, "n")
+        """Wire sampling parameters (n is fanned out by the interpreter, so always 1 here); a
+        dtype goes as its regex, plus a space and a newline as stops for numbers."""
+        skip = (*_LOGPROB_FIELDS, "n", "dtype")
         given = {
             f.name: getattr(self, f.name)
             for f in fields(self)
             if f.name not in skip and getattr(self, f.name) is not None
         }
+        if self.dtype is not None:
+            given.update(_dtype_constraint(self.dtype, self.regex, self.json_schema, self.stop or []))
         params = SamplingParams(**given)
         params.verify()
         return params
@@ -96,13 +108,9 @@ def dtype_name(dtype: Any) -> str:
     return name
 
 
-def parse_typed(text: str, dtype: str | None) -> Any:
-    """The value a `gen(dtype=...)` stores: the parsed number/bool, or the text itself."""
-    if dtype in (None, "str"):
-        return text
-    stripped = text.strip()
-    if dtype == "bool":
-        if stripped.lower() not in ("true", "false"):
-            raise ValueError(f"not a bool: {text!r}")
-        return stripped.lower() == "true"
-    return int(stripped) if dtype == "int" else float(stripped)
+def _dtype_constraint(dtype: str, regex: str | None, json_schema: str | None, stop: list[str]) -> dict[str, Any]:
+    if regex is not None or json_schema is not None:
+        raise InvalidRequest("dtype is a constraint itself: give one of dtype, regex and json_schema", "dtype")
+    if dtype not in ("int", "float"):
+        return {"regex": DTYPE_REGEXES[dtype]}
+    return {"regex": DTYPE_REGEXES[dtype], "stop": [*stop, *(s for s in NUMBER_STOPS if s not in stop)]}

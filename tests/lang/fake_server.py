@@ -1,7 +1,7 @@
 """A fake radixrt frontend: a ROUTER socket on a thread that answers by fixed rules.
 
 One character is one token. Replies are exact, so tests can assert text, not shapes:
-- generate: "" for max_new_tokens=0, "42" for dtype int, "2.5" float, "True" bool, else
+- generate: "" for max_new_tokens=0, "42" for the int regex, "2.5" float, "True" bool, else
   `<N>` with N = len(prompt); streamed in chunks of `chunk_size` characters.
 - cached_tokens: longest common prefix with any earlier prompt (+output), like a radix cache.
 - score: logprobs from `scores[continuation]` (default -1.0 per character).
@@ -19,6 +19,7 @@ import time
 import msgspec
 import zmq
 
+from radixrt.lang.sampling import REGEX_BOOL, REGEX_FLOAT, REGEX_INT
 from radixrt.runtime import protocol as p
 
 SMOL_TEMPLATE = (
@@ -35,7 +36,7 @@ def reply_text(req: p.GenerateRequest) -> str:
     s = req.sampling
     if s.max_new_tokens == 0:
         return ""
-    return {"int": "42", "float": "2.5", "bool": "True"}.get(s.dtype or "", f"<{len(req.text or '')}>")
+    return {REGEX_INT: "42", REGEX_FLOAT: "2.5", REGEX_BOOL: "True"}.get(s.regex or "", f"<{len(req.text or '')}>")
 
 
 def common_prefix(a: str, b: str) -> int:

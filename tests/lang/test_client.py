@@ -5,7 +5,7 @@ import threading
 
 import pytest
 
-from radixrt.errors import InvalidRequest, RadixRTError, Unauthorized
+from radixrt.errors import InternalError, InvalidRequest, Unauthorized
 from radixrt.lang.backends.client import ClientClosed, RuntimeClient, error_from_reply
 from radixrt.runtime import protocol as p
 
@@ -75,7 +75,7 @@ def test_error_reply_raises_with_the_server_message_status_and_param():
 def test_error_reply_maps_status_to_error_class():
     assert isinstance(error_from_reply(p.ErrorReply(rid="r", status=401, message="bad key")), Unauthorized)
     err = error_from_reply(p.ErrorReply(rid="r", status=500, message="worker died"))
-    assert type(err) is RadixRTError and err.status == 500 and str(err) == "worker died"
+    assert type(err) is InternalError and err.status == 500 and str(err) == "worker died"
 
 
 def test_control_requests_are_answered_in_order():

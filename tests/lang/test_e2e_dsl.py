@@ -55,10 +55,12 @@ def test_select_gen_int_dtype_and_regex_give_well_formed_values(backend):
     assert state["pick"] in ("red", "green", "blue")
     scores = state.get_meta_info("pick")["scores"]
     assert len(scores) == 3 and scores.index(max(scores)) == ["red", "green", "blue"].index(state["pick"])
-    assert isinstance(state["count"], int) and isinstance(state["ratio"], float)
-    assert isinstance(state["flag"], bool)
+    # typed gens hold their text, as in SGLang; the number stops (space, newline) are trimmed
+    count, ratio = state["count"], state["ratio"]
+    assert re.fullmatch(r"[-+]?[0-9]+", count) and re.fullmatch(r"[-+]?[0-9]*\.?[0-9]+", ratio)
+    assert state["flag"] in ("True", "False")
     assert re.fullmatch(r"[A-Z]{2}-[0-9]{3}", state["code"])
-    assert isinstance(state["word"], str)
+    assert isinstance(state["word"], str) and state["word"].startswith('"')
 
 
 PERSON = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 12},
@@ -209,7 +211,7 @@ def test_an_sglang_program_runs_unchanged(backend):
         state = sglang_style.run(question="How can I save energy at home?", temperature=0)
     finally:
         sgl.set_default_backend(None)
-    assert len(state["idea"]) == 2 and isinstance(state["n"], int)
+    assert len(state["idea"]) == 2 and re.fullmatch(sgl.REGEX_INT, state["n"])
 
 
 @sgl.function

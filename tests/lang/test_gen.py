@@ -49,7 +49,6 @@ def test_gen_sends_the_program_text_and_stores_the_reply(server, backend):
         ({"regex": r"[a-z]+"}, "regex", r"[a-z]+"),
         ({"regex": ir.REGEX_INT}, "regex", ir.REGEX_INT),
         ({"json_schema": '{"type": "object"}'}, "json_schema", '{"type": "object"}'),
-        ({"dtype": "float"}, "dtype", "float"),
     ],
 )
 def test_each_gen_option_is_forwarded_in_sampling(server, backend, kwargs, field, value):
@@ -64,19 +63,27 @@ def test_json_schema_dict_is_sent_as_json(server, backend):
 
 
 @pytest.mark.parametrize(
-    ("make", "dtype", "value"),
+    ("make", "regex", "stop", "text"),
     [
-        (lambda: rl.gen_int("v"), "int", 42),
-        (lambda: rl.gen("v", dtype=int), "int", 42),
-        (lambda: rl.gen("v", dtype=float), "float", 2.5),
-        (lambda: rl.gen("v", dtype="bool"), "bool", True),
-        (lambda: rl.gen_string("v"), "str", "<2>"),
+        (lambda: rl.gen_int("v"), ir.REGEX_INT, [" ", "\n"], "42"),
+        (lambda: rl.gen("v", dtype=int, stop="\n"), ir.REGEX_INT, ["\n", " "], "42"),
+        (lambda: rl.gen("v", dtype=float), ir.REGEX_FLOAT, [" ", "\n"], "2.5"),
+        (lambda: rl.gen("v", dtype="bool"), ir.REGEX_BOOL, [], "True"),
+        (lambda: rl.gen_string("v"), ir.REGEX_STR, [], "<2>"),
     ],
 )
-def test_dtype_constrains_on_the_server_and_parses_the_value(server, backend, make, dtype, value):
+def test_dtype_goes_as_sglangs_regex_and_the_variable_holds_the_text(server, backend, make, regex, stop, text):
     state = run_one(backend, make())
-    assert sent(server).sampling.dtype == dtype
-    assert state["v"] == value and type(state["v"]) is type(value)
+    sampling = sent(server).sampling
+    assert (sampling.regex, sampling.stop, sampling.dtype) == (regex, stop, None)
+    assert state["v"] == text and state.text() == "P:" + text  # text, as SGLang stores it: int(s["v"]) parses
+
+
+@pytest.mark.parametrize("other", [{"regex": "[0-9]"}, {"json_schema": {"type": "integer"}}])
+def test_dtype_with_another_constraint_is_refused_before_any_request(server, backend, other):
+    with pytest.raises(InvalidRequest, match="one of dtype, regex and json_schema") as info:
+        run_one(backend, rl.gen("v", dtype=int, **other))
+    assert info.value.param == "dtype" and not server.of_type(p.GenerateRequest)
 
 
 def test_run_keywords_are_sampling_defaults_that_gen_options_override(server, backend):

@@ -113,6 +113,49 @@ def test_variable_assignment_and_reading_keep_program_order(server, backend):
         state["missing"]
 
 
+def test_an_ended_program_takes_variables_but_not_text(server, backend):
+    @rl.function
+    def prog(s):
+        s += "N: " + rl.gen_int("n")
+        forks = s.fork(2)
+        for f in forks:
+            f += rl.gen("idea")
+        return forks
+
+    state = prog.run(backend=backend)
+    state["n"] = int(state["n"])  # SGLang programs post-process results this way
+    state["note"] = "added after the end"
+    state.stream_executor.end()  # ending twice changes nothing
+    assert (state["n"], state["note"]) == (42, "added after the end")
+    with pytest.raises(RuntimeError, match="the program has ended; cannot add text"):
+        state += "more"
+    with pytest.raises(RuntimeError, match="cannot add gen"):
+        state += rl.gen("late")
+    with pytest.raises(RuntimeError, match="cannot add text"):
+        state.ret_value[0] += "into a branch"
+    assert state.text() == "N: 42" and state.error() is None
+    assert len(server.of_type(p.GenerateRequest)) == 4  # gen_int, the fork's commit, two branches
+
+
+def test_a_variable_set_while_a_streamed_gen_runs_is_applied_after_the_gen(server, backend):
+    server.stream_gap = 0.05  # the gen is still streaming when the caller sets the variable
+    state = qa.run(question="q", backend=backend, stream=True)
+    state["answer"] = "mine"
+    assert state["answer"] == "mine" and state.text().endswith("<23>")
+
+
+def test_a_failed_program_still_takes_variables_after_its_end(server, backend):
+    server.errors["BOOM"] = "bad prompt"
+
+    @rl.function
+    def prog(s):
+        s += "BOOM" + rl.gen("x")
+
+    states = prog.run_batch([{}], backend=backend)
+    states[0]["x"] = "fallback"  # a failed gen's name can be set again once the program ended
+    assert states[0]["x"] == "fallback" and isinstance(states[0].error(), InvalidRequest)
+
+
 def test_var_scope_captures_exactly_its_text(server, backend):
     @rl.function
     def prog(s):

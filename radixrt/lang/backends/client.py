@@ -19,7 +19,7 @@ from collections.abc import Iterator
 import msgspec
 import zmq
 
-from radixrt.errors import InvalidRequest, Overloaded, RadixRTError, Unauthorized
+from radixrt.errors import RadixRTError, error_for_status
 from radixrt.runtime import protocol
 from radixrt.runtime.protocol import (
     AbortRequest,
@@ -36,18 +36,11 @@ _CONTROL_REPLY = {
     protocol.FlushCache: protocol.Ack,
     protocol.GetStats: protocol.StatsReply,
 }
-_BY_STATUS = {401: Unauthorized, 403: Unauthorized, 503: Overloaded}
 
 
 def error_from_reply(reply: ErrorReply) -> RadixRTError:
     """The exception a server ErrorReply stands for, carrying its message, status and param."""
-    if 400 <= reply.status < 500 and reply.status not in _BY_STATUS:
-        err: RadixRTError = InvalidRequest(reply.message, reply.param)
-    else:
-        err = _BY_STATUS.get(reply.status, RadixRTError)(reply.message)
-        err.param = reply.param
-    err.status = reply.status
-    return err
+    return error_for_status(reply.status, reply.message, reply.param)
 
 
 class ClientClosed(RadixRTError):
