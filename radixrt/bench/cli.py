@@ -1,7 +1,10 @@
-"""`python -m radixrt.bench`: run the workloads on each system, the engine micro-benchmarks,
-print one line per system and workload, and write the JSON results and a PNG chart.
+"""`python -m radixrt.bench`: run the workloads on each system (many programs in flight, then
+one at a time), cross-check their outputs, run the engine micro-benchmarks, print one line per
+system and workload, and write the JSON results, a PNG chart and the Markdown tables.
 
-    python -m radixrt.bench --workload all --quick --json out.json --plot out.png
+    python -m radixrt.bench --workload all --quick --json out.json --plot out.png --markdown out.md
+
+Exit status 1 when a program failed or radixrt and radixrt-nocache disagreed on a greedy output.
 """
 
 from __future__ import annotations
@@ -13,27 +16,29 @@ from pathlib import Path
 from typing import Any
 
 from radixrt.bench import report
-from radixrt.bench.runner import run_workload
-from radixrt.bench.systems import DEFAULT_SYSTEMS, SYSTEMS, SystemConfig, start
+from radixrt.bench.suite import Plan, run_suite
+from radixrt.bench.systems import DEFAULT_SYSTEMS, SYSTEMS, SystemConfig, missing_systems
 from radixrt.bench.workloads import WORKLOADS
 
-DESCRIPTION = "Agentic DSL workloads on radixrt, radixrt without its cache and transformers; engine micro-benchmarks."
-NOJUMP_WORKLOADS = ("json_decode",)  # radixrt-nojump differs from radixrt only under a grammar
+DESCRIPTION = "Agentic DSL workloads (SGLang's benchmark programs) on radixrt and its peers; engine micro-benchmarks."
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m radixrt.bench", description=DESCRIPTION)
     p.add_argument("--workload", default="all", help=f"all, or a comma list of: {', '.join(WORKLOADS)}")
-    p.add_argument("--systems", default=",".join((*DEFAULT_SYSTEMS, "radixrt-nojump")),
+    p.add_argument("--systems", default=",".join(DEFAULT_SYSTEMS),
                    help=f"comma list of: {', '.join(SYSTEMS)} (radixrt-nojump runs json_decode only)")  # fmt: skip
     p.add_argument("--num-programs", type=int, default=None, help="programs per workload (default: per workload)")
+    p.add_argument("--interactive", type=int, default=None,
+                   help="programs run one at a time for the single-user latency (default: per workload; 0: skip)")  # fmt: skip
     p.add_argument("--parallel", type=int, default=32, help="programs in flight at once (run_batch threads)")
-    p.add_argument("--quick", action="store_true", help="small sizes: each workload about 2 minutes on 2 cores")
+    p.add_argument("--quick", action="store_true", help="fewer programs per workload, SGLang's lengths (< 30 min)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--model", default="default", help="model folder or 'default' (the embedded SmolLM2-135M)")
+    p.add_argument("--gguf", default=None, help="the GGUF file the llamacpp system runs (default: the embedded one)")
     p.add_argument("--max-batch", type=int, default=64, help="server max_running_requests = transformers batch")
     p.add_argument("--no-micro", action="store_true", help="skip the engine micro-benchmarks")
-    p.add_argument("--json", dest="json_out", default=None, help="write the results here")
+    p.add_argument("--json", dest="json_out", default=None, help="write the results here (benchmarks/results/...)")
     p.add_argument("--plot", default=None, help="write a PNG chart here")
     p.add_argument("--markdown", default=None, help="write the tables (as in BENCHMARKS.md) here")
     args = p.parse_args(argv)
@@ -57,95 +62,82 @@ def main(argv: list[str] | None = None) -> int:
     from radixrt.workers.model_store import resolve_model
 
     use_all_cores()  # the transformers baseline gets the same threads as the server's worker
+    skipped = missing_systems(args.system_names)
+    for system, reason in skipped.items():
+        _log(f"[{system}] SKIPPED: {reason}; the other systems run")
     tokenizer = load_tokenizer(resolve_model(args.model))
-    results: dict[str, Any] = {"workloads": {w: {"systems": {}} for w in args.workloads},
-                               "machine": report.machine_info(), "settings": _settings(args)}  # fmt: skip
-    config = SystemConfig(model=args.model, max_batch=args.max_batch)
-    _run_all(config, args, results, lambda text: tokenizer.encode(text, add_special_tokens=True))
-    for entry in results["workloads"].values():
-        entry["ratios"] = report.ratios(entry["systems"])
+    results: dict[str, Any] = {
+        "machine": report.machine_info(),
+        "settings": _settings(args),
+        "skipped_systems": skipped,
+    }
+    config = SystemConfig(model=args.model, max_batch=args.max_batch, threads=results["machine"]["torch_threads"],
+                          gguf=args.gguf)  # fmt: skip
+    plan = Plan(args.workloads, [s for s in args.system_names if s not in skipped], args.quick, args.num_programs,
+                args.interactive, args.parallel, args.seed)  # fmt: skip
+    results["workloads"] = run_suite(config, plan, lambda text: tokenizer.encode(text, add_special_tokens=True), _log)
     if not args.no_micro:
-        _log("[micro] prefill / decode / json decode on radixrt.Engine ...")
-        from radixrt.bench.micro import run_micro
-
-        micro = results["micro"] = run_micro(args.model, repeats=3 if args.quick else 5, seed=args.seed)
-        _log("[micro] " + _micro_line(micro))
-        if "transformers" in args.system_names:
-            _log("[micro] the same prefill / decode on transformers ...")
-            from radixrt.bench.micro_transformers import micro_ratios, run_micro_transformers
-
-            micro["transformers"] = run_micro_transformers(args.model, repeats=3 if args.quick else 5, seed=args.seed)
-            micro["vs_transformers"] = micro_ratios(micro, micro["transformers"])
-            _log(
-                "[micro] radixrt / transformers: "
-                + ", ".join(f"{k} {v:.2f}x" for k, v in micro["vs_transformers"].items())
-            )
+        results["micro"] = _micro(args)
     results["machine"]["load_average_end"] = list(os.getloadavg())
-    _print_ratios(results)
+    _print_summary(results)
+    _write(results, args)
+    return _exit_status(results)
+
+
+def _micro(args: argparse.Namespace) -> dict[str, Any]:
+    _log("[micro] prefill / decode / json decode on radixrt.Engine ...")
+    from radixrt.bench.micro import run_micro
+
+    micro = run_micro(args.model, repeats=3 if args.quick else 5, seed=args.seed)
+    _log(f"[micro] prefill {micro['prefill_tokens_per_s']:.0f} tok/s; decode tok/s "
+         + " ".join(f"b{b}={v:.0f}" for b, v in micro["decode_tokens_per_s"].items()))  # fmt: skip
+    if "transformers" in args.system_names:
+        _log("[micro] the same prefill / decode on transformers ...")
+        from radixrt.bench.micro_transformers import micro_ratios, run_micro_transformers
+
+        micro["transformers"] = run_micro_transformers(args.model, repeats=3 if args.quick else 5, seed=args.seed)
+        micro["vs_transformers"] = micro_ratios(micro, micro["transformers"])
+        _log(
+            "[micro] radixrt / transformers: " + ", ".join(f"{k} {v:.2f}x" for k, v in micro["vs_transformers"].items())
+        )
+    return micro
+
+
+def _settings(args: argparse.Namespace) -> dict[str, Any]:
+    keys = ("quick", "num_programs", "interactive", "parallel", "seed", "model", "gguf", "max_batch", "system_names",
+            "workloads")  # fmt: skip
+    return {k: getattr(args, k) for k in keys} | {"command": "python -m radixrt.bench " + " ".join(sys.argv[1:])}
+
+
+def _print_summary(results: dict[str, Any]) -> None:
+    for name, entry in results["workloads"].items():
+        parts = [f"{other}: {r['programs_per_s']:.2f}x" for other, r in entry["ratios"].items() if r["programs_per_s"]]
+        if parts:
+            _log(f"[ratio] {name} programs/s " + ", ".join(parts))
+        for other, pair in entry["crosscheck"]["pairs"].items():
+            _log(
+                f"[crosscheck] {name} {other}: {pair['identical_programs']}/{pair['programs']} programs identical to radixrt"
+            )
+
+
+def _write(results: dict[str, Any], args: argparse.Namespace) -> None:
     if args.json_out:
         report.write_json(results, args.json_out)
     if args.plot:
         report.write_plot(results, args.plot)
     if args.markdown:
-        Path(args.markdown).write_text(report.markdown(results))
-    failed = sum(f["programs"] - f["ok_programs"] for w in results["workloads"].values() for f in w["systems"].values())
-    return 1 if failed else 0
+        from radixrt.bench.tables import markdown
+
+        Path(args.markdown).write_text(markdown(results, source=args.json_out))
 
 
-def _run_all(config: SystemConfig, args: argparse.Namespace, results: dict[str, Any], encode: Any) -> None:
-    """Start every system first, then run each workload on each system in turn: on a shared
-    machine, other users' load then falls on all systems of a workload alike, not on one system."""
-    sessions = {}
-    try:
-        for system in args.system_names:
-            if any(_applies(system, name) for name in args.workloads):
-                _log(f"[{system}] starting ...")
-                sessions[system] = start(system, config)
-        for name in args.workloads:
-            workload = WORKLOADS[name]
-            n = args.num_programs or (workload.quick_programs if args.quick else workload.full_programs)
-            for system, session in sessions.items():
-                if _applies(system, name):
-                    figures = run_workload(workload, session, num_programs=n, parallel=args.parallel,
-                                           seed=args.seed, encode=encode)  # fmt: skip
-                    results["workloads"][name]["systems"][system] = figures
-                    _log(f"[{system}] {name}: " + _figures_line(figures))
-    finally:
-        for session in sessions.values():
-            session.close()
-
-
-def _applies(system: str, workload: str) -> bool:
-    return system != "radixrt-nojump" or workload in NOJUMP_WORKLOADS
-
-
-def _settings(args: argparse.Namespace) -> dict[str, Any]:
-    keys = ("quick", "num_programs", "parallel", "seed", "model", "max_batch", "system_names", "workloads")
-    return {k: getattr(args, k) for k in keys} | {"command": "python -m radixrt.bench " + " ".join(sys.argv[1:])}
-
-
-def _figures_line(f: dict[str, Any]) -> str:
-    line = (f"{f['programs']} programs in {f['wall_s']:.1f}s  {f['programs_per_s']:.2f} prog/s  "
-            f"{f['output_tokens_per_s']:.1f} out tok/s  p50 {f['latency_p50_s']:.2f}s p99 {f['latency_p99_s']:.2f}s  "
-            f"hit {f['cache_hit_rate']:.0%} (optimal {f['optimal_hit_rate']:.0%})  busy {f.get('server_busy', 0):.0%}")  # fmt: skip
-    bad = f["programs"] - f["ok_programs"]
-    return line + (f"  {bad} FAILED: {f['problems'][0]}" if bad else "")
-
-
-def _micro_line(m: dict[str, Any]) -> str:
-    decode = " ".join(f"b{b}={v:.0f}" for b, v in m["decode_tokens_per_s"].items())
-    return (
-        f"prefill {m['prefill_tokens_per_s']:.0f} tok/s; decode tok/s {decode}; json "
-        f"{m['json_decode_tokens_per_s']:.0f} (no jump-forward {m['json_nojump_decode_tokens_per_s']:.0f}) "
-        f"vs plain {m['unconstrained_decode_tokens_per_s']:.0f} tok/s"
-    )
-
-
-def _print_ratios(results: dict[str, Any]) -> None:
-    for name, entry in results["workloads"].items():
-        parts = [f"{pair}: {r['programs_per_s']:.2f}x" for pair, r in entry["ratios"].items() if r["programs_per_s"]]
-        if parts:
-            _log(f"[ratio] {name} programs/s " + ", ".join(parts))
+def _exit_status(results: dict[str, Any]) -> int:
+    workloads = results["workloads"].values()
+    failed = sum(f["programs"] - f["ok_programs"] for w in workloads for f in w["systems"].values())
+    mismatched = [name for name, w in results["workloads"].items() if w["crosscheck"]["failed"]]
+    if mismatched:
+        _log(f"[crosscheck] FAILED: radixrt-nocache's greedy outputs differ from radixrt's on {', '.join(mismatched)}")
+    return 1 if failed or mismatched else 0
 
 
 def _log(line: str) -> None:

@@ -34,7 +34,8 @@ class GenJob:
     @property
     def key(self) -> tuple:
         s = self.spec.sampling
-        return ("gen", "greedy") if s.is_greedy else ("gen", s.temperature, s.top_p, s.top_k, s.min_p)
+        sampling = ("greedy",) if s.is_greedy else (s.temperature, s.top_p, s.top_k, s.min_p)
+        return ("gen", s.ignore_eos, *sampling)
 
 
 @dataclass
@@ -152,6 +153,8 @@ class HFBatcher:
         if not s.is_greedy:
             sampling = {"do_sample": True, "temperature": s.temperature, "top_p": s.top_p,
                         "top_k": max(s.top_k, 0), "min_p": s.min_p or None}  # fmt: skip
+        if s.ignore_eos:  # an id no token has: transformers fills a None eos from the model's config
+            sampling["eos_token_id"] = [self.vocab_size]
         longest = max(job.spec.sampling.max_new_tokens for job in jobs)
         return GenerationConfig(max_new_tokens=longest, pad_token_id=self.pad_id, **sampling)
 

@@ -53,7 +53,7 @@ class RowControl(StoppingCriteria):
         token, sampling = ids[-1], spec.sampling
         if spec.matcher is not None:
             spec.matcher.accept_token(token)
-        if token in self.eos_ids or token in sampling.stop_token_ids:
+        if (token in self.eos_ids and not sampling.ignore_eos) or token in sampling.stop_token_ids:
             return {"type": "stop", "matched": token}
         if sampling.stop:
             text = self.decode(ids)

@@ -10,12 +10,29 @@ import statistics
 import time
 from typing import Any
 
-from radixrt.bench.workloads.json_decode import SCHEMA
-
 PREFILL_TOKENS = 1024
 DECODE_BATCHES = (1, 16, 64)
 DECODE_STEPS = (4, 36)  # decode rate from the difference of two lengths: prefill cancels out
 JSON_BATCH = 8
+KINDS = ["city", "town", "village"]
+SCHEMA = {  # an enum, patterns, bounded integers and a nested object: jump-forward skips the fixed keys
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "pattern": "[A-Z][a-z]{1,15}"},
+        "kind": {"enum": KINDS},
+        "location": {
+            "type": "object",
+            "properties": {
+                "country": {"type": "string", "pattern": "[A-Z][a-z]{1,15}"},
+                "coastal": {"type": "boolean"},
+            },
+            "required": ["country", "coastal"],
+        },
+        "population": {"type": "integer", "minimum": 0, "maximum": 9999999},
+        "founded": {"type": "integer", "minimum": 800, "maximum": 2024},
+    },
+    "required": ["name", "kind", "location", "population", "founded"],
+}
 _JSON_PROMPTS = [
     f"Describe town number {i} as a JSON record with its name, kind, location and population.\n"
     for i in range(JSON_BATCH)

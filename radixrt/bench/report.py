@@ -1,7 +1,9 @@
-"""Results: ratios between systems, machine description, the JSON file and the PNG chart.
+"""Results: ratios between systems, machine description, the JSON file and the PNG chart
+(the Markdown tables: `tables.py`).
 
-JSON shape: {"workloads": {NAME: {"systems": {SYSTEM: figures}, "ratios": {...}}},
-"micro": {...}, "machine": {...}, "settings": {...}}.
+JSON shape: {"workloads": {NAME: {"greedy": bool, "systems": {SYSTEM: figures}, "interactive":
+{SYSTEM: figures}, "ratios": {SYSTEM: {...}}, "crosscheck": {...}}}, "micro": {...},
+"machine": {...}, "settings": {...}, "skipped_systems": {SYSTEM: reason}}.
 """
 
 from __future__ import annotations
@@ -17,26 +19,33 @@ from typing import Any
 from radixrt.bench.metrics import ratio
 
 BASE = "radixrt"
-COMPARED = ("transformers", "radixrt-nocache", "radixrt-nojump")
-_RATIO_KEYS = ("programs_per_s", "output_tokens_per_s", "latency_p50_speedup", "latency_p99_speedup")
+REFERENCES = ("transformers", "llamacpp", "radixrt-nocache")  # the plot's 1x, first one measured
+ISA_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "avx_vnni",
+             "amx_tile", "amx_bf16", "amx_int8")  # fmt: skip
 
 
-def ratios(systems: dict[str, dict[str, Any]]) -> dict[str, dict[str, float | None]]:
-    """For each other system: radixrt's throughput over its, and its latency over radixrt's
-    (so every number > 1 means radixrt is faster)."""
-    base = systems.get(BASE)
+def ratios(systems: dict[str, dict[str, Any]], interactive: dict[str, dict[str, Any]] | None = None) -> dict[str, dict]:
+    """For each other system: radixrt's throughput over its, and its latencies over radixrt's
+    (so every number > 1 means radixrt is faster); `interactive_speedup` compares the mean
+    latency of programs run one at a time."""
+    base, interactive = systems.get(BASE), interactive or {}
     out: dict[str, dict[str, float | None]] = {}
-    for other in COMPARED:
-        theirs = systems.get(other)
-        if base is None or theirs is None:
+    for other, theirs in systems.items():
+        if base is None or other == BASE:
             continue
-        out[f"{BASE}/{other}"] = {
+        out[other] = {
             "programs_per_s": ratio(base["programs_per_s"], theirs["programs_per_s"]),
             "output_tokens_per_s": ratio(base["output_tokens_per_s"], theirs["output_tokens_per_s"]),
             "latency_p50_speedup": ratio(theirs["latency_p50_s"], base["latency_p50_s"]),
             "latency_p99_speedup": ratio(theirs["latency_p99_s"], base["latency_p99_s"]),
+            "interactive_speedup": _interactive(interactive, other),
         }
     return out
+
+
+def _interactive(interactive: dict[str, dict[str, Any]], other: str) -> float | None:
+    ours, theirs = interactive.get(BASE), interactive.get(other)
+    return ratio(theirs["latency_mean_s"], ours["latency_mean_s"]) if ours and theirs else None
 
 
 def machine_info() -> dict[str, Any]:
@@ -44,7 +53,8 @@ def machine_info() -> dict[str, Any]:
     import transformers
 
     return {
-        "cpu": _cpu_model(),
+        "cpu": _cpu_field("model name") or platform.processor() or "unknown",
+        "isa": [f for f in ISA_FLAGS if f in (_cpu_field("flags") or "").split()],
         "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
         "torch_threads": torch.get_num_threads(),
@@ -54,18 +64,33 @@ def machine_info() -> dict[str, Any]:
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **_llama_cpp_info(),
     }
 
 
-def _cpu_model() -> str:
+def _cpu_field(name: str) -> str | None:
+    """The first `name : value` line of /proc/cpuinfo."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
+                if line.split(":", 1)[0].strip() == name:
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or "unknown"
+    return None
+
+
+def _llama_cpp_info() -> dict[str, Any]:
+    """llama-cpp-python's version and the CPU features its llama.cpp was built with."""
+    try:
+        import llama_cpp
+    except ImportError:
+        return {}
+    info = llama_cpp.llama_print_system_info().decode()
+    features = " ".join(
+        part.split("=")[0].replace("CPU :", "").strip() for part in info.split("|") if part.strip().endswith("= 1")
+    )
+    return {"llama_cpp_python": llama_cpp.__version__, "llama_cpp_build": features}
 
 
 def write_json(results: dict[str, Any], path: str | Path) -> None:
@@ -84,8 +109,8 @@ def _finite(value: Any) -> Any:
 
 
 def write_plot(results: dict[str, Any], path: str | Path) -> None:
-    """Two panels: programs/s per system relative to transformers (log scale), and radixrt's
-    measured cache hit rate beside the optimal one, per workload."""
+    """Two panels: programs/s per system relative to transformers (or, without it, the first of
+    REFERENCES measured; log scale), and radixrt's measured cache hit rate beside the optimal one."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -94,17 +119,18 @@ def write_plot(results: dict[str, Any], path: str | Path) -> None:
 
     workloads = results["workloads"]
     names = list(workloads)
-    systems = sorted({s for w in workloads.values() for s in w["systems"]}, key=_system_order)
+    systems = sorted({s for w in workloads.values() for s in w["systems"]}, key=system_order)
+    reference = next((r for r in REFERENCES if r in systems), systems[0] if systems else BASE)
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(8, 1.3 * len(names) + 2), 8))
     width = 0.8 / max(len(systems), 1)
     for i, system in enumerate(systems):
-        values = [_relative(workloads[n]["systems"], system) for n in names]
+        values = [_relative(workloads[n]["systems"], system, reference) for n in names]
         top.bar([x + i * width for x in range(len(names))], values, width, label=system)
     top.set_yscale("log")
     top.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}x"))
     top.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     top.axhline(1.0, color="grey", linewidth=0.8)
-    top.set_ylabel("programs/s vs transformers")
+    top.set_ylabel(f"programs/s vs {reference}")
     top.set_xticks([x + width * (len(systems) - 1) / 2 for x in range(len(names))], names, rotation=20)
     top.legend(fontsize=8)
     _hit_panel(bottom, workloads, names)
@@ -125,8 +151,8 @@ def _hit_panel(ax: Any, workloads: dict[str, Any], names: list[str]) -> None:
     ax.legend(fontsize=8)
 
 
-def _relative(systems: dict[str, Any], system: str) -> float:
-    base = systems.get("transformers", {}).get("programs_per_s")
+def _relative(systems: dict[str, Any], system: str, reference: str) -> float:
+    base = systems.get(reference, {}).get("programs_per_s")
     value = systems.get(system, {}).get("programs_per_s")
     return value / base if value and base else 0.0
 
@@ -136,56 +162,14 @@ def _optimal(systems: dict[str, Any]) -> float:
     return figures.get("optimal_hit_rate", 0.0)
 
 
-def _system_order(name: str) -> int:
-    order = ("transformers", "radixrt-nocache", "radixrt-nojump", "radixrt")
+def system_order(name: str) -> int:
+    order = (
+        "transformers",
+        "llamacpp",
+        "llamacpp-f16",
+        "llamacpp-bf16",
+        "radixrt-nocache",
+        "radixrt-nojump",
+        "radixrt",
+    )
     return order.index(name) if name in order else len(order)
-
-
-def markdown(results: dict[str, Any]) -> str:
-    """The per-workload figures and the micro-benchmarks as Markdown tables (for BENCHMARKS.md)."""
-    lines = ["| workload | system | programs | prog/s | out tok/s | p50 s | p99 s | hit rate | optimal | busy | ok |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
-    for name, entry in results["workloads"].items():
-        for system in sorted(entry["systems"], key=_system_order, reverse=True):
-            f = entry["systems"][system]
-            lines.append(
-                f"| {name} | {system} | {f['programs']} | {f['programs_per_s']:.2f} | {f['output_tokens_per_s']:.1f} "
-                f"| {f['latency_p50_s']:.2f} | {f['latency_p99_s']:.2f} | {f['cache_hit_rate']:.0%} "
-                f"| {f['optimal_hit_rate']:.0%} | {_share(f.get('server_busy'))} | {f['ok_programs']}/{f['programs']} |"
-            )
-    lines += ["", "| workload | vs | programs/s | output tok/s | p50 latency | p99 latency |",
-              "|---|---|---:|---:|---:|---:|"]  # fmt: skip
-    for name, entry in results["workloads"].items():
-        for pair, r in entry["ratios"].items():
-            cells = [r[k] for k in _RATIO_KEYS]
-            lines.append(f"| {name} | {pair.split('/')[1]} | " + " | ".join(_times(c) for c in cells) + " |")
-    if "micro" in results:
-        lines += ["", _micro_markdown(results["micro"])]
-    return "\n".join(lines) + "\n"
-
-
-def _share(value: float | None) -> str:
-    return "-" if value is None else f"{value:.0%}"
-
-
-def _times(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}x"
-
-
-def _micro_markdown(m: dict[str, Any]) -> str:
-    base = m.get("transformers")
-    rows = [("prefill, 1,024-token prompt", m["prefill_tokens_per_s"], base and base["prefill_tokens_per_s"])]
-    rows += [(f"decode, batch {b}", v, base and base["decode_tokens_per_s"].get(b))
-             for b, v in m["decode_tokens_per_s"].items()]  # fmt: skip
-    batch = m["json_batch"]
-    rows += [
-        (f"JSON-schema decode, batch {batch} (jump-forward on)", m["json_decode_tokens_per_s"], None),
-        (f"JSON-schema decode, batch {batch} (jump-forward off)", m["json_nojump_decode_tokens_per_s"], None),
-        (f"unconstrained decode, batch {batch}, same length", m["unconstrained_decode_tokens_per_s"], None),
-    ]
-    lines = ["| engine micro-benchmark | radixrt tokens/s | transformers tokens/s | ratio |", "|---|---:|---:|---:|"]
-    for name, ours, theirs in rows:
-        other = f"{theirs:.0f}" if theirs else "-"
-        ratio = f"{ours / theirs:.2f}x" if theirs else "-"
-        lines.append(f"| {name} | {ours:.0f} | {other} | {ratio} |")
-    return "\n".join(lines)

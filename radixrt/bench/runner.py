@@ -1,10 +1,15 @@
-"""Run one workload on one started system and measure it."""
+"""Run one workload on one started system and measure it: many programs in flight (throughput),
+or one program at a time (a single user's latency)."""
 
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
+import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from radixrt.bench import metrics
@@ -14,6 +19,14 @@ from radixrt.bench.workloads import Workload
 from radixrt.lang import Program, ProgramState
 
 MAX_REPORTED_PROBLEMS = 3
+
+
+@dataclass
+class Run:
+    """A workload's figures on one system, and what each program generated (None: it failed)."""
+
+    figures: dict[str, Any]
+    outputs: list[dict[str, Any] | None]
 
 
 def timed(program: Program) -> Program:
@@ -41,7 +54,7 @@ def run_workload(
     parallel: int,
     seed: int,
     encode: Callable[[str], list[int]],
-) -> dict[str, Any]:
+) -> Run:
     """Flush the cache, run `num_programs` programs with `parallel` in flight, return the figures."""
     batch = workload.build(num_programs, seed)
     recorder = RecordingBackend(session.backend)
@@ -51,14 +64,56 @@ def run_workload(
     states = timed(batch.program).run_batch(batch.inputs, backend=recorder, num_threads=parallel)
     wall = time.perf_counter() - start
     after = session.backend.get_server_info()
-    problems = [_problems(workload, state, inputs) for state, inputs in zip(states, batch.inputs)]
     figures = _throughput(states, recorder, wall)
     figures.update(_cache(before, after, recorder, encode))
     if "busy_s" in after:  # the share of the wall time the model was running
         figures["server_busy"] = (after["busy_s"] - before.get("busy_s", 0.0)) / wall
-    figures["ok_programs"] = sum(1 for p in problems if not p)
-    figures["problems"] = [p for ps in problems for p in ps][:MAX_REPORTED_PROBLEMS]
-    return figures
+    run = _judge(workload, states, batch.inputs, batch.answers)
+    run.figures = figures | run.figures
+    return run
+
+
+def run_interactive(workload: Workload, session: Session, *, num_programs: int, seed: int) -> Run:
+    """A single user's agent: flush the cache, then run the workload's first `num_programs`
+    programs one after another (each alone on the system); per-program latency."""
+    batch = workload.build(num_programs, seed)
+    session.backend.flush_cache()
+    program, states, latencies = timed(batch.program), [], []
+    for inputs in batch.inputs:
+        [state] = program.run_batch([inputs], backend=session.backend, num_threads=1)
+        states.append(state)
+        if state.ret_value is not None:
+            latencies.append(state.ret_value[1] - state.ret_value[0])
+    run = _judge(workload, states, batch.inputs, batch.answers)
+    run.figures |= {
+        "programs": len(states),
+        "latency_mean_s": statistics.fmean(latencies) if latencies else None,
+        "latency_p50_s": metrics.percentile(latencies, 50),
+        "latencies_s": latencies,
+    }
+    return run
+
+
+def output_digest(outputs: dict[str, Any] | None) -> str | None:
+    """A short fingerprint of one program's outputs (kept in the results instead of the text)."""
+    if outputs is None:
+        return None
+    return hashlib.sha1(json.dumps(outputs, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _judge(workload: Workload, states: list[ProgramState], inputs: list[dict], answers: list | None) -> Run:
+    """Checks, outputs and (where the prompt determines the answer) accuracy of finished programs."""
+    problems = [_problems(workload, state, kw) for state, kw in zip(states, inputs)]
+    outputs = [None if state.error() is not None else _outputs(workload, state) for state in states]
+    figures: dict[str, Any] = {
+        "ok_programs": sum(1 for p in problems if not p),
+        "problems": [p for ps in problems for p in ps][:MAX_REPORTED_PROBLEMS],
+        "output_digests": [output_digest(o) for o in outputs],
+    }
+    if workload.correct is not None and answers is not None:
+        right = [o is not None and _safe(workload.correct, s, a) for s, o, a in zip(states, outputs, answers)]
+        figures["accuracy"] = sum(right) / len(right) if right else None
+    return Run(figures, outputs)
 
 
 def _problems(workload: Workload, state: ProgramState, inputs: dict[str, Any]) -> list[str]:
@@ -68,6 +123,20 @@ def _problems(workload: Workload, state: ProgramState, inputs: dict[str, Any]) -
         return workload.check(state, inputs)
     except Exception as e:  # noqa: BLE001 - a malformed output must be reported, not crash the run
         return [f"check failed: {type(e).__name__}: {e}"[:300]]
+
+
+def _safe(correct: Callable[[ProgramState, Any], bool], state: ProgramState, answer: Any) -> bool:
+    try:
+        return bool(correct(state, answer))
+    except Exception:  # noqa: BLE001 - an unreadable answer is a wrong one
+        return False
+
+
+def _outputs(workload: Workload, state: ProgramState) -> dict[str, Any] | None:
+    try:
+        return workload.outputs(state)
+    except Exception:  # noqa: BLE001 - counted by the check already; nothing to compare
+        return None
 
 
 def _throughput(states: list[ProgramState], recorder: RecordingBackend, wall: float) -> dict[str, Any]:

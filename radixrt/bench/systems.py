@@ -1,13 +1,20 @@
-"""The systems a benchmark compares, all on the same weights and dtype:
+"""The systems a benchmark compares, on the same weights:
 
 - `radixrt`: a `radixrt serve` subprocess, programs over ZMQ (the DSL's RuntimeEndpoint);
 - `radixrt-nocache`: the same with `--disable-radix-cache` (the ablation);
 - `radixrt-nojump`: the same with `--disable-jump-forward` (matters for constrained decoding);
-- `transformers`: `TransformersBackend` in this process (static batching, no prefix reuse).
+- `transformers`: `TransformersBackend` in this process (static batching, no prefix reuse);
+- `llamacpp`: llama-cpp-python on the GGUF file the model came from (the embedded Q4_1 file);
+- `llamacpp-bf16` / `llamacpp-f16`: llama-cpp-python on the model folder's weights written as a
+  bf16 / f16 GGUF (bf16: exactly the weights radixrt runs).
+
+radixrt and transformers run in `SystemConfig.dtype` (bf16). The llamacpp systems need
+llama-cpp-python (`make bench` builds it); `missing_systems` says which cannot start here.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,20 +25,25 @@ SERVER_FLAGS: dict[str, dict[str, Any]] = {
     "radixrt-nocache": {"disable_radix_cache": True},
     "radixrt-nojump": {"disable_jump_forward": True},
 }
-SYSTEMS = ("radixrt", "radixrt-nocache", "transformers", "radixrt-nojump")
-DEFAULT_SYSTEMS = ("radixrt", "radixrt-nocache", "transformers")
+LLAMACPP_SYSTEMS = {"llamacpp": None, "llamacpp-bf16": "bf16", "llamacpp-f16": "f16"}  # name -> exported dtype
+SYSTEMS = ("radixrt", "radixrt-nocache", "transformers", "radixrt-nojump", *LLAMACPP_SYSTEMS)
+DEFAULT_SYSTEMS = ("radixrt", "radixrt-nocache", "transformers", "llamacpp", "llamacpp-bf16", "radixrt-nojump")
 
 
 @dataclass(frozen=True)
 class SystemConfig:
     """What every system shares. `max_batch` is the server's max_running_requests and the
-    transformers batch limit; `kv_slots` sizes the server's KV cache (tokens)."""
+    transformers batch limit; `kv_slots` sizes the server's KV cache (tokens); `threads` is
+    llama.cpp's thread count (torch uses the same number); `gguf` the file `llamacpp` runs
+    (None: the embedded model's)."""
 
     model: str = "default"
     dtype: str = "bfloat16"
     max_batch: int = 64
     kv_slots: int = 65536
-    request_timeout_s: float = 900.0
+    request_timeout_s: float = 1800.0
+    threads: int = 2
+    gguf: str | None = None
 
 
 class Session:
@@ -46,9 +58,25 @@ class Session:
             self._closer()
 
 
+def missing_systems(names: list[str], llama_cpp: bool | None = None) -> dict[str, str]:
+    """Systems of `names` that cannot run on this machine, with the reason. `llama_cpp`: whether
+    llama-cpp-python is importable (None: look)."""
+    if llama_cpp is None:
+        llama_cpp = importlib.util.find_spec("llama_cpp") is not None
+    if llama_cpp:
+        return {}
+    reason = "llama-cpp-python is not installed (`make bench` builds it; see BENCHMARKS.md)"
+    return {name: reason for name in names if name in LLAMACPP_SYSTEMS}
+
+
 def start(name: str, config: SystemConfig) -> Session:
     """Start system `name` (one of SYSTEMS) and warm it up with one short request."""
-    session = _start_server(name, config) if name in SERVER_FLAGS else _start_transformers(config)
+    if name in SERVER_FLAGS:
+        session = _start_server(name, config)
+    elif name in LLAMACPP_SYSTEMS:
+        session = _start_llamacpp(name, config)
+    else:
+        session = _start_transformers(config)
     try:
         _warm_up(session.backend)
     except BaseException:
@@ -89,6 +117,33 @@ def _start_transformers(config: SystemConfig) -> Session:
     backend = TransformersBackend(resolve_model(config.model), dtype=getattr(torch, config.dtype),
                                   max_batch=config.max_batch, grammar_cache_dir=grammar_cache_dir())  # fmt: skip
     return Session("transformers", backend)
+
+
+def _start_llamacpp(name: str, config: SystemConfig) -> Session:
+    from radixrt.bench.llamacpp_backend import LlamaCppBackend
+
+    model_dir = _model_dir(config.model)
+    return Session(name, LlamaCppBackend(gguf_path(name, config), model_dir, n_threads=config.threads))
+
+
+def gguf_path(name: str, config: SystemConfig) -> str:
+    """The GGUF file llamacpp system `name` runs (exported on first use for bf16 / f16)."""
+    from radixrt.bench.gguf_export import exported_gguf
+    from radixrt.workers.model_store import cache_root, embedded_gguf
+
+    dtype = LLAMACPP_SYSTEMS[name]
+    if dtype is None:
+        if config.gguf is None and config.model not in ("default", "SmolLM2-135M-Instruct"):
+            raise ValueError("the llamacpp system needs --gguf FILE for a model other than the embedded one")
+        return config.gguf or str(embedded_gguf())
+    template = config.gguf or str(embedded_gguf())  # tokenizer and chat-template fields
+    return str(exported_gguf(_model_dir(config.model), dtype, template=template, cache_dir=cache_root() / "gguf"))
+
+
+def _model_dir(model: str) -> Any:
+    from radixrt.workers.model_store import resolve_model
+
+    return resolve_model(model)
 
 
 def _warm_up(backend: Backend) -> None:

@@ -65,8 +65,8 @@ class TransformersBackend(Backend):
         on_chunk: Callable[[str], None] | None = None,
     ) -> GenerateResult:
         sampling.verify()
-        if logprobs.return_logprob or sampling.ignore_eos or sampling.n != 1:
-            raise InvalidRequest("the transformers baseline supports no logprobs, ignore_eos or n > 1", "sampling")
+        if logprobs.return_logprob or sampling.n != 1:
+            raise InvalidRequest("the transformers baseline supports no logprobs or n > 1", "sampling")
         ids = self._encode(prompt)
         meta: dict[str, Any] = {"prompt_tokens": len(ids), "cached_tokens": 0, "completion_tokens": 0}
         rid = f"hf-{next(self._rids)}"

@@ -1,42 +1,53 @@
-"""Multi-turn chat: a shared system prompt, then 4 turns of a 256-512-token user message of random
-text and a 4-8-token answer; each turn's prompt is the whole conversation so far."""
+"""Multi-turn chat (SGLang's benchmark/multi_turn_chat/bench_sglang.py, short-output mode): 4
+turns, each a 256-512-token user message appended to the conversation so far, then an answer of
+4-8 tokens generated with ignore_eos at temperature 0; 20 conversations in a full run.
+
+As in SGLang: plain concatenation (no chat roles), the turn and length ranges, ignore_eos, greedy.
+Deviation: the messages are random common words (~1.1 tokens a word, sized to 256-512 tokens)
+where SGLang draws random letters and digits until the tokenizer counts the turn's length.
+SGLang's long-output mode (256-512-token answers) is not run.
+"""
 
 from __future__ import annotations
 
 from radixrt.bench.synthetic import TextGen
 from radixrt.bench.workloads.base import Batch, Workload, completion_tokens, expect_str
-from radixrt.lang import ProgramState, assistant, function, gen, system, user
+from radixrt.lang import ProgramState, function, gen
 
 TURNS = 4
-SYSTEM_PROMPT = "You are a concise assistant. Answer every message in a few words."
 
 
 @function
-def multi_turn(s, turns):
-    s += system(SYSTEM_PROMPT)
-    for i, (message, answer_tokens) in enumerate(turns):
-        s += user(message)
-        s += assistant(gen(f"answer_{i}", max_tokens=answer_tokens, temperature=0))
+def multi_turns(s, qas):
+    for i, (prompt, new_tokens) in enumerate(qas):
+        s += prompt
+        s += gen(f"answer_{i}", max_tokens=new_tokens, ignore_eos=True, temperature=0)
 
 
 def build(num_programs: int, seed: int) -> Batch:
     g = TextGen(seed)
     inputs = []
     for _ in range(num_programs):
-        # ~1.1 tokens a word: 230-465 words ≈ 256-512 tokens
-        turns = [(g.paragraph(g.randint(230, 465)), g.randint(4, 8)) for _ in range(TURNS)]
-        inputs.append({"turns": turns})
-    return Batch(multi_turn, inputs)
+        qas = [(g.paragraph(g.randint(230, 465)) + "\n", g.randint(4, 8)) for _ in range(TURNS)]
+        inputs.append({"qas": qas})
+    return Batch(multi_turns, inputs)
 
 
 def check(state: ProgramState, inputs: dict) -> list[str]:
     problems = []
-    for i, (_, answer_tokens) in enumerate(inputs["turns"]):
+    for i, (_, new_tokens) in enumerate(inputs["qas"]):
         name = f"answer_{i}"
         problems += expect_str(state, name)
-        if not problems and completion_tokens(state, name) > answer_tokens:
-            problems.append(f"{name} has more than {answer_tokens} tokens")
+        if not problems and completion_tokens(state, name) != new_tokens:
+            problems.append(f"{name} has {completion_tokens(state, name)} tokens, not {new_tokens} (ignore_eos)")
     return problems
 
 
-WORKLOAD = Workload("multi_turn", "4-turn chat, 256-512-token user messages, 4-8-token answers", build, check, 4, 100)
+def outputs(state: ProgramState) -> dict:
+    return {f"answer_{i}": state[f"answer_{i}"] for i in range(TURNS)}
+
+
+WORKLOAD = Workload(
+    "multi_turn", "4 turns of 256-512-token messages, 4-8-token answers (ignore_eos)", build, check, outputs,
+    quick_programs=6, full_programs=20, interactive_programs=2,
+)  # fmt: skip

@@ -1,0 +1,206 @@
+"""The results as Markdown tables (BENCHMARKS.md's, generated, never typed by hand).
+
+    python -m radixrt.bench.tables benchmarks/results/RUN.json                      # print them
+    python -m radixrt.bench.tables benchmarks/results/RUN.json --into BENCHMARKS.md  # replace them
+
+With `--into`, the text between the `<!-- bench:tables begin -->` and `<!-- bench:tables end -->`
+lines is replaced. Every table is headed by the machine it ran on (CPU, ISA flags, threads).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from radixrt.bench.report import BASE, system_order
+from radixrt.bench.targets import evaluate
+
+BEGIN, END = "<!-- bench:tables begin -->", "<!-- bench:tables end -->"
+
+
+def markdown(results: dict[str, Any], source: str | None = None) -> str:
+    """All tables of one run; `source` (the JSON file's path) is named under each table."""
+    caption = machine_line(results, source)
+    sections = [
+        ("Throughput: many programs in flight", _throughput),
+        ("Single-program latency: one program at a time", _interactive),
+        ("Ratios: radixrt over each system (> 1: radixrt faster)", _ratios),
+        ("Outputs cross-checked against radixrt (greedy workloads)", _crosscheck),
+        ("Targets", _targets),
+        ("Engine micro-benchmarks", _micro),
+    ]
+    parts = []
+    for title, table in sections:
+        lines = table(results)
+        if lines:
+            parts.append("\n".join([f"#### {title}", "", caption, "", *lines]))
+    return "\n\n".join(parts) + "\n"
+
+
+def machine_line(results: dict[str, Any], source: str | None = None) -> str:
+    m, s = results.get("machine", {}), results.get("settings", {})
+    llama = (
+        f"; llama-cpp-python {m['llama_cpp_python']} ({m.get('llama_cpp_build', '')})"
+        if "llama_cpp_python" in m
+        else ""
+    )
+    mode = "--quick" if s.get("quick") else "full size"
+    where = f"; results: `{source}`" if source else ""
+    return (f"*{m.get('cpu', '?')}, {m.get('cores', '?')} cores, ISA {' '.join(m.get('isa', [])) or '?'}; "
+            f"{m.get('torch_threads', '?')} threads for every system{llama}; {mode}, seed {s.get('seed', '?')}, "
+            f"{m.get('date_utc', '?')}{where}*")  # fmt: skip
+
+
+def _systems(entry: dict[str, Any], key: str = "systems") -> list[str]:
+    return sorted(entry.get(key, {}), key=system_order, reverse=True)
+
+
+def _throughput(results: dict[str, Any]) -> list[str]:
+    lines = ["| workload | system | programs | prog/s | out tok/s | p50 s | p99 s | hit rate | optimal | busy | accuracy | ok |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for name, entry in results["workloads"].items():
+        for system in _systems(entry):
+            f = entry["systems"][system]
+            lines.append(
+                f"| {name} | {system} | {f['programs']} | {f['programs_per_s']:.3f} | {f['output_tokens_per_s']:.1f} "
+                f"| {_num(f['latency_p50_s'])} | {_num(f['latency_p99_s'])} | {f['cache_hit_rate']:.0%} "
+                f"| {f['optimal_hit_rate']:.0%} | {_share(f.get('server_busy'))} | {_share(f.get('accuracy'))} "
+                f"| {f['ok_programs']}/{f['programs']} |"
+            )
+    return lines
+
+
+def _interactive(results: dict[str, Any]) -> list[str]:
+    rows = [(name, system, entry["interactive"][system], entry.get("ratios", {}).get(system, {}))
+            for name, entry in results["workloads"].items() for system in _systems(entry, "interactive")]  # fmt: skip
+    lines = [
+        "| workload | system | programs | mean latency s | p50 s | radixrt faster by |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for name, system, f, r in rows:
+        speedup = "-" if system == BASE else _times(r.get("interactive_speedup"))
+        lines.append(
+            f"| {name} | {system} | {f['programs']} | {_num(f['latency_mean_s'])} | {_num(f['latency_p50_s'])} | {speedup} |"
+        )
+    return lines if rows else []
+
+
+def _ratios(results: dict[str, Any]) -> list[str]:
+    lines = ["| workload | vs | programs/s | output tok/s | p50 latency | p99 latency | 1-program latency |",
+             "|---|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+    keys = (
+        "programs_per_s",
+        "output_tokens_per_s",
+        "latency_p50_speedup",
+        "latency_p99_speedup",
+        "interactive_speedup",
+    )
+    for name, entry in results["workloads"].items():
+        for other in sorted(entry.get("ratios", {}), key=system_order):
+            r = entry["ratios"][other]
+            lines.append(f"| {name} | {other} | " + " | ".join(_times(r.get(k)) for k in keys) + " |")
+    return lines
+
+
+def _crosscheck(results: dict[str, Any]) -> list[str]:
+    lines = ["| workload | system | identical programs | identical fields | accuracy (radixrt's) | first difference |",
+             "|---|---|---:|---:|---:|---|"]  # fmt: skip
+    for name, entry in results["workloads"].items():
+        check = entry.get("crosscheck") or {}
+        if not check.get("greedy"):
+            lines.append(f"| {name} | - | - | - | - | sampled (temperature > 0): not compared |")
+            continue
+        base_accuracy = entry["systems"].get(BASE, {}).get("accuracy")
+        for other in sorted(check["pairs"], key=system_order):
+            p = check["pairs"][other]
+            accuracy = entry["systems"].get(other, {}).get("accuracy")
+            acc = "-" if accuracy is None else f"{accuracy:.0%} ({_share(base_accuracy)})"
+            flag = " **MISMATCH**" if other in check.get("failed", []) else ""
+            lines.append(f"| {name} | {other}{flag} | {p['identical_programs']}/{p['programs']} | {_share(p['field_agreement'])} "
+                         f"| {acc} | {_difference(p.get('first_difference'))} |")  # fmt: skip
+    return lines
+
+
+def _targets(results: dict[str, Any]) -> list[str]:
+    lines = ["| workload | target | goal | measured | |", "|---|---|---:|---:|---|"]
+    for row in evaluate(results):
+        verdict = (
+            "met" if row["met"] else "not measured" if row["measured"] is None else f"missed by {row['short_by']:.0%}"
+        )
+        measured = "-" if row["measured"] is None else f"{row['measured']:.2f}"
+        lines.append(f"| {row['workload']} | {row['target']} | {row['goal']:g} | {measured} | {verdict} |")
+    return lines
+
+
+def _micro(results: dict[str, Any]) -> list[str]:
+    m = results.get("micro")
+    if not m:
+        return []
+    base = m.get("transformers")
+    rows = [("prefill, 1,024-token prompt", m["prefill_tokens_per_s"], base and base["prefill_tokens_per_s"])]
+    rows += [
+        (f"decode, batch {b}", v, base and base["decode_tokens_per_s"].get(b))
+        for b, v in m["decode_tokens_per_s"].items()
+    ]
+    batch = m["json_batch"]
+    rows += [(f"JSON-schema decode, batch {batch} (jump-forward on)", m["json_decode_tokens_per_s"], None),
+             (f"JSON-schema decode, batch {batch} (jump-forward off)", m["json_nojump_decode_tokens_per_s"], None),
+             (f"unconstrained decode, batch {batch}, same length", m["unconstrained_decode_tokens_per_s"], None)]  # fmt: skip
+    lines = ["| engine micro-benchmark | radixrt tokens/s | transformers tokens/s | ratio |", "|---|---:|---:|---:|"]
+    for name, ours, theirs in rows:
+        lines.append(
+            f"| {name} | {ours:.0f} | {f'{theirs:.0f}' if theirs else '-'} | {_times(ours / theirs if theirs else None)} |"
+        )
+    return lines
+
+
+def _difference(d: dict[str, Any] | None) -> str:
+    if not d:
+        return "-"
+    where = f"program {d['program']}" + (f", `{d['field']}`" if d.get("field") else "")
+    return f"{where}: `{_cell(d.get('radixrt'))}` vs `{_cell(d.get('other'))}`"
+
+
+def _cell(text: Any) -> str:
+    return re.sub(r"[|`\n]", " ", str(text))[:40]
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"
+
+
+def _times(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def replace_between_markers(document: str, tables: str) -> str:
+    """`document` with the text between the BEGIN and END lines replaced by `tables`."""
+    pattern = re.compile(re.escape(BEGIN) + r"\n.*?" + re.escape(END), re.S)
+    if not pattern.search(document):
+        raise ValueError(f"no {BEGIN} ... {END} block to replace")
+    return pattern.sub(lambda _: f"{BEGIN}\n{tables}{END}", document, count=1)
+
+
+def main(argv: list[str] | None = None, out: Callable[[str], Any] = print) -> None:
+    parser = argparse.ArgumentParser(prog="python -m radixrt.bench.tables", description=__doc__.splitlines()[0])
+    parser.add_argument("results", help="a results JSON file written by `python -m radixrt.bench --json`")
+    parser.add_argument("--into", help="a Markdown file whose generated block is replaced")
+    args = parser.parse_args(argv)
+    tables = markdown(json.loads(Path(args.results).read_text()), source=args.results)
+    if args.into:
+        path = Path(args.into)
+        path.write_text(replace_between_markers(path.read_text(), tables))
+    else:
+        out(tables)
+
+
+if __name__ == "__main__":
+    main()

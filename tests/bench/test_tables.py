@@ -1,0 +1,82 @@
+"""BENCHMARKS.md's tables come from a results JSON: every figure printed is the JSON's, every
+table names its machine, targets are judged from the ratios, and `--into` replaces only the
+generated block of a Markdown file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from radixrt.bench import report
+from radixrt.bench.crosscheck import crosscheck
+from radixrt.bench.tables import BEGIN, END, machine_line, main, markdown, replace_between_markers
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _figures(prog_s: float, latency: float, hit: float = 0.0, accuracy: float | None = None) -> dict:
+    return {"programs": 4, "wall_s": 4 / prog_s, "programs_per_s": prog_s, "output_tokens": 40,
+            "output_tokens_per_s": 40 * prog_s / 4, "latency_p50_s": latency, "latency_p99_s": latency * 1.5,
+            "cache_hit_rate": hit, "optimal_hit_rate": 0.9, "server_busy": 0.95, "ok_programs": 4, "problems": [],
+            "accuracy": accuracy}  # fmt: skip
+
+
+def _alone(mean: float) -> dict:
+    return {"programs": 2, "latency_mean_s": mean, "latency_p50_s": mean, "latencies_s": [mean, mean]}
+
+
+@pytest.fixture
+def results() -> dict:
+    systems = {"radixrt": _figures(2.0, 1.0, hit=0.9, accuracy=0.75), "radixrt-nocache": _figures(0.5, 4.0, accuracy=0.75),
+               "transformers": _figures(0.1, 30.0, accuracy=0.5), "llamacpp": _figures(1.0, 2.0, hit=0.5, accuracy=0.5)}  # fmt: skip
+    interactive = {"radixrt": _alone(0.8), "llamacpp": _alone(0.4)}
+    same, other = [{"answer": " A"}] * 4, [{"answer": " A"}] * 3 + [{"answer": " B"}]
+    check = crosscheck({"radixrt": same, "radixrt-nocache": same, "transformers": other, "llamacpp": same}, greedy=True)
+    entry = {"greedy": True, "systems": systems, "interactive": interactive, "crosscheck": check,
+             "ratios": report.ratios(systems, interactive)}  # fmt: skip
+    machine = {"cpu": "Test CPU 9000", "cores": 2, "isa": ["avx2", "avx512_bf16"], "torch_threads": 2,
+               "date_utc": "2026-12-05T00:00:00+00:00", "llama_cpp_python": "0.3.36", "llama_cpp_build": "AVX2 AVX512"}  # fmt: skip
+    return {"workloads": {"few_shot": entry}, "machine": machine, "settings": {"quick": True, "seed": 0}}
+
+
+def test_every_table_is_headed_by_the_machine(results):
+    text = markdown(results, source="benchmarks/results/x.json")
+    caption = machine_line(results, "benchmarks/results/x.json")
+    assert "Test CPU 9000" in caption and "avx512_bf16" in caption and "2 threads" in caption
+    assert "llama-cpp-python 0.3.36" in caption and "benchmarks/results/x.json" in caption
+    assert text.count("#### ") == text.count(caption) == 5  # no micro-benchmarks in these results
+
+
+def test_figures_and_ratios_are_the_jsons(results):
+    text = markdown(results)
+    assert "| few_shot | radixrt | 4 | 2.000 | 20.0 | 1.00 | 1.50 | 90% | 90% | 95% | 75% | 4/4 |" in text
+    assert "| few_shot | transformers | 20.00x | 20.00x | 30.00x | 30.00x | - |" in text  # ratios table
+    assert "| few_shot | llamacpp | 2 | 0.40 | 0.40 | 0.50x |" in text  # one program at a time: llama.cpp faster
+    assert "| few_shot | transformers | 3/4 | 75% | 50% (75%) | program 3, `answer`:" in text
+
+
+def test_targets_say_what_was_met_and_by_how_much_one_was_missed(results):
+    text = markdown(results)
+    assert "| few_shot | prog/s vs transformers | 8 | 20.00 | met |" in text
+    assert "| few_shot | prog/s vs radixrt-nocache | 5 | 4.00 | missed by 20% |" in text
+    assert "| few_shot | prog/s vs llamacpp | 3 | 2.00 | missed by 33% |" in text
+    assert "| few_shot | 1-program latency vs llamacpp | 1 | 0.50 | missed by 50% |" in text
+    assert "| few_shot | hit rate / optimal | 0.95 | 1.00 | met |" in text
+
+
+def test_into_replaces_only_the_generated_block(results, tmp_path):
+    path, doc = tmp_path / "results.json", tmp_path / "BENCH.md"
+    path.write_text(json.dumps(results))
+    doc.write_text(f"# Title\n\nprose before\n\n{BEGIN}\nold tables\n{END}\n\nprose after\n")
+    main([str(path), "--into", str(doc)])
+    text = doc.read_text()
+    assert text.startswith("# Title\n\nprose before\n\n" + BEGIN + "\n#### Throughput")
+    assert "old tables" not in text and text.endswith(END + "\n\nprose after\n")
+    with pytest.raises(ValueError, match="no .* block"):
+        replace_between_markers("no markers here", "tables")
+
+
+def test_benchmarks_md_has_a_generated_block():
+    replace_between_markers((REPO / "BENCHMARKS.md").read_text(), "tables")
