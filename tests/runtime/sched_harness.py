@@ -14,11 +14,12 @@ _rids = itertools.count()
 
 
 class Harness:
-    def __init__(self, model_dir, **args: Any):
+    def __init__(self, model_dir, grammar_compiler: Any = None, **args: Any):
         args.setdefault("kv_slots", 4096)
         args.setdefault("dtype", "float32")
         self.io = InProcessIO()
-        self.sched = Scheduler(ServerArgs(model=str(model_dir), **args), self.io, model_dir=str(model_dir))
+        server_args = ServerArgs(model=str(model_dir), **args)
+        self.sched = Scheduler(server_args, self.io, model_dir=str(model_dir), grammar_compiler=grammar_compiler)
         self.io.outbox.get()  # WorkerReady
         self.outputs: dict[str, list[int]] = {}
         self.finals: dict[str, Any] = {}

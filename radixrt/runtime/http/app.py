@@ -1,7 +1,8 @@
 """The HTTP API (ASGI, served by uvicorn): SGLang's native endpoints over the Frontend.
 
 `/generate`, `/health` (+ `/health_generate`), `/get_model_info`, `/get_server_info`,
-`/flush_cache`, `/stats`, `/metrics` (Prometheus text), `/debug/cache` (SVG of the radix tree).
+`/flush_cache` (POST), `/stats`, `/metrics` (Prometheus text), `/debug/cache` (SVG of the radix tree;
+without an API key, to loopback clients only).
 Every error is `{"error": {message, type, param, code}}` with its status; a 503 also carries
 `Retry-After`. Other routers (e.g. the OpenAI API) plug in with `app.include_router`;
 `app.state.frontend` holds the Frontend.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import hmac
+import ipaddress
 import itertools
 import logging
 from typing import Any
@@ -19,12 +21,13 @@ import msgspec
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
-from radixrt.errors import InvalidRequest, Overloaded, RadixRTError
+from radixrt.errors import Forbidden, InvalidRequest, Overloaded, RadixRTError
 from radixrt.runtime import protocol
 from radixrt.runtime.config import ServerArgs
 from radixrt.runtime.http.cache_svg import render_svg
 from radixrt.runtime.http.common import HttpOptions, error_json, json_response, read_json
 from radixrt.runtime.http.generate import parse_generate, reply_error_json, result_json
+from radixrt.runtime.http.sglang_compat import sglang_compat_router
 from radixrt.runtime.http.sse import StallGuardedResponse, sse, until_done_or_gone
 from radixrt.runtime.openai.router import openai_router
 from radixrt.runtime.server.frontend import Frontend
@@ -77,6 +80,7 @@ def create_app(frontend: Frontend, args: ServerArgs, options: HttpOptions | None
     app.add_exception_handler(ReplyError, _reply_error)
     app.add_exception_handler(Exception, _internal_error)
     app.include_router(openai_router)
+    app.include_router(sglang_compat_router)
     namespaces = itertools.count()
 
     @app.post("/generate")
@@ -112,11 +116,12 @@ def create_app(frontend: Frontend, args: ServerArgs, options: HttpOptions | None
         return json_response({**info, "tokenizer_path": info["model_path"], "is_generation": True})
 
     @app.get("/get_server_info")
+    @app.get("/server_info")  # SGLang's RuntimeEndpoint.get_server_info
     async def server_info() -> Response:
         public = {k: v for k, v in dataclasses.asdict(args).items() if k != "api_key"}
         return json_response({**public, **frontend.frontend_stats()})
 
-    @app.api_route("/flush_cache", methods=["GET", "POST"])
+    @app.post("/flush_cache")  # it changes state: never a GET, which crawlers and prefetchers send
     async def flush_cache() -> Response:
         answer = await frontend.control(protocol.FlushCache(), opts.control_timeout)
         return json_response(answer)
@@ -130,11 +135,33 @@ def create_app(frontend: Frontend, args: ServerArgs, options: HttpOptions | None
         return Response(await frontend.metrics_text(opts.health_timeout), media_type=CONTENT_TYPE)
 
     @app.get("/debug/cache")
-    async def debug_cache(max_nodes: int = 500) -> Response:
+    async def debug_cache(request: Request, max_nodes: int = 500) -> Response:
+        if not args.api_key:
+            _only_from_loopback(request)
         tree = await frontend.cache_tree(min(max(max_nodes, 1), MAX_DRAWN_NODES), opts.control_timeout)
         return Response(render_svg(tree), media_type="image/svg+xml")
 
     return app
+
+
+def _only_from_loopback(request: Request) -> None:
+    """`/debug/cache` shows every client's prompt text: without an API key, only to this host."""
+    host = request.client.host if request.client else ""
+    if not _is_loopback(host):
+        raise Forbidden(
+            f"/debug/cache shows every client's prompt text, so a server without --api-key serves it only to "
+            f"loopback clients (127.0.0.0/8, ::1), not to {host or 'an unknown address'}; start the server with "
+            "--api-key to read it from another host"
+        )
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False  # not an IP address: a unix socket peer or a test client's made-up name
+    mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:127.0.0.1 from a dual-stack socket
+    return address.is_loopback or (mapped is not None and mapped.is_loopback)
 
 
 async def _radixrt_error(request: Request, exc: Exception) -> Response:

@@ -14,7 +14,7 @@ import msgspec
 from fastapi import Request
 from fastapi.responses import Response
 
-from radixrt.errors import BodyTimeout, BodyTooLarge, InvalidRequest
+from radixrt.errors import BodyTimeout, BodyTooLarge, InvalidRequest, error_class
 from radixrt.runtime.config import ServerArgs
 
 RETRY_AFTER_S = "1"
@@ -76,8 +76,5 @@ def error_json(status: int, message: str, param: str | None = None) -> dict[str,
 
 
 def _error_type(status: int) -> str:
-    if status == 401:
-        return "authentication_error"
-    if status < 500:
-        return "invalid_request_error"
-    return "overloaded_error" if status == 503 else "internal_error"
+    """The `kind` of the exception class that stands for `status` (radixrt.errors)."""
+    return error_class(status).kind

@@ -17,8 +17,8 @@ from typing import Any
 
 import msgspec
 
+from radixrt.errors import error_for_status
 from radixrt.runtime.openai import tool_calls
-from radixrt.runtime.openai.protocol import ApiError
 from radixrt.runtime.protocol import (
     ErrorReply,
     GenerateChunk,
@@ -90,11 +90,11 @@ class Submitter:
 
 
 async def outputs(stream: Stream) -> AsyncIterator[GenerateChunk | GenerateResult]:
-    """A stream's chunks and results; an ErrorReply raises ApiError. Closes the stream when left."""
+    """A stream's chunks and results; an ErrorReply raises its RadixRTError. Closes the stream when left."""
     try:
         async for msg in stream:
             if isinstance(msg, ErrorReply):
-                raise ApiError(msg.status, msg.message, msg.param)
+                raise error_for_status(msg.status, msg.message, msg.param)
             if isinstance(msg, (GenerateChunk, GenerateResult)):
                 yield msg
     finally:

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import msgspec
 
-from radixrt.errors import InvalidRequest, RadixRTError
+from radixrt.errors import InvalidRequest
 from radixrt.runtime.protocol import SamplingParams
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
@@ -28,15 +28,6 @@ Int = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]  # what msgpack ca
 _PATH = re.compile(r"at `\$\.?([^`]*)`")
 # SGLang's names for the fields whose OpenAI names differ
 _OPENAI_NAMES = {"max_new_tokens": "max_tokens", "min_new_tokens": "min_tokens"}
-
-
-class ApiError(RadixRTError):
-    """An error with the status the worker or frontend chose (e.g. a grammar error's 400)."""
-
-    def __init__(self, status: int, message: str, param: str | None = None):
-        super().__init__(message)
-        self.status = status
-        self.param = param
 
 
 class _Body(msgspec.Struct, kw_only=True):

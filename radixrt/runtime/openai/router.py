@@ -17,7 +17,7 @@ import msgspec
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from radixrt.errors import InvalidRequest, RadixRTError
+from radixrt.errors import InvalidRequest, RadixRTError, error_for_status
 from radixrt.runtime.http.common import error_json, http_options, json_response, read_json
 from radixrt.runtime.http.sse import StallGuardedResponse, until_done_or_gone
 from radixrt.runtime.openai import responses as out
@@ -33,7 +33,6 @@ from radixrt.runtime.openai.choices import (
 )
 from radixrt.runtime.openai.protocol import (
     COMPLETIONS_MAX_TOKENS,
-    ApiError,
     ChatRequest,
     CompletionRequest,
     chat_grammar,
@@ -63,7 +62,7 @@ async def get_model(request: Request, model: str) -> Response:
     try:
         served_model(frontend, model)
     except InvalidRequest as e:
-        raise ApiError(404, str(e), "model") from None
+        raise error_for_status(404, str(e), "model") from None
     return json_response(_model_card(frontend))
 
 

@@ -10,8 +10,9 @@ from typing import Any
 import torch
 
 from radixrt import envs
-from radixrt.errors import InvalidRequest
+from radixrt.errors import InternalError, InvalidRequest
 from radixrt.runtime.config import ServerArgs
+from radixrt.runtime.scheduler.cache_manager import CacheManager
 from radixrt.runtime.scheduler.req import Req
 
 log = logging.getLogger("radixrt.grammar")
@@ -22,30 +23,52 @@ def grammar_cache_dir() -> Path:
 
 
 class GrammarManager:
-    def __init__(self, model_dir: str, tokenizer: Any, eos_ids: list[int], vocab_size: int, args: ServerArgs):
+    """`new_compiler` builds the grammar compiler on the first constrained request (default: a
+    GrammarCompiler over the model's vocabulary)."""
+
+    def __init__(
+        self,
+        model_dir: str,
+        tokenizer: Any,
+        eos_ids: list[int],
+        vocab_size: int,
+        args: ServerArgs,
+        new_compiler: Callable[[], Any] | None = None,
+    ):
         self.model_dir = model_dir
         self.tokenizer = tokenizer
         self.eos_ids = eos_ids
         self.vocab_size = vocab_size
         self.time_limit = args.grammar_time_limit
+        self._new_compiler = new_compiler or self._new_grammar_compiler
         self._compiler: Any = None
         self.jump_forward_tokens = 0
 
     @property
     def compiler(self) -> Any:
-        if self._compiler is None:  # built on first use: most workloads never constrain
-            from radixrt.constrained import GrammarCompiler
-
-            self._compiler = GrammarCompiler(
-                self.model_dir,
-                eos_token_ids=self.eos_ids,
-                vocab_size=self.vocab_size,
-                cache_dir=grammar_cache_dir(),
-                time_limit_s=self.time_limit,
-            )
+        """The compiler, built on first use (most workloads never constrain); InternalError when it
+        cannot start. A later constrained request tries again."""
+        if self._compiler is None:
+            try:
+                self._compiler = self._new_compiler()
+            except Exception as exc:  # noqa: BLE001 - whatever stops it, the server is at fault, not the request
+                log.exception("the grammar compiler could not start")
+                raise InternalError(f"the grammar compiler could not start: {exc}") from exc
         return self._compiler
 
+    def _new_grammar_compiler(self) -> Any:
+        from radixrt.constrained import GrammarCompiler
+
+        return GrammarCompiler(
+            self.model_dir,
+            eos_token_ids=self.eos_ids,
+            vocab_size=self.vocab_size,
+            cache_dir=grammar_cache_dir(),
+            time_limit_s=self.time_limit,
+        )
+
     def submit(self, req: Req) -> None:
+        """Start compiling `req`'s grammar; InternalError when the compiler cannot start."""
         kind, source = req.sampling.grammar_key
         req.grammar_future = self.compiler.submit(kind, source)
 
@@ -82,9 +105,9 @@ class GrammarManager:
                 req.matcher.fill_bitmask(mask, i)
         apply_token_bitmask_(logits, mask.to(logits.device))
 
-    def jump_forward(self, req: Req, cache: Any) -> None:
+    def jump_forward(self, req: Req, cache: CacheManager) -> None:
         """Append the text the grammar forces, retokenized at the boundary, as pending tokens."""
-        if req.return_logprob:
+        if req.logprobs is not None:
             return  # forced tokens have no sampled logprobs
         from radixrt.constrained import jump_forward_tokens
 
@@ -95,14 +118,12 @@ class GrammarManager:
         unsent = len(req.output_ids) - req.sent
         rollback = max(drop - 1, 0)  # every output but the last sampled one is computed
         room = req.sampling.max_new_tokens - (len(req.output_ids) - drop + len(new_ids))
-        if drop > unsent or req.computed - rollback < req.prefix_len or room <= 0:
+        if drop > unsent or not cache.can_uncompute(req, rollback) or room <= 0:
             # cannot rewrite what was streamed or is shared: put the matcher back as it was
             req.matcher.rollback(len(new_ids))
             req.matcher.accept_tokens(req.output_ids[len(req.output_ids) - drop :])
             return
-        if rollback:
-            cache.pool.free(cache.seq_slots(req, req.computed)[req.computed - rollback :])
-            req.computed -= rollback
+        cache.uncompute(req, rollback)
         if drop:
             del req.output_ids[-drop:]
         req.output_ids.extend(new_ids)

@@ -84,6 +84,15 @@ def test_a_body_over_the_limit_is_413_and_a_frame_over_it_drops_only_that_connec
     other.close()
 
 
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions"])
+def test_an_openai_body_over_the_limit_is_413_exactly_like_generate(http, path):
+    too_big = b"x" * (65 << 10)  # over the server's --max-body-bytes (64 KiB), under the 8 MiB default
+    native, openai = http.post("/generate", content=too_big), http.post(path, content=too_big)
+    assert openai.status_code == native.status_code == 413
+    assert openai.json() == native.json()
+    assert "exceeds 65536 bytes" in openai.json()["error"]["message"]
+
+
 def test_a_body_that_never_finishes_arriving_gets_408(limited):
     with socket.create_connection(("127.0.0.1", limited.args.port)) as sock:
         sock.sendall(b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
