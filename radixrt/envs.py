@@ -13,6 +13,7 @@ from pathlib import Path
 API_KEY = "RADIXRT_API_KEY"  # the server's API key (keeps it out of `ps`); never passed to the worker
 CACHE = "RADIXRT_CACHE"  # imported models and compiled grammars (default ~/.cache/radixrt)
 KERNEL_CACHE = "RADIXRT_KERNEL_CACHE"  # compiled C++ CPU kernels (default $RADIXRT_CACHE/kernels)
+KERNELS = "RADIXRT_KERNELS"  # "torch": the PyTorch reference path only (no C++ kernels, no measured choices)
 
 
 def cache_root(environ: Mapping[str, str] = os.environ) -> Path:
@@ -21,6 +22,10 @@ def cache_root(environ: Mapping[str, str] = os.environ) -> Path:
 
 def kernel_cache_dir(environ: Mapping[str, str] = os.environ) -> Path:
     return Path(environ.get(KERNEL_CACHE) or cache_root(environ) / "kernels")
+
+
+def torch_reference_only(environ: Mapping[str, str] = os.environ) -> bool:
+    return environ.get(KERNELS, "").strip().lower() == "torch"
 
 
 def api_key(environ: Mapping[str, str] = os.environ) -> str | None:

@@ -1,9 +1,12 @@
-"""Facts about this machine's CPU that decide which kernel-level tests apply."""
+"""Facts about this machine that decide which kernel-level claims apply."""
 
 from __future__ import annotations
 
-from radixrt.workers.layers.cpu_kernels import cpu_flags
+import torch
 
-# bf16 bit-identity across batch shapes was measured and fixed on AVX512-BF16 CPUs; oneDNN picks
-# other kernels (AMX tiles) where AMX exists, so those tests do not claim anything there.
-VERIFIED_BF16_KERNELS = "avx512_bf16" in cpu_flags() and "amx_bf16" not in cpu_flags()
+from radixrt.workers.layers import cpu_kernels
+
+# bf16 rows that depend neither on the batch nor on how a prompt was split need the C++ prefill
+# attention (built where the CPU has AVX512-BF16) and a row-invariant linear, which the model runner
+# measures at load (our own kernel always is one): a capability, checked on every CPU that has it.
+BF16_INVARIANT = cpu_kernels.load() is not None and cpu_kernels.supports_extend(64, torch.bfloat16)

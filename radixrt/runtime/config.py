@@ -26,6 +26,11 @@ class ServerArgs:
     device: str = _opt("auto | cpu | cuda", default="auto")
     load_format: str = _opt("auto | dummy (random weights from config.json)", default="auto")
     attention_backend: str = _opt("auto | torch | flashinfer", default="auto")
+    batch_invariant: str = _opt(
+        "auto | on | off: kernels whose rows never depend on the batch or on cache hits (auto: for batches with"
+        " a greedy request; every batch where that costs <= 10%, as measured at start-up)",
+        default="auto",
+    )
     host: str = _opt("HTTP bind address", default="127.0.0.1")
     port: int = _opt("HTTP port", default=30000)
     zmq_port: int = _opt("ZMQ ROUTER port for DSL clients (0: HTTP port + 1)", default=0)
@@ -63,6 +68,8 @@ class ServerArgs:
     ipc_dir: str = _opt("private dir for ipc:// sockets (default: a fresh 0700 temp dir)", default="")
 
     def __post_init__(self) -> None:
+        if self.batch_invariant not in ("auto", "on", "off"):
+            raise ValueError(f"batch_invariant must be auto, on or off, got {self.batch_invariant!r}")
         if self.schedule_policy not in POLICIES:
             raise ValueError(f"schedule_policy must be one of {POLICIES}, got {self.schedule_policy!r}")
         for name in (

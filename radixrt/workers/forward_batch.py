@@ -30,6 +30,9 @@ class ForwardBatch:
     # a 1-token prefill (the rest of the prompt was cached) runs the prefill kernels, so that its
     # numerics, and the greedy output that follows, match a run that prefilled the whole prompt
     prefill: list[bool] | None = None
+    # every row's bits must not depend on the batch or on how its prompt was split (greedy
+    # requests): the kernels whose results do are not used for this forward
+    invariant: bool = False
 
     def __post_init__(self) -> None:
         if self.prefill is None:
@@ -55,6 +58,7 @@ class ForwardBatch:
         logit_rows: list[list[int]] | None = None,
         device: torch.device | str = "cpu",
         prefill: list[bool] | None = None,
+        invariant: bool = False,
     ) -> ForwardBatch:
         """Build a batch from per-request new token ids and full-sequence slot ids.
 
@@ -89,4 +93,5 @@ class ForwardBatch:
             seq_lens=seq_lens,
             logits_indices=as_long(rows),
             prefill=prefill,
+            invariant=invariant,
         )

@@ -7,16 +7,15 @@ runtime the pool's shape (`kv_shape`, `bytes_per_slot`, `suggest_num_slots`).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
+from radixrt import envs
 from radixrt.workers.forward_batch import ForwardBatch
 from radixrt.workers.layers.attention import KVBuffers, create_backend
-from radixrt.workers.layers.cpu_kernels import cpu_flags
-from radixrt.workers.layers.packed_linear import can_pack
+from radixrt.workers.layers.cpu_kernels import cpu_flags, elementwise_implementations
+from radixrt.workers.layers.cpu_linear import LinearPlan
 from radixrt.workers.malloc import keep_freed_blocks
 from radixrt.workers.model_config import ModelConfig
 from radixrt.workers.models.llama import LlamaForCausalLM
@@ -54,11 +53,16 @@ class ModelRunner:
         else:
             load_safetensors(self.model, self.model_path)
         self.model.fuse_projections()
-        self._one_token_aten = False
-        if can_pack(self.device, self.dtype):
+        self.linears = LinearPlan()  # no choices: torch's own F.linear
+        if (
+            self.device.type == "cpu"
+            and self.dtype in (torch.bfloat16, torch.float32)
+            and not envs.torch_reference_only()
+        ):
             weight_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
-            self._one_token_aten = 2 * weight_bytes < _available_ram() // 2  # room for two copies
-            self.model.pack_for_cpu(keep_plain=self._one_token_aten)
+            # the candidates chosen per M each hold the weights in their own layout
+            one_layout = 3 * weight_bytes > _available_ram() // 2
+            self.linears = self.model.use_cpu_linears(one_layout)
         cfg = self.model_config
         self.backend = create_backend(
             attention_backend,
@@ -68,6 +72,12 @@ class ModelRunner:
             head_dim=cfg.head_dim,
             dtype=self.dtype,
         )
+        # NOTE: on CPU this loads (or compiles) the C++ kernels, so a failure is logged at start-up
+        self.kernels = {
+            **self.backend.implementations(),
+            **elementwise_implementations(self.device, self.dtype),
+            "linear": self.linears.summary(),
+        }
 
     def kv_shape(self) -> tuple[int, int, int]:
         """(num_layers, n_kv_heads, head_dim) of the KV pool this model needs."""
@@ -95,24 +105,8 @@ class ModelRunner:
     @torch.inference_mode()
     def forward(self, batch: ForwardBatch, kv_pool: KVBuffers) -> torch.Tensor:
         """Logits `[len(batch.logits_indices), vocab]` float32; writes the batch's K/V to the pool."""
-        if self._one_token_aten and batch.num_tokens == 1 and not batch.prefill[0]:
-            with _onednn_disabled():
-                return self.model(batch, kv_pool, self.backend)
+        self.linears.switch.on = batch.invariant
         return self.model(batch, kv_pool, self.backend)
-
-
-@contextmanager
-def _onednn_disabled() -> Iterator[None]:
-    """Route CPU matmuls to ATen's own kernels for one forward (see layers/packed_linear.py).
-
-    NOTE: `torch.backends.mkldnn.flags` would also touch TF32 settings and warn on every call.
-    """
-    enabled = torch._C._get_mkldnn_enabled()
-    torch._C._set_mkldnn_enabled(False)
-    try:
-        yield
-    finally:
-        torch._C._set_mkldnn_enabled(enabled)
 
 
 def build_model(config: ModelConfig, dtype: torch.dtype, device: torch.device) -> LlamaForCausalLM:

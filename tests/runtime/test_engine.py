@@ -8,7 +8,7 @@ import pytest
 
 import radixrt
 from radixrt.errors import InvalidRequest
-from tests.cpu import VERIFIED_BF16_KERNELS
+from tests.cpu import BF16_INVARIANT
 
 GREEDY = {"temperature": 0, "max_new_tokens": 12}
 
@@ -107,21 +107,39 @@ def test_a_model_that_fails_to_load_raises_in_the_caller():
         radixrt.Engine(model="default", device="cpu", attention_backend="flashinfer", kv_slots=256)
 
 
-@pytest.mark.skipif(not VERIFIED_BF16_KERNELS, reason="bf16 bit-identity is verified on AVX512-BF16 CPUs only")
-def test_bf16_greedy_output_does_not_change_when_the_prompt_comes_from_the_cache():
+@pytest.fixture(scope="module")
+def bf16_engine():
+    if not BF16_INVARIANT:
+        pytest.skip("needs the C++ bf16 prefill attention (AVX512-BF16)")
+    eng = radixrt.Engine(model="default", dtype="bfloat16", kv_slots=8192)
+    yield eng
+    eng.shutdown()
+
+
+def test_bf16_greedy_output_does_not_change_when_the_prompt_comes_from_the_cache(bf16_engine):
     # cold: the whole prompt prefilled at once; warm: all but its last token cached, so that token
     # is prefilled alone. Both must give the same tokens (users see radix hits flip outputs elsewhere).
-    eng = radixrt.Engine(model="default", dtype="bfloat16", kv_slots=8192)
-    try:
-        prompts = [chat(eng, f"Tell me one fact about the number {i}.") for i in range(8)]
-        params = {"temperature": 0, "max_new_tokens": 24}
-        cold, warm = [], []
-        for p in prompts:
-            assert eng.flush_cache()
-            cold.append(eng.generate(p, params))
-            warm.append(eng.generate(p, params))
-    finally:
-        eng.shutdown()
+    eng = bf16_engine
+    prompts = [chat(eng, f"Tell me one fact about the number {i}.") for i in range(8)]
+    params = {"temperature": 0, "max_new_tokens": 24}
+    cold, warm = [], []
+    for p in prompts:
+        assert eng.flush_cache()
+        cold.append(eng.generate(p, params))
+        warm.append(eng.generate(p, params))
     for c, w in zip(cold, warm):
         assert w["meta_info"]["cached_tokens"] == w["meta_info"]["prompt_tokens"] - 1  # a real hit
         assert w["output_ids"] == c["output_ids"]
+
+
+def test_bf16_greedy_output_is_the_same_alone_and_in_a_batch_sharing_a_long_prefix(bf16_engine):
+    # 10 conversations after one long system prompt decode together: enough sharers for the
+    # shared-prefix decode kernel, which greedy (batch-invariant) steps must not use
+    eng = bf16_engine
+    system = "You are a travel guide. " + " ".join(f"Rule {i}: answer briefly and name one place." for i in range(20))
+    prompts = [chat(eng, f"Suggest a trip idea number {i}.", system) for i in range(10)]
+    params = {"temperature": 0, "max_new_tokens": 24, "ignore_eos": True}
+    alone = [eng.generate(p, params)["output_ids"] for p in prompts]
+    assert eng.flush_cache()
+    together = [out["output_ids"] for out in eng.generate(prompts, params)]
+    assert together == alone

@@ -1,5 +1,6 @@
-"""bf16 on CPU: recomputing the last tokens of a cached prompt gives the logits its first,
-uncached prefill got, bit for bit, so a radix-cache hit never changes a greedy output."""
+"""bf16 on CPU, in a batch-invariant forward: recomputing the last tokens of a cached prompt gives
+the logits its first, uncached prefill got, bit for bit, so a radix-cache hit never changes a greedy
+output; and a request decodes the same logits alone or inside a batch of requests sharing its prefix."""
 
 from __future__ import annotations
 
@@ -8,14 +9,10 @@ import torch
 
 from radixrt.radix_cache.pool import KVPool
 from radixrt.workers.forward_batch import ForwardBatch
-from radixrt.workers.layers.packed_linear import can_pack
 from radixrt.workers.model_runner import ModelRunner
-from tests.cpu import VERIFIED_BF16_KERNELS
+from tests.cpu import BF16_INVARIANT
 
-pytestmark = pytest.mark.skipif(
-    not (can_pack(torch.device("cpu"), torch.bfloat16) and VERIFIED_BF16_KERNELS),
-    reason="bf16 bit-identity is verified on AVX512-BF16 CPUs without AMX only",
-)
+pytestmark = pytest.mark.skipif(not BF16_INVARIANT, reason="needs the C++ bf16 prefill attention (AVX512-BF16)")
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +27,35 @@ def test_recomputing_a_cached_prompts_tail_gives_its_first_logits(runner, tail, 
     n = 30 + 7 * seed
     ids = torch.randint(100, 20_000, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
     slots = list(range(1, n + 1))
-    first = runner.forward(ForwardBatch.build([ids], [slots], prefill=[True]), pool)
+    first = runner.forward(ForwardBatch.build([ids], [slots], prefill=[True], invariant=True), pool)
     # the tree holds the first run's KV; the last `tail` tokens are computed again into new slots
     again_slots = slots[: n - tail] + list(range(200, 200 + tail))
-    again = runner.forward(ForwardBatch.build([ids[n - tail :]], [again_slots], prefill=[True]), pool)
+    again = runner.forward(ForwardBatch.build([ids[n - tail :]], [again_slots], prefill=[True], invariant=True), pool)
     assert torch.equal(first, again)
+
+
+def test_a_decode_row_is_the_same_alone_and_among_requests_sharing_its_prefix(runner):
+    # 12 requests after one 300-token prefix: enough sharers that a plain forward reads the prefix
+    # once for all of them (shared_prefix_decode), which an invariant forward must not do
+    pool = KVPool(1024, *runner.kv_shape(), dtype=runner.dtype)
+    gen = torch.Generator().manual_seed(7)
+    prefix = torch.randint(100, 20_000, (300,), generator=gen).tolist()
+    runner.forward(ForwardBatch.build([prefix], [list(range(1, 301))], prefill=[True]), pool)
+    tails = torch.randint(100, 20_000, (12, 3), generator=gen).tolist()
+    seqs = []
+    for i, tail in enumerate(tails):
+        own = list(range(301 + 3 * i, 304 + 3 * i))
+        runner.forward(ForwardBatch.build([tail], [list(range(1, 301)) + own], prefill=[True]), pool)
+        seqs.append(list(range(1, 301)) + own + [400 + i])
+    step = torch.randint(100, 20_000, (12,), generator=gen).tolist()
+
+    def decode(rows: list[int], invariant: bool) -> torch.Tensor:
+        batch = ForwardBatch.build([[step[i]] for i in rows], [seqs[i] for i in rows], invariant=invariant)
+        return runner.forward(batch, pool)
+
+    together = decode(list(range(12)), invariant=True)
+    for i in (0, 5, 11):
+        assert torch.equal(decode([i], invariant=True)[0], together[i])
+    # the plain forward does take the shared-prefix kernel here, and it rounds differently
+    assert runner.backend.implementations()["shared_prefix_decode"] == "cpu_kernels"
+    torch.testing.assert_close(decode(list(range(12)), invariant=False), together, rtol=0.05, atol=0.25)

@@ -26,12 +26,21 @@ class StepResult:
 
 
 class ForwardStep:
-    def __init__(self, runner, cache: CacheManager, sampler: Sampler, eos_ids: list[int], grammar_masks):
+    def __init__(
+        self,
+        runner,
+        cache: CacheManager,
+        sampler: Sampler,
+        eos_ids: list[int],
+        grammar_masks,
+        batch_invariant: str = "auto",
+    ):
         self.runner = runner
         self.cache = cache
         self.sampler = sampler
         self.eos_ids = eos_ids
         self.grammar_masks = grammar_masks  # callable(reqs, logits) applying grammar masks in place
+        self.batch_invariant = batch_invariant  # auto (batches with a greedy request) | on | off
         self.forward_tokens = 0
         self.busy_s = 0.0  # time in model steps (forward, scoring, sampling)
 
@@ -50,6 +59,7 @@ class ForwardStep:
             logit_rows=rows,
             device=self.runner.device,
             prefill=[n > 1 or req.computed < req.prompt_len for req, n in plan],
+            invariant=self._invariant(plan),
         )
         logits = self.runner.forward(batch, self.cache.pool)  # [R, vocab] float32
         self.forward_tokens += batch.num_tokens
@@ -58,6 +68,11 @@ class ForwardStep:
             self._score_prompt(req, n, logits, off, prompt_rows)
             req.computed += n
         return self._sample(plan, logits, sample_rows)
+
+    def _invariant(self, plan: list[tuple[Req, int]]) -> bool:
+        if self.batch_invariant == "auto":
+            return any(req.sampling.is_greedy for req, _ in plan)
+        return self.batch_invariant == "on"
 
     def _rows(self, plan: list[tuple[Req, int]]):
         """Which logits rows each request needs: prompt-logprob rows, then the sampling row
@@ -75,9 +90,12 @@ class ForwardStep:
         return rows, sample_rows, prompt_rows
 
     def _score_prompt(self, req: Req, n: int, logits: torch.Tensor, off: int, prompt_rows: dict) -> None:
-        if req.logprob_start_len == 0 and not req.input_logprobs:
-            req.input_logprobs.append(None)  # the first prompt token has no logprob
-            req.input_top_logprobs.append([])
+        scores = req.logprobs
+        if scores is None:
+            return
+        if scores.start_len == 0 and not scores.prompt:
+            scores.prompt.append(None)  # the first prompt token has no logprob
+            scores.prompt_top.append([])
         count = prompt_rows[req.rid]
         if not count:
             return
@@ -85,11 +103,10 @@ class ForwardStep:
         start = req.computed + lo  # position of the first row; it scores token start + 1
         targets = torch.tensor(req.input_ids[start + 1 : start + 1 + count], device=logits.device)
         part = logits[off : off + count]
-        lps = token_logprobs(part, targets).tolist()
-        req.input_logprobs.extend(lps)
-        if req.top_logprobs_num:
-            vals, ids = torch.log_softmax(part, dim=-1).topk(req.top_logprobs_num, dim=-1)
-            req.input_top_logprobs.extend(_pairs(vals, ids))
+        scores.prompt.extend(token_logprobs(part, targets).tolist())
+        if scores.top_n:
+            vals, ids = torch.log_softmax(part, dim=-1).topk(scores.top_n, dim=-1)
+            scores.prompt_top.extend(_pairs(vals, ids))
 
     @torch.inference_mode()  # the masks write into the model's logits, an inference tensor
     def _sample(self, plan, logits, sample_rows: dict[str, int]) -> list[StepResult]:
@@ -114,7 +131,7 @@ class ForwardStep:
             prompt_ids=[r.input_ids for r in reqs],
             steps=[len(r.output_ids) for r in reqs],
             top_logprobs_num=top_n,
-            with_logprobs=any(r.return_logprob for r in reqs),
+            with_logprobs=any(r.logprobs is not None for r in reqs),
         )
         next_ids = out.next_ids.tolist()
         lps = out.logprobs.tolist() if out.logprobs is not None else [None] * len(reqs)
@@ -138,11 +155,11 @@ def _prompt_logit_range(req: Req, n: int) -> tuple[int, int]:
     """Rows [lo, hi) of req's n new tokens whose logits score prompt tokens.
 
     Row j is position computed + j; it scores token computed + j + 1, wanted when that token
-    is a prompt token at or after logprob_start_len (and at position >= 1).
+    is a prompt token at or after the logprobs' start_len (and at position >= 1).
     """
-    if not req.wants_prompt_logprobs:
+    if req.logprobs is None or not req.logprobs.wants_prompt:
         return 0, 0
-    first_pos = max(req.logprob_start_len, 1) - 1  # position whose logits score the first wanted token
+    first_pos = max(req.logprobs.start_len, 1) - 1  # position whose logits score the first wanted token
     last_pos = req.prompt_len - 2  # position whose logits score the last prompt token
     lo = max(first_pos - req.computed, 0)
     hi = min(last_pos - req.computed + 1, n)

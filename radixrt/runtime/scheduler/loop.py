@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
+from radixrt.errors import RadixRTError
 from radixrt.radix_cache.pool import KVPool, ReqToToken
 from radixrt.runtime.config import ServerArgs
 from radixrt.runtime.protocol import (
@@ -38,7 +40,16 @@ log = logging.getLogger("radixrt.scheduler")
 
 
 class Scheduler:
-    def __init__(self, args: ServerArgs, io: Any, runner: Any = None, model_dir: str | None = None):
+    """`grammar_compiler`, when given, builds the grammar compiler instead of the default one."""
+
+    def __init__(
+        self,
+        args: ServerArgs,
+        io: Any,
+        runner: Any = None,
+        model_dir: str | None = None,
+        grammar_compiler: Callable[[], Any] | None = None,
+    ):
         self.args = args
         self.io = io
         if runner is None:
@@ -63,9 +74,14 @@ class Scheduler:
         pool = KVPool(num_slots + 1, layers, kv_heads, head_dim, runner.dtype, runner.device)
         table = ReqToToken(args.max_running_requests, self.context_length + 1, runner.device)
         self.cache = CacheManager(pool, table, args.disable_radix_cache)
-        self.grammars = GrammarManager(model_dir, tokenizer, self.eos_ids, cfg.vocab_size, args)
+        self.grammars = GrammarManager(model_dir, tokenizer, self.eos_ids, cfg.vocab_size, args, grammar_compiler)
         self.forward = ForwardStep(
-            runner, self.cache, Sampler(cfg.vocab_size, seed=args.seed), self.eos_ids, self.grammars.apply_masks
+            runner,
+            self.cache,
+            Sampler(cfg.vocab_size, seed=args.seed),
+            self.eos_ids,
+            self.grammars.apply_masks,
+            args.batch_invariant,
         )
         jump = None if args.disable_jump_forward else self._jump_forward
         self.outputs = OutputProcessor(tokenizer, self.eos_ids, self.context_length, jump)
@@ -155,9 +171,17 @@ class Scheduler:
         else:
             req = Req.from_msg(msg, self.arrivals)
             self.arrivals += 1
-            if msg.sampling.grammar_key is not None:
-                self.grammars.submit(req)
-            self.waiting.append(req)
+            if msg.sampling.grammar_key is None or self._start_grammar(req):
+                self.waiting.append(req)
+
+    def _start_grammar(self, req: Req) -> bool:
+        """Submit `req`'s grammar; False (the request answered with the error) when that failed."""
+        try:
+            self.grammars.submit(req)
+        except RadixRTError as exc:  # the grammar compiler cannot start: this request fails, the loop goes on
+            self._error(req.rid, exc.status, str(exc), exc.param)
+            return False
+        return True
 
     def _abort(self, rid: str) -> None:
         for req in self.running + self.waiting:
@@ -220,6 +244,7 @@ class Scheduler:
             "busy_s": self.forward.busy_s,
             "worker_pid": os.getpid(),
             "radix_cache": not self.args.disable_radix_cache,
+            "kernels": self.runner.kernels,
             **self.counters,
             **self.grammars.stats(),
         }

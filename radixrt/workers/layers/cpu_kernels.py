@@ -2,7 +2,8 @@
 
 They register torch ops under `torch.ops.radixrt`: `decode_attention`, `shared_prefix_decode`
 and `extend_attention` (the torch attention backend's decode and prefill steps),
-`rms_norm` / `add_rms_norm_` (layers/norm.py), `silu_and_mul` (the llama MLP) and `rotary_` (layers/rotary.py).
+`rms_norm` / `add_rms_norm_` (layers/norm.py), `silu_and_mul` (the llama MLP), `rotary_` (layers/rotary.py)
+and `pack_linear_weight` / `packed_linear` (one of the linear candidates, layers/linear_candidates.py).
 `python -m radixrt.workers.layers.cpu_kernels` builds them ahead of time (`make test` and
 `make demo` do); a process that finds no C++ compiler logs why once and runs the PyTorch code
 they replace.
@@ -16,6 +17,7 @@ import logging
 import os
 import shutil
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,7 @@ SOURCES = [
         "shared_prefix_decode.cpp",
         "rms_norm.cpp",
         "elementwise.cpp",
+        "linear.cpp",
     )
 ]
 CFLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fopenmp"]  # OpenMP: at::parallel_for runs on torch's threads
@@ -40,6 +43,7 @@ CFLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fopenmp"]  # OpenMP: at::
 DECODE_HEAD_DIMS = (16, 32, 64, 80, 96, 128, 256)
 DECODE_MAX_GROUP = 16  # query heads per kv head
 EXTEND_HEAD_DIMS = (64, 128)  # bf16 on AVX512-BF16 CPUs only
+ELEMENTWISE_OPS = ("rms_norm", "silu_and_mul", "rotary")  # the row-wise ops, as /stats names them
 
 
 def supports_decode(head_dim: int, num_heads: int, num_kv_heads: int) -> bool:
@@ -53,9 +57,17 @@ def supports_extend(head_dim: int, dtype: torch.dtype) -> bool:
 def elementwise_ops(x: torch.Tensor) -> Any:
     """`torch.ops.radixrt` where its row-wise ops (norms, SiLU-and-multiply, rotary) take `x`'s
     device and dtype, else None (use torch's ops)."""
-    if x.device.type != "cpu" or x.dtype not in (torch.bfloat16, torch.float32):
-        return None
-    return load()
+    return load() if _takes_elementwise(x.device, x.dtype) else None
+
+
+def elementwise_implementations(device: torch.device, dtype: torch.dtype) -> dict[str, str]:
+    """What runs each row-wise op of a model on `device` in `dtype`: "cpu_kernels" or "torch"."""
+    used = _takes_elementwise(device, dtype) and load() is not None
+    return dict.fromkeys(ELEMENTWISE_OPS, "cpu_kernels" if used else "torch")
+
+
+def _takes_elementwise(device: torch.device, dtype: torch.dtype) -> bool:
+    return device.type == "cpu" and dtype in (torch.bfloat16, torch.float32)
 
 
 def build_dir() -> Path:
@@ -66,11 +78,34 @@ def build_dir() -> Path:
 def load() -> Any:
     """The namespace of the compiled ops (`torch.ops.radixrt`), or None where they cannot be built
     (the reason is logged once)."""
+    if envs.torch_reference_only():
+        logger.warning("%s=torch: radixrt's C++ CPU kernels are off; the model runs on the PyTorch path", envs.KERNELS)
+        return None
     try:
         return _build()
-    except Exception as exc:  # noqa: BLE001  a missing compiler must not stop the server
-        logger.warning("radixrt's CPU kernels unavailable (%s); using the PyTorch path", exc)
-        return None
+    except Exception as exc:  # noqa: BLE001  a failed build must not stop the server
+        logger.debug("building radixrt's CPU kernels failed", exc_info=exc)
+        reason = missing_prerequisite(SOURCES, os.environ) or f"building them failed: {_first_line(exc)}"
+    logger.warning("radixrt's C++ CPU kernels unavailable (%s); the model runs on the slower PyTorch path", reason)
+    return None
+
+
+def missing_prerequisite(sources: list[Path], environ: Mapping[str, str]) -> str | None:
+    """Why a build failed, when the cause is plain: C++ sources missing from the installed package
+    or no C++ compiler. Checked after a failure only: a build made ahead of time loads without one."""
+    missing = [s.name for s in sources if not s.exists()]
+    if missing:
+        return f"their C++ sources are missing from the installed package: {', '.join(missing)}"
+    compiler = environ.get("CXX", "c++")  # what torch.utils.cpp_extension runs
+    if shutil.which(compiler) is None:
+        return f"no C++ compiler: {compiler!r} not found (install g++ or set $CXX)"
+    return None
+
+
+def _first_line(exc: Exception) -> str:
+    """torch appends the compiler's whole output to its error; the log line keeps the first line."""
+    lines = str(exc).strip().splitlines() or [type(exc).__name__]
+    return lines[0][:300]
 
 
 def _build() -> Any:
@@ -80,7 +115,7 @@ def _build() -> Any:
         os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     # NOTE: -march=native code must never run on another CPU: the name carries the CPU's identity,
     # and the sources' (torch rebuilds when a listed .cpp file changes, not when a header does).
-    name = f"radixrt_cpu_kernels_{_build_id()}"
+    name = f"radixrt_cpu_kernels_{build_id()}"
     directory = build_dir() / name
     directory.mkdir(parents=True, exist_ok=True)
     if not (directory / f"{name}.so").exists():
@@ -109,7 +144,7 @@ def cpu_flags() -> set[str]:
     return set()
 
 
-def _build_id() -> str:
+def build_id() -> str:
     """A short hash of the CPU's model and flags and of the sources and headers in csrc/."""
     model = ""
     try:

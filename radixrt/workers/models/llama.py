@@ -12,10 +12,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from radixrt.workers.forward_batch import ForwardBatch
-from radixrt.workers.layers import cpu_kernels
+from radixrt.workers.layers import cpu_kernels, cpu_linear
 from radixrt.workers.layers.attention.base import AttentionBackend, KVBuffers
 from radixrt.workers.layers.norm import RMSNorm
-from radixrt.workers.layers.packed_linear import PackedLinear, pack_linears
 from radixrt.workers.layers.rotary import RotaryEmbedding
 from radixrt.workers.model_config import ModelConfig
 
@@ -141,7 +140,7 @@ class LlamaForCausalLM(nn.Module):
         self.rotary = RotaryEmbedding(
             config.head_dim, config.max_position_embeddings, config.rope_theta, config.rope_scaling
         )
-        self._packed_head = False
+        self._cpu_linears = False
 
     def fuse_projections(self) -> None:
         """Fuse q/k/v and gate/up after the HF-named weights are loaded (once)."""
@@ -149,13 +148,16 @@ class LlamaForCausalLM(nn.Module):
             layer.self_attn.fuse_projections()
             layer.mlp.fuse_projections()
 
-    def pack_for_cpu(self, keep_plain: bool) -> None:
-        """oneDNN-packed bf16 linears, the LM head included (a tied head gets its own packed copy);
-        `keep_plain` keeps the plain weights too, for one-token forwards."""
-        pack_linears(self.model, keep_plain)
-        head = self.model.embed_tokens.weight if self.config.tie_word_embeddings else self.lm_head.weight
-        self.lm_head = PackedLinear(head, keep_plain=keep_plain)
-        self._packed_head = True
+    def use_cpu_linears(self, one_layout: bool) -> cpu_linear.LinearPlan:
+        """Every linear, the LM head included, on the implementations measured fastest on this CPU
+        (layers/cpu_linear.py); a tied head reads the embedding's weight."""
+        if self.config.tie_word_embeddings:
+            head = nn.Linear(self.config.hidden_size, self.config.vocab_size, bias=False, device="meta")
+            head.weight = self.model.embed_tokens.weight
+            self.lm_head = head
+        plan = cpu_linear.install(self, self.model.embed_tokens.weight.dtype, one_layout)
+        self._cpu_linears = True
+        return plan
 
     @property
     def lm_head_weight(self) -> torch.Tensor:
@@ -178,6 +180,6 @@ class LlamaForCausalLM(nn.Module):
             hidden, residual = layer(hidden, residual, cos, sin, layer_id, kv_pool, backend)
         rows = batch.logits_indices
         hidden = self.model.norm.add_and_norm(hidden[rows], residual[rows])  # [R, hidden]
-        if self._packed_head:
+        if self._cpu_linears:
             return self.lm_head(hidden).float()
         return F.linear(hidden, self.lm_head_weight).float()

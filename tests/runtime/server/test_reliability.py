@@ -30,7 +30,7 @@ LONG = {"temperature": 0, "max_new_tokens": 1000, "ignore_eos": True}  # seconds
 
 
 def test_a_streaming_client_that_stops_reading_is_cut_off_and_its_slots_freed(tiny_model_dir):
-    server = start_server(model=str(tiny_model_dir), client_timeout=2.0, kv_slots=16384, max_running_requests=16)
+    server = start_server(model=str(tiny_model_dir), client_timeout=0.5, kv_slots=16384, max_running_requests=16)
     with server, http_client(server) as http:
         stalled = stall_a_stream(server.args.port, http)
     assert stalled.startswith(b"HTTP/1.1 200") and b"[DONE]" not in stalled

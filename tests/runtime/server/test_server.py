@@ -153,6 +153,26 @@ def test_malformed_and_oversized_bodies_are_rejected(http):
     assert http.get("/health").status_code == 200
 
 
+def test_stats_name_what_runs_each_op_in_the_worker(http):
+    import torch
+
+    from radixrt.workers.layers import cpu_kernels
+
+    if torch.cuda.is_available():
+        pytest.skip("the server runs on CUDA here: no CPU kernels")
+    built = "cpu_kernels" if cpu_kernels.load() is not None else "torch"  # the worker shares this kernel cache
+    kernels = stats(http)["kernels"]
+    assert "batch-invariant: " in kernels.pop("linear")  # the measured choice per linear shape
+    assert kernels == {  # the embedded model in float32 on CPU
+        "decode_attention": built,
+        "extend_attention": "torch",
+        "shared_prefix_decode": "off",
+        "rms_norm": built,
+        "silu_and_mul": built,
+        "rotary": built,
+    }
+
+
 def test_disconnecting_a_stream_aborts_it_and_frees_its_slots(http):
     aborted = stats(http)["requests_aborted"]
     body = {"text": PROMPTS[2], "sampling_params": {"max_new_tokens": 400, "ignore_eos": True}, "stream": True}

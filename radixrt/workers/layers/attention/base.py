@@ -49,6 +49,11 @@ class AttentionBackend(ABC):
     ) -> torch.Tensor:
         """Store k, v at the batch's `out_slots` of layer `layer_id`; return `[T, num_heads * head_dim]`."""
 
+    @abstractmethod
+    def implementations(self) -> dict[str, str]:
+        """What runs `decode_attention`, `extend_attention` and `shared_prefix_decode`: "cpu_kernels"
+        (radixrt's C++), "torch", "flashinfer", or "off" for an optional kernel this backend never uses."""
+
     @staticmethod
     def store_kv(k: torch.Tensor, v: torch.Tensor, layer_id: int, kv_pool: KVBuffers, out_slots: torch.Tensor) -> None:
         kv_pool.k_buffers[layer_id].index_copy_(0, out_slots, k)

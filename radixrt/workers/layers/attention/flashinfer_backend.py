@@ -46,6 +46,9 @@ class FlashInferAttentionBackend(AttentionBackend):
         self._wrapper = None
         self._out_slots: torch.Tensor | None = None
 
+    def implementations(self) -> dict[str, str]:
+        return {"decode_attention": "flashinfer", "extend_attention": "flashinfer", "shared_prefix_decode": "off"}
+
     def prepare(self, batch: ForwardBatch) -> None:
         self._out_slots = batch.out_slots
         kv_indices = batch.kv_indices.to(torch.int32)

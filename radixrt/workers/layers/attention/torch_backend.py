@@ -98,6 +98,13 @@ class TorchAttentionBackend(AttentionBackend):
         self._extend_group: _ExtendGroup | None = None
         self._extends: list[_Extend] = []
 
+    def implementations(self) -> dict[str, str]:
+        decode = "cpu_kernels" if self.cpu_kernels is not None else "torch"
+        extend = "cpu_kernels" if self.extend_kernel else "torch"
+        # NOTE: shared_prefix_decode runs under the same conditions as extend_attention
+        shared = "cpu_kernels" if self.extend_kernel else "off"
+        return {"decode_attention": decode, "extend_attention": extend, "shared_prefix_decode": shared}
+
     def prepare(self, batch: ForwardBatch) -> None:
         self._out_slots = batch.out_slots
         q_starts = [0, *accumulate(batch.extend_lens)]
@@ -112,7 +119,10 @@ class TorchAttentionBackend(AttentionBackend):
             self._decode = _prepare_decode(batch, decode_ids, starts, rows, padded)
             lens = [batch.seq_lens[i] for i in decode_ids]
             self._decode.shared_prefix = (
-                self.extend_kernel and not padded and _shares_a_tile(batch.kv_indices, starts, lens)
+                self.extend_kernel
+                and not padded
+                and not batch.invariant  # its partial softmaxes split where other requests' prefixes end
+                and _shares_a_tile(batch.kv_indices, starts, lens)
             )
         prefill_ids = [i for i, p in enumerate(batch.prefill) if p]
         self._extend_group, self._extends = None, []
