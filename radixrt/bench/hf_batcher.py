@@ -93,12 +93,17 @@ class HFBatcher:
             start = time.perf_counter()
             try:
                 with torch.inference_mode():
-                    (self._run_score if batch[0].key == ("score",) else self._run_gen)(batch)
+                    results = (self._run_score if batch[0].key == ("score",) else self._run_gen)(batch)
             except BaseException as e:  # noqa: BLE001 - a failed batch fails its jobs, not the thread
-                for job in batch:
-                    if not job.future.done():
-                        job.future.set_exception(e)
+                results = None
+                error = e
+            # NOTE: counted before any job completes, so a caller that saw its result sees the time too
             self.busy_s += time.perf_counter() - start
+            for i, job in enumerate(batch):
+                if results is None:
+                    job.future.set_exception(error)
+                else:
+                    job.future.set_result(results[i])
 
     def _take(self) -> list[GenJob | ScoreJob] | None:
         """The oldest job and the compatible jobs after it that fit the row and token limits."""
@@ -129,7 +134,7 @@ class HFBatcher:
         self.computed_tokens += sum(map(len, rows))
         return ids, mask
 
-    def _run_gen(self, jobs: list[GenJob]) -> None:
+    def _run_gen(self, jobs: list[GenJob]) -> list[Any]:
         ids, mask = self._pad_left([job.ids for job in jobs])
         control = RowControl([job.spec for job in jobs], ids.shape[1], self.eos_ids, self.decode)
         processors = LogitsProcessorList()
@@ -143,9 +148,8 @@ class HFBatcher:
             stopping_criteria=StoppingCriteriaList([control]),
         )
         generated = out[:, ids.shape[1] :]  # [B, n]
-        for row, job in enumerate(jobs):
-            kept = control.kept(row, generated.shape[1])
-            job.future.set_result((generated[row, :kept].tolist(), control.reasons[row]))
+        kept = [control.kept(row, generated.shape[1]) for row in range(len(jobs))]
+        return [(generated[row, :k].tolist(), control.reasons[row]) for row, k in enumerate(kept)]
 
     def _config(self, jobs: list[GenJob]) -> GenerationConfig:
         s = jobs[0].spec.sampling
@@ -158,7 +162,7 @@ class HFBatcher:
         longest = max(job.spec.sampling.max_new_tokens for job in jobs)
         return GenerationConfig(max_new_tokens=longest, pad_token_id=self.pad_id, **sampling)
 
-    def _run_score(self, jobs: list[ScoreJob]) -> None:
+    def _run_score(self, jobs: list[ScoreJob]) -> list[Any]:
         sequences = [seq for job in jobs for seq in job.sequences]
         ids, mask = self._pad_left([row for row, _ in sequences])
         keep = min(max(len(row) - start for row, start in sequences) + 1, ids.shape[1])
@@ -170,6 +174,8 @@ class HFBatcher:
             # the logits predicting token j sit at window index keep - len(row) + j - 1
             js = range(max(start, 1), len(row))
             results.append([logprobs[r, keep - len(row) + j - 1, row[j]].item() for j in js])
+        per_job = []
         for job in jobs:
-            job.future.set_result(results[: len(job.sequences)])
+            per_job.append(results[: len(job.sequences)])
             results = results[len(job.sequences) :]
+        return per_job

@@ -118,10 +118,14 @@ class LlamaCppBackend(Backend):
             fn, future = job
             start = time.perf_counter()
             try:
-                future.set_result(fn())
+                result, error = fn(), None
             except BaseException as e:  # noqa: BLE001 - a failed request fails its caller only
-                future.set_exception(e)
-            self.busy_s += time.perf_counter() - start
+                result, error = None, e
+            self.busy_s += time.perf_counter() - start  # before the caller can read it with its result
+            if error is None:
+                future.set_result(result)
+            else:
+                future.set_exception(error)
 
     def _call(self, fn: Callable[[], Any]) -> Any:
         """Run `fn` on the model's thread after every request that arrived before it."""
