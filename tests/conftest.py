@@ -21,3 +21,12 @@ def embedded_model_dir() -> Path:
 def tiny_model_dir(tmp_path_factory, embedded_model_dir) -> Path:
     """2-layer random llama with the embedded model's tokenizer and chat template."""
     return write_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), embedded_model_dir)
+
+
+@pytest.fixture(scope="session")
+def long_tiny_model_dir(tmp_path_factory, embedded_model_dir) -> Path:
+    """The tiny llama with an 8,192-token context: requests that must stay in flight while a test
+    checks something run thousands of tokens (1,000 took about a second with the C++ kernels)."""
+    return write_tiny_llama(
+        tmp_path_factory.mktemp("long-tiny-llama"), embedded_model_dir, max_position_embeddings=8192
+    )

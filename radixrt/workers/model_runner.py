@@ -16,6 +16,7 @@ from radixrt.workers.forward_batch import ForwardBatch
 from radixrt.workers.layers.attention import KVBuffers, create_backend
 from radixrt.workers.layers.cpu_kernels import cpu_flags, elementwise_implementations
 from radixrt.workers.layers.cpu_linear import LinearPlan
+from radixrt.workers.layers.quantization import QUANTIZATIONS
 from radixrt.workers.malloc import keep_freed_blocks
 from radixrt.workers.model_config import ModelConfig
 from radixrt.workers.models.llama import LlamaForCausalLM
@@ -37,7 +38,10 @@ class ModelRunner:
         device: str = "auto",
         load_format: str = "auto",
         attention_backend: str = "auto",
+        quantization: str = "none",
     ):
+        if quantization not in QUANTIZATIONS:
+            raise ValueError(f"unknown quantization {quantization!r}; choose from {', '.join(QUANTIZATIONS)}")
         if load_format not in LOAD_FORMATS:
             raise ValueError(f"unknown load_format {load_format!r}; choose from {LOAD_FORMATS}")
         self.model_path = Path(model_path)
@@ -54,7 +58,11 @@ class ModelRunner:
             load_safetensors(self.model, self.model_path)
         self.model.fuse_projections()
         self.linears = LinearPlan()  # no choices: torch's own F.linear
-        if (
+        self.quantization = quantization
+        linear_summary = None
+        if quantization == "int8":
+            linear_summary = f"int8 ({self.model.quantize_int8(self.device)})"
+        elif (
             self.device.type == "cpu"
             and self.dtype in (torch.bfloat16, torch.float32)
             and not envs.torch_reference_only()
@@ -76,7 +84,7 @@ class ModelRunner:
         self.kernels = {
             **self.backend.implementations(),
             **elementwise_implementations(self.device, self.dtype),
-            "linear": self.linears.summary(),
+            "linear": linear_summary or self.linears.summary(),
         }
 
     def kv_shape(self) -> tuple[int, int, int]:

@@ -107,7 +107,7 @@ def test_every_candidate_on_this_cpu_matches_the_reference(dtype):
 
 def test_measurement_marks_our_kernel_row_invariant_and_checks_everyone():
     w = torch.randn(64, 64, dtype=torch.bfloat16) * 0.1
-    m = kernel_tuning.measure(w, None, linear_candidates.available(torch.bfloat16))
+    m = kernel_tuning.measure([(w, None)], linear_candidates.available(torch.bfloat16))
     assert m.invariant["radixrt"] is True
     assert set(m.seconds) == set(m.invariant) == set(m.tried)  # all correct on this CPU
     assert set(m.seconds["radixrt"]) == set(kernel_tuning.ROWS)
@@ -124,7 +124,7 @@ def test_the_chosen_candidate_is_within_10_percent_of_the_fastest():
         x = torch.randn(rows, 576, dtype=torch.bfloat16)
         ratios = []
         for _ in range(3):
-            chosen = choose(kernel_tuning.measure(w, None, names)).fast[rows]
+            chosen = choose(kernel_tuning.measure([(w, None)], names)).fast[rows]
             again = kernel_tuning._time_rows(runs, x)
             ratios.append(again.get(chosen, float("inf")) / min(again.values()))
             if ratios[-1] <= 1.10:
@@ -136,16 +136,16 @@ def test_measurements_are_cached_per_machine_and_a_corrupt_cache_is_measured_aga
     monkeypatch.setenv("RADIXRT_KERNEL_CACHE", str(tmp_path))
     w = torch.randn(32, 16, dtype=torch.float32)
     names = linear_candidates.available(torch.float32)
-    first = kernel_tuning.cached_measure(w, None, names)
+    first = kernel_tuning.cached_measure([(w, None)], names)
     table = json.loads(kernel_tuning.cache_file().read_text())
     assert list(table) == [kernel_tuning.machine_key()]
     entry = table[kernel_tuning.machine_key()][kernel_tuning.shape_key(32, 16, torch.float32, False)]
     entry["seconds"]["aten"]["1"] = 123.0  # a recalled measurement, not a new one, keeps this
     kernel_tuning.cache_file().write_text(json.dumps(table))
-    assert kernel_tuning.cached_measure(w, None, names).seconds["aten"][1] == 123.0
+    assert kernel_tuning.cached_measure([(w, None)], names).seconds["aten"][1] == 123.0
     assert first.tried == tuple(names)
     kernel_tuning.cache_file().write_text("{not json")
-    again = kernel_tuning.cached_measure(w, None, names)
+    again = kernel_tuning.cached_measure([(w, None)], names)
     assert again.seconds["aten"][1] != 123.0 and kernel_tuning.cache_file().read_text().startswith("{")
 
 
@@ -203,6 +203,16 @@ def test_one_layout_keeps_one_candidate_per_linear():
     plan = LinearPlan()
     assert plan.summary() == "torch"
     w = torch.randn(32, 16, dtype=torch.bfloat16)
-    one = cpu_linear.plan_linears({"32x16:bfloat16:nobias": (w, None, 1)}, torch.bfloat16, one_layout=True)
+    one = cpu_linear.plan_linears({"32x16:bfloat16:nobias": [(w, None)]}, torch.bfloat16, one_layout=True)
     (choice,) = one.choices.values()
     assert len(set(choice.fast.values()) | {choice.invariant}) == 1
+
+
+def test_timing_rotates_over_enough_linears_to_leave_the_cache():
+    llc = kernel_tuning.last_level_cache_bytes()
+    assert llc >= 1 << 20
+    w = torch.zeros(1024, 1024, dtype=torch.bfloat16)  # 2 MiB each
+    many = [(w, None)] * (4 * llc // (2 << 20) + 4)
+    chosen = kernel_tuning._cold_set(many)
+    assert 2 * llc < len(chosen) * (2 << 20) <= 2 * llc + (2 << 20)
+    assert len(kernel_tuning._cold_set(many[:2])) == 2  # fewer than that: all of them

@@ -8,6 +8,7 @@ with transformers' logits for the same position of the full sequence.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 import pytest
@@ -16,6 +17,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2
 
 from radixrt.radix_cache.pool import KVPool
 from radixrt.workers.forward_batch import ForwardBatch
+from radixrt.workers.layers.quantization import dequantize, quantize_int8
 from radixrt.workers.model_runner import ModelRunner
 
 SHAPE = {
@@ -160,3 +162,33 @@ def test_prefix_cached_extend_equals_one_shot_prefill(tiny_model):
     run_step(runner, pool, [(cached, 12, False)])
     ((extended, _),) = run_step(runner, pool, [(cached, 8, True)])
     torch.testing.assert_close(extended, one_shot[12:], rtol=1e-5, atol=1e-5)
+
+
+def dequantized_reference(hf) -> torch.nn.Module:
+    """`hf` in float64 with every linear (the LM head too, untied from the embedding) replaced by
+    its int8 weights dequantized: what `--quantization int8` computes, without rounding."""
+    ref = copy.deepcopy(hf).double()
+    for module in ref.modules():
+        for name, child in module.named_children():
+            if isinstance(child, torch.nn.Linear):
+                q, scale = quantize_int8(child.weight)
+                lin = torch.nn.Linear(child.in_features, child.out_features, bias=child.bias is not None).double()
+                lin.weight = torch.nn.Parameter(dequantize(q, scale).double())
+                if child.bias is not None:
+                    lin.bias = torch.nn.Parameter(child.bias.detach().clone())
+                setattr(module, name, lin)
+    return ref
+
+
+def test_int8_logits_match_a_float64_dequantized_reference(tiny_model):
+    path, hf = tiny_model
+    runner = ModelRunner(path, dtype="float32", device="cpu", attention_backend="torch", quantization="int8")
+    assert runner.kernels["linear"] == "int8 (cpu_kernels)"
+    ref = dequantized_reference(hf)
+    pool = KVPool(128, *runner.kv_shape(), dtype=torch.float32)
+    worst = 0.0
+    for seq, logits, pos in scenario(runner, pool, runner.model_config.vocab_size):
+        expected = reference_logits(ref, seq.tokens)[pos]
+        torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-4)
+        worst = max(worst, (logits - reference_logits(hf, seq.tokens)[pos]).abs().max().item())
+    assert worst > 1e-4  # the weights really are quantized: the unquantized model differs

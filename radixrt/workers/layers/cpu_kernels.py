@@ -3,7 +3,8 @@
 They register torch ops under `torch.ops.radixrt`: `decode_attention`, `shared_prefix_decode`
 and `extend_attention` (the torch attention backend's decode and prefill steps),
 `rms_norm` / `add_rms_norm_` (layers/norm.py), `silu_and_mul` (the llama MLP), `rotary_` (layers/rotary.py)
-and `pack_linear_weight` / `packed_linear` (one of the linear candidates, layers/linear_candidates.py).
+`pack_linear_weight` / `packed_linear` (one of the linear candidates, layers/linear_candidates.py) and
+`pack_int8_weight` / `int8_linear` (weight-only int8 linears, layers/quantization.py).
 `python -m radixrt.workers.layers.cpu_kernels` builds them ahead of time (`make test` and
 `make demo` do); a process that finds no C++ compiler logs why once and runs the PyTorch code
 they replace.
@@ -36,6 +37,7 @@ SOURCES = [
         "rms_norm.cpp",
         "elementwise.cpp",
         "linear.cpp",
+        "linear_int8.cpp",
     )
 ]
 CFLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fopenmp"]  # OpenMP: at::parallel_for runs on torch's threads

@@ -101,18 +101,18 @@ class LinearPlan:
 
 
 def plan_linears(
-    shapes: dict[str, tuple[torch.Tensor, torch.Tensor | None, int]], dtype: torch.dtype, one_layout: bool = False
+    shapes: dict[str, list[kernel_tuning.Instance]], dtype: torch.dtype, one_layout: bool = False
 ) -> LinearPlan:
-    """Measure (or recall) each shape's candidates; `shapes[key] = (weight, bias, how many linears)`.
+    """Measure (or recall) each shape's candidates; `shapes[key]` lists the model's (weight, bias) of that shape.
     `one_layout`: where memory holds one copy of the weights only, every M runs one candidate."""
     candidates = linear_candidates.available(dtype)
     plan = LinearPlan()
     measured = {}
-    for i, (key, (weight, bias, _count)) in enumerate(shapes.items()):
+    for i, (key, instances) in enumerate(shapes.items()):
         logger.debug("timing linear kernels for %s (%d/%d)", key, i + 1, len(shapes))
-        measured[key] = kernel_tuning.cached_measure(weight, bias, candidates)
+        measured[key] = kernel_tuning.cached_measure(instances, candidates)
         plan.choices[key] = choose(measured[key])
-    plan.invariance_cost = _invariance_cost(plan.choices, measured, {k: v[2] for k, v in shapes.items()})
+    plan.invariance_cost = _invariance_cost(plan.choices, measured, {k: len(v) for k, v in shapes.items()})
     cheap = plan.invariance_cost is not None and plan.invariance_cost <= MAX_INVARIANCE_COST
     if cheap or (one_layout and plan.invariance_cost is not None):
         plan.always_invariant = True
@@ -145,11 +145,10 @@ def install(model: nn.Module, dtype: torch.dtype, one_layout: bool = False) -> L
         for name, child in parent.named_children()
         if isinstance(child, nn.Linear)
     ]
-    shapes: dict[str, tuple[torch.Tensor, torch.Tensor | None, int]] = {}
+    shapes: dict[str, list[kernel_tuning.Instance]] = {}
     for _parent, _name, lin in linears:
         key = kernel_tuning.shape_key(*lin.weight.shape, lin.weight.dtype, lin.bias is not None)
-        first = shapes.get(key, (lin.weight, lin.bias, 0))
-        shapes[key] = (first[0], first[1], first[2] + 1)
+        shapes.setdefault(key, []).append((lin.weight, lin.bias))
     plan = plan_linears(shapes, dtype, one_layout)
     for parent, name, lin in linears:
         key = kernel_tuning.shape_key(*lin.weight.shape, lin.weight.dtype, lin.bias is not None)

@@ -5,6 +5,8 @@ For one weight shape and dtype, each candidate (layers/linear_candidates.py) is
   - checked for row invariance: a row computed alone and inside batches of other sizes must be
     bit-identical (what a radix-cache hit or a batch needs so that it never changes an output),
   - timed at the row counts in `ROWS`: candidates take turns, and the median of their rounds counts.
+    Calls rotate over the model's linears of that shape (as many as exceed twice the last-level
+    cache), so that weights come from memory as they do in a forward, not from a warm cache.
 The measurements are cached in `$RADIXRT_KERNEL_CACHE/linear_tuning.json` under a key naming the
 CPU, its flags, the compiled kernels, torch's version and the thread count, so later starts on the
 same machine measure nothing.
@@ -12,6 +14,8 @@ same machine measure nothing.
 
 from __future__ import annotations
 
+import functools
+import itertools
 import json
 import logging
 import os
@@ -31,6 +35,7 @@ ROWS = (1, 4, 16, 64, 256)  # decode batches and a prefill chunk
 INVARIANCE_ROWS = (2, 3, 5, 8, 9, 17, 48, 64, 100, 256)
 ROUNDS = 5
 MIN_SAMPLE_S = 2e-3  # calls are repeated until a sample lasts this long
+TUNING_VERSION = 2  # bumped whenever how candidates are measured changes
 GIVE_UP_FACTOR = 4.0  # a candidate this much slower than the best at its first sample is dropped
 
 
@@ -58,32 +63,38 @@ def shape_key(n: int, k: int, dtype: torch.dtype, has_bias: bool) -> str:
 
 
 def machine_key() -> str:
-    return f"{cpu_kernels.build_id()}|torch={torch.__version__}|threads={torch.get_num_threads()}"
+    return f"v{TUNING_VERSION}|{cpu_kernels.build_id()}|torch={torch.__version__}|threads={torch.get_num_threads()}"
 
 
 def cache_file() -> Path:
     return cpu_kernels.build_dir() / "linear_tuning.json"
 
 
-def measure(weight: torch.Tensor, bias: torch.Tensor | None, candidates: list[str]) -> Measurement:
-    """Check and time `candidates` on `weight` (plain [N, K])."""
+Instance = tuple[torch.Tensor, "torch.Tensor | None"]  # (plain weight [N, K], bias)
+
+
+def measure(instances: list[Instance], candidates: list[str]) -> Measurement:
+    """Check `candidates` on the first (weight, bias) of one shape and time them over all given."""
+    weight, bias = instances[0]
     gen = torch.Generator().manual_seed(0)
     x = (torch.randn(max(ROWS + INVARIANCE_ROWS), weight.shape[1], generator=gen) * 0.5).to(weight.dtype)
-    states = {c: linear_candidates.PREPARE[c](weight) for c in candidates}
-    runs = {c: _runner(c, states[c], bias) for c in candidates}
+    runs = {c: _runner(c, linear_candidates.PREPARE[c](weight), bias) for c in candidates}
     correct = [c for c in candidates if _is_correct(runs[c], x[: max(ROWS)], weight, bias)]
     for c in set(candidates) - set(correct):
         logger.warning("linear candidate %s gives wrong results for %s; never chosen", c, tuple(weight.shape))
     invariant = {c: _is_row_invariant(runs[c], x) for c in correct}
+    timed = _cold_set(instances)
+    rotating = {c: _rotating(c, timed) for c in correct}
     seconds = {c: {} for c in correct}
     for m in ROWS:
-        for c, s in _time_rows({c: runs[c] for c in correct}, x[:m].contiguous()).items():
+        for c, s in _time_rows(rotating, x[:m].contiguous()).items():
             seconds[c][m] = s
     return Measurement(tuple(candidates), seconds, invariant)
 
 
-def cached_measure(weight: torch.Tensor, bias: torch.Tensor | None, candidates: list[str]) -> Measurement:
+def cached_measure(instances: list[Instance], candidates: list[str]) -> Measurement:
     """`measure`, or what an earlier start on this machine measured for the same shape."""
+    weight, bias = instances[0]
     key, shape = machine_key(), shape_key(*weight.shape, weight.dtype, bias is not None)
     table = _read(cache_file())
     entry = table.get(key, {}).get(shape)
@@ -93,7 +104,7 @@ def cached_measure(weight: torch.Tensor, bias: torch.Tensor | None, candidates: 
         found = None  # written by another version: measure again
     if found is not None and found.tried == tuple(candidates):
         return found
-    result = measure(weight, bias, candidates)
+    result = measure(instances, candidates)
     _write(cache_file(), key, shape, result)
     return result
 
@@ -101,6 +112,43 @@ def cached_measure(weight: torch.Tensor, bias: torch.Tensor | None, candidates: 
 def _runner(name: str, state: object, bias: torch.Tensor | None):
     run = linear_candidates.RUN[name]
     return lambda x: run(x, state, bias)
+
+
+def _cold_set(instances: list[Instance]) -> list[Instance]:
+    """Enough of `instances` that their weights together exceed twice the last-level cache."""
+    chosen, size = [], 0
+    for weight, bias in instances:
+        if size > 2 * last_level_cache_bytes():
+            break
+        chosen.append((weight, bias))
+        size += weight.numel() * weight.element_size()
+    return chosen
+
+
+def _rotating(name: str, instances: list[Instance]):
+    """A call of candidate `name` that takes the next instance's weights each time."""
+    run = linear_candidates.RUN[name]
+    states = itertools.cycle([(linear_candidates.PREPARE[name](w), b) for w, b in instances])
+
+    def call(x: torch.Tensor) -> torch.Tensor:
+        state, bias = next(states)
+        return run(x, state, bias)
+
+    return call
+
+
+@functools.cache
+def last_level_cache_bytes() -> int:
+    """The largest CPU cache's size from sysfs (32 MiB where it cannot be read)."""
+    sizes = []
+    for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+        try:
+            text = (index / "size").read_text().strip()
+        except OSError:
+            continue
+        unit = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:].upper(), 1)
+        sizes.append(int(text.rstrip("KMGkmg")) * unit)
+    return max(sizes, default=32 << 20)
 
 
 def _is_correct(run, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
@@ -125,9 +173,7 @@ def _time_rows(runs: dict, x: torch.Tensor) -> dict[str, float]:
     reps, samples = {}, {}
     for name, run in runs.items():
         run(x)  # warm up: first-touch pages, oneDNN's primitive cache
-        start = time.perf_counter()
-        run(x)
-        once = max(time.perf_counter() - start, 1e-7)
+        once = max(min(_seconds(run, x) for _ in range(3)), 1e-7)  # the least disturbed of 3
         reps[name], samples[name] = max(1, int(MIN_SAMPLE_S / once)), [once]
     best = min(s[0] for s in samples.values())
     alive = [n for n in runs if samples[n][0] <= GIVE_UP_FACTOR * best]
@@ -138,6 +184,12 @@ def _time_rows(runs: dict, x: torch.Tensor) -> dict[str, float]:
                 runs[name](x)
             samples[name].append((time.perf_counter() - start) / reps[name])
     return {n: statistics.median(samples[n][1:]) for n in alive}
+
+
+def _seconds(run, x: torch.Tensor) -> float:
+    start = time.perf_counter()
+    run(x)
+    return time.perf_counter() - start
 
 
 def _read(path: Path) -> dict:

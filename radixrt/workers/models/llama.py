@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from radixrt.workers.forward_batch import ForwardBatch
-from radixrt.workers.layers import cpu_kernels, cpu_linear
+from radixrt.workers.layers import cpu_kernels, cpu_linear, quantization
 from radixrt.workers.layers.attention.base import AttentionBackend, KVBuffers
 from radixrt.workers.layers.norm import RMSNorm
 from radixrt.workers.layers.rotary import RotaryEmbedding
@@ -140,7 +140,7 @@ class LlamaForCausalLM(nn.Module):
         self.rotary = RotaryEmbedding(
             config.head_dim, config.max_position_embeddings, config.rope_theta, config.rope_scaling
         )
-        self._cpu_linears = False
+        self._head_module = False  # the LM head is a module of its own (tied or not)
 
     def fuse_projections(self) -> None:
         """Fuse q/k/v and gate/up after the HF-named weights are loaded (once)."""
@@ -151,13 +151,22 @@ class LlamaForCausalLM(nn.Module):
     def use_cpu_linears(self, one_layout: bool) -> cpu_linear.LinearPlan:
         """Every linear, the LM head included, on the implementations measured fastest on this CPU
         (layers/cpu_linear.py); a tied head reads the embedding's weight."""
+        self._untie_head()
+        return cpu_linear.install(self, self.model.embed_tokens.weight.dtype, one_layout)
+
+    def quantize_int8(self, device: torch.device) -> str:
+        """Every linear, the LM head included, as weight-only int8 (layers/quantization.py); the
+        embedding stays in the model's dtype. Returns what runs them."""
+        self._untie_head()
+        return quantization.quantize_linears(self, device)
+
+    def _untie_head(self) -> None:
+        """The LM head as a Linear module; a tied one reads the embedding's weight (no copy)."""
         if self.config.tie_word_embeddings:
             head = nn.Linear(self.config.hidden_size, self.config.vocab_size, bias=False, device="meta")
             head.weight = self.model.embed_tokens.weight
             self.lm_head = head
-        plan = cpu_linear.install(self, self.model.embed_tokens.weight.dtype, one_layout)
-        self._cpu_linears = True
-        return plan
+        self._head_module = True
 
     @property
     def lm_head_weight(self) -> torch.Tensor:
@@ -180,6 +189,6 @@ class LlamaForCausalLM(nn.Module):
             hidden, residual = layer(hidden, residual, cos, sin, layer_id, kv_pool, backend)
         rows = batch.logits_indices
         hidden = self.model.norm.add_and_norm(hidden[rows], residual[rows])  # [R, hidden]
-        if self._cpu_linears:
+        if self._head_module:
             return self.lm_head(hidden).float()
         return F.linear(hidden, self.lm_head_weight).float()

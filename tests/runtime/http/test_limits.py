@@ -31,15 +31,15 @@ LIMITS = {
     "max_requests_per_connection": 2,
     "max_grammar_bytes": 1000,
     "max_body_bytes": 64 << 10,
-    "max_new_tokens_limit": 1000,
+    "max_new_tokens_limit": 4000,
     "client_timeout": 2.0,
 }
-LONG = {"temperature": 0, "max_new_tokens": 1000, "ignore_eos": True}  # seconds on the tiny model
+LONG = {"temperature": 0, "max_new_tokens": 4000, "ignore_eos": True}  # seconds on the long-context tiny model
 
 
 @pytest.fixture(scope="module")
-def limited(tiny_model_dir):
-    handle = start_server(model=str(tiny_model_dir), **LIMITS)
+def limited(long_tiny_model_dir):
+    handle = start_server(model=str(long_tiny_model_dir), **LIMITS)
     yield handle
     handle.shutdown()
 
@@ -58,8 +58,8 @@ def generate(http, text: Any = "Hello", **fields: Any):
     ("body", "param", "words"),
     [
         ({"text": ["a"] * 5}, "text", "5 prompts"),
-        ({"input_ids": [5] * 1100}, "text", "1100 tokens; the context length is 1024"),
-        ({"text": "hi", "sampling_params": {"max_new_tokens": 1001}}, "max_new_tokens", "limit 1000"),
+        ({"input_ids": [5] * 8200}, "text", "8200 tokens; the context length is 8192"),
+        ({"text": "hi", "sampling_params": {"max_new_tokens": 4001}}, "max_new_tokens", "limit 4000"),
         ({"text": "hi", "sampling_params": {"n": 129}}, "n", "n=129"),
         ({"text": "hi", "sampling_params": {"n": 5}}, "n", "at most 4 at once"),
         ({"text": "hi", "sampling_params": {"regex": "a" * 1001}}, "regex", "1001 bytes"),

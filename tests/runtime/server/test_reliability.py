@@ -26,7 +26,8 @@ from tests.runtime.server_harness import (
 
 pytestmark = pytest.mark.slow
 
-LONG = {"temperature": 0, "max_new_tokens": 1000, "ignore_eos": True}  # seconds on the tiny model
+LONG = {"temperature": 0, "max_new_tokens": 1000, "ignore_eos": True}  # a second or so on the tiny model
+LONGER = {**LONG, "max_new_tokens": 4000}  # several seconds, on the long-context tiny model
 
 
 def test_a_streaming_client_that_stops_reading_is_cut_off_and_its_slots_freed(tiny_model_dir):
@@ -73,9 +74,9 @@ def test_kv_pressure_retracts_and_serves_everything_exactly(tiny_model_dir):
             assert after["retracted"] > 0 and after["requests_failed"] == 0 and idle(client)
 
 
-def test_sigterm_drains_running_requests_and_refuses_new_ones(tiny_model_dir):
-    server = start_server(model=str(tiny_model_dir), shutdown_grace=60)
-    body = {"text": "Hello", "sampling_params": LONG, "stream": True}  # still running while the checks below run
+def test_sigterm_drains_running_requests_and_refuses_new_ones(long_tiny_model_dir):
+    server = start_server(model=str(long_tiny_model_dir), shutdown_grace=60)
+    body = {"text": "Hello", "sampling_params": LONGER, "stream": True}  # still running while the checks below run
     with http_client(server) as client, client.stream("POST", "/generate", json=body) as running:
         lines = running.iter_lines()
         next(line for line in lines if line.startswith("data:"))
@@ -85,16 +86,16 @@ def test_sigterm_drains_running_requests_and_refuses_new_ones(tiny_model_dir):
         assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
         assert "shutting down" in refused.json()["error"]["message"]
         events = [json.loads(line[5:]) for line in lines if line.startswith("data:") and "[DONE]" not in line]
-    assert events[-1]["meta_info"]["completion_tokens"] == LONG["max_new_tokens"]
+    assert events[-1]["meta_info"]["completion_tokens"] == LONGER["max_new_tokens"]
     assert server.process.wait(timeout=60) == 0
 
 
-def test_requests_still_running_when_the_grace_ends_fail_with_503(tiny_model_dir):
+def test_requests_still_running_when_the_grace_ends_fail_with_503(long_tiny_model_dir):
     server = start_server(
-        model=str(tiny_model_dir), shutdown_grace=0
-    )  # a 1,000-token request may finish within any grace > 0
+        model=str(long_tiny_model_dir), shutdown_grace=0
+    )  # a long request outlasts any grace > 0 only barely
     with http_client(server) as client:
-        body = {"text": "Hello", "sampling_params": LONG, "stream": True}
+        body = {"text": "Hello", "sampling_params": LONGER, "stream": True}
         with client.stream("POST", "/generate", json=body) as running:
             lines = running.iter_lines()
             next(line for line in lines if line.startswith("data:"))
@@ -105,12 +106,12 @@ def test_requests_still_running_when_the_grace_ends_fail_with_503(tiny_model_dir
     assert server.process.wait(timeout=60) == 0
 
 
-def test_restart_worker_fails_in_flight_requests_then_serves_with_an_empty_cache(tiny_model_dir):
+def test_restart_worker_fails_in_flight_requests_then_serves_with_an_empty_cache(long_tiny_model_dir):
     greedy = {"text": "Once upon a time", "sampling_params": {"temperature": 0, "max_new_tokens": 16}}
-    with start_server(model=str(tiny_model_dir), restart_worker=True) as server, http_client(server) as client:
+    with start_server(model=str(long_tiny_model_dir), restart_worker=True) as server, http_client(server) as client:
         before = client.post("/generate", json=greedy).json()
         old_pid = stats(client)["worker_pid"]
-        body = {"text": "Count:", "sampling_params": LONG, "stream": True}
+        body = {"text": "Count:", "sampling_params": LONGER, "stream": True}
         with client.stream("POST", "/generate", json=body) as r:
             lines = r.iter_lines()
             next(line for line in lines if line.startswith("data:"))

@@ -10,9 +10,8 @@
 //   bf16:    [N/16][K/2][16][2]   a block's 16 columns, one K pair after another, so one 64-byte
 //                                 load feeds VDPBF16PS (16 lanes x 2 products) for up to 8 rows
 //   float32: [N/16][K][16]
-// Threads take tiles of 2 blocks (32 columns); a tile walks the rows in chunks of up to 8, reading
-// its weights from cache for every chunk after the first. For one row (decode at batch 1) this is
-// a stream of the weights at memory bandwidth.
+// The work is split as linear_tiles.h says. For one row (decode at batch 1) this is a stream of the
+// weights at memory bandwidth.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -23,15 +22,15 @@
 #include <cstdint>
 #include <cstring>
 
+#include "linear_tiles.h"
 #include "simd.h"
 
 namespace {
 
-constexpr int64_t BLOCK = 16;  // output columns per block
-constexpr int64_t TILE_BLOCKS = 2;  // blocks a thread computes together
-constexpr int64_t MAX_ROWS = 8;  // rows sharing each weight load
-
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+using radixrt_linear::BLOCK;
+using radixrt_linear::ceil_div;
+using radixrt_linear::Tile;
+using radixrt_linear::TILE_BLOCKS;
 
 // ---- packing --------------------------------------------------------------------------------
 
@@ -66,52 +65,15 @@ at::Tensor pack_linear_weight(const at::Tensor& weight) {
 
 // ---- one tile: `rows` rows x `nb` blocks --------------------------------------------------------
 
-struct Tile {
-  int64_t k;       // reduction length
-  int64_t n;       // output columns (unpadded)
-  int64_t col0;    // first output column of the tile
-  int64_t nb;      // blocks in this tile (1 or 2)
-  const float* bias;  // [n] float32 or null
-};
-
 #if defined(__AVX512BF16__)
-// bf16 x bf16 -> float32 with VDPBF16PS; `w` points at the tile's first block.
 template <int ROWS>
 void tile_bf16(const at::BFloat16* x, int64_t ldx, const at::BFloat16* w, const Tile& t, at::BFloat16* y, int64_t ldy) {
-  const int64_t pairs = ceil_div(t.k, 2), full = t.k / 2;
-  const __m512i* wb = reinterpret_cast<const __m512i*>(w);  // [nb][pairs] of 64 bytes
   __m512 acc[ROWS][TILE_BLOCKS];
   for (int64_t b = 0; b < t.nb; ++b) {
     const __m512 init = t.bias ? radixrt_simd::load16(t.bias + t.col0 + b * BLOCK) : _mm512_setzero_ps();
     for (int r = 0; r < ROWS; ++r) acc[r][b] = init;
   }
-  const int32_t* xp[ROWS];
-  for (int r = 0; r < ROWS; ++r) xp[r] = reinterpret_cast<const int32_t*>(x + r * ldx);
-  if (t.nb == TILE_BLOCKS) {
-    for (int64_t p = 0; p < full; ++p) {
-      const __m512bh w0 = (__m512bh)_mm512_loadu_si512(wb + p);
-      const __m512bh w1 = (__m512bh)_mm512_loadu_si512(wb + pairs + p);
-      for (int r = 0; r < ROWS; ++r) {
-        const __m512bh xv = (__m512bh)_mm512_set1_epi32(xp[r][p]);
-        acc[r][0] = _mm512_dpbf16_ps(acc[r][0], xv, w0);
-        acc[r][1] = _mm512_dpbf16_ps(acc[r][1], xv, w1);
-      }
-    }
-  } else {
-    for (int64_t p = 0; p < full; ++p) {
-      const __m512bh w0 = (__m512bh)_mm512_loadu_si512(wb + p);
-      for (int r = 0; r < ROWS; ++r) acc[r][0] = _mm512_dpbf16_ps(acc[r][0], (__m512bh)_mm512_set1_epi32(xp[r][p]), w0);
-    }
-  }
-  if (full < pairs) {  // odd K: the last pair holds one element (its partner is the packing's zero)
-    for (int r = 0; r < ROWS; ++r) {
-      uint16_t last;
-      std::memcpy(&last, x + r * ldx + t.k - 1, 2);
-      const __m512bh xv = (__m512bh)_mm512_set1_epi32(last);
-      for (int64_t b = 0; b < t.nb; ++b)
-        acc[r][b] = _mm512_dpbf16_ps(acc[r][b], xv, (__m512bh)_mm512_loadu_si512(wb + b * pairs + full));
-    }
-  }
+  radixrt_linear::accumulate_bf16<ROWS>(x, ldx, w, t, acc);
   for (int r = 0; r < ROWS; ++r)
     for (int64_t b = 0; b < t.nb; ++b) {
       const int64_t col = t.col0 + b * BLOCK, width = std::min<int64_t>(BLOCK, t.n - col);
@@ -182,41 +144,14 @@ void run_tile(const T* x, int64_t ldx, const T* w, const Tile& t, T* y, int64_t 
 }
 
 template <typename T>
-void run_rows(int64_t rows, const T* x, int64_t ldx, const T* w, const Tile& t, T* y, int64_t ldy) {
-  switch (rows) {
-    case 8: return run_tile<T, 8>(x, ldx, w, t, y, ldy);
-    case 7: return run_tile<T, 7>(x, ldx, w, t, y, ldy);
-    case 6: return run_tile<T, 6>(x, ldx, w, t, y, ldy);
-    case 5: return run_tile<T, 5>(x, ldx, w, t, y, ldy);
-    case 4: return run_tile<T, 4>(x, ldx, w, t, y, ldy);
-    case 3: return run_tile<T, 3>(x, ldx, w, t, y, ldy);
-    case 2: return run_tile<T, 2>(x, ldx, w, t, y, ldy);
-    default: return run_tile<T, 1>(x, ldx, w, t, y, ldy);
-  }
-}
-
-template <typename T>
 void linear_impl(const at::Tensor& x, const at::Tensor& packed, const float* bias, int64_t n, at::Tensor& y) {
-  const int64_t m = x.size(0), k = x.size(1), blocks = packed.size(0);
-  const int64_t block_elems = packed.numel() / blocks, tiles = ceil_div(blocks, TILE_BLOCKS);
+  const int64_t m = x.size(0), k = x.size(1), blocks = packed.size(0), block_elems = packed.numel() / blocks;
   const T* xp = x.data_ptr<T>();
   const T* wp = packed.data_ptr<T>();
   T* yp = y.data_ptr<T>();
-  const int64_t chunks = ceil_div(m, MAX_ROWS);
-  // NOTE: a work item is (tile, group of row chunks); how items are dealt to threads never
-  // changes what any output element is computed from, only who computes it.
-  const int64_t groups = std::max<int64_t>(1, std::min<int64_t>(chunks, at::get_num_threads() * 4 / std::max<int64_t>(tiles, 1)));
-  const int64_t per_group = ceil_div(chunks, groups);
-  at::parallel_for(0, tiles * groups, 1, [&](int64_t i0, int64_t i1) {
-    for (int64_t item = i0; item < i1; ++item) {
-      const int64_t tile = item / groups, group = item % groups;
-      const Tile t{k, n, tile * TILE_BLOCKS * BLOCK, std::min(TILE_BLOCKS, blocks - tile * TILE_BLOCKS), bias};
-      const T* w = wp + tile * TILE_BLOCKS * block_elems;
-      for (int64_t c = group * per_group; c < std::min(chunks, (group + 1) * per_group); ++c) {
-        const int64_t r0 = c * MAX_ROWS, rows = std::min(MAX_ROWS, m - r0);
-        run_rows<T>(rows, xp + r0 * k, k, w, t, yp + r0 * n, n);
-      }
-    }
+  radixrt_linear::for_each_tile(m, n, k, blocks, bias, [&](int64_t tile, const Tile& t, int64_t r0, int64_t rows, bool) {
+    const T* w = wp + tile * TILE_BLOCKS * block_elems;
+    radixrt_linear::with_rows(rows, [&](auto r) { run_tile<T, decltype(r)::value>(xp + r0 * k, k, w, t, yp + r0 * n, n); });
   });
 }
 
@@ -230,12 +165,8 @@ at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& packed, int64_t 
   TORCH_CHECK(bf16 ? packed.size(1) == ceil_div(k, 2) : packed.size(1) == k, "packed weights do not hold K = ", k);
   at::Tensor xc = x.contiguous();
   at::Tensor y = at::empty({x.size(0), n}, x.options());
-  at::Tensor b32;
-  if (bias.has_value()) {
-    TORCH_CHECK(bias->numel() == n, "bias has ", bias->numel(), " elements, expected ", n);
-    b32 = bias->to(at::kFloat).contiguous();
-  }
-  const float* bp = bias.has_value() ? b32.data_ptr<float>() : nullptr;
+  const at::Tensor b32 = radixrt_linear::float_bias(bias, n);
+  const float* bp = b32.defined() ? b32.data_ptr<float>() : nullptr;
   if (x.size(0) == 0) return y;
   if (bf16) {
     linear_impl<at::BFloat16>(xc, packed, bp, n, y);

@@ -1,0 +1,80 @@
+"""Weight-only int8 linears (`--quantization int8`): W ~ Q * scale, one symmetric scale per output
+channel, activations and outputs in the model's dtype.
+
+At batch 1 a decode step reads every weight once, so its time is weight bytes / memory bandwidth:
+int8 halves the bytes of bf16. On CPU the C++ `int8_linear` (csrc/linear_int8.cpp) runs it, with
+the same fixed reduction order whatever the batch (so int8 forwards are batch-invariant too); on
+CUDA torch's `_weight_int8pack_mm`; without either, a torch reference that dequantizes per call.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from radixrt.workers.layers import cpu_kernels
+
+logger = logging.getLogger(__name__)
+
+QUANTIZATIONS = ("none", "int8")
+QMAX = 127
+
+
+def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Q [N, K] int8, scale [N] float32) with W ~ Q * scale[:, None], rounded to nearest."""
+    w = weight.detach().float()
+    scale = w.abs().amax(dim=1) / QMAX
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # an all-zero row stays zero
+    q = torch.round(w / scale[:, None]).clamp_(-QMAX, QMAX).to(torch.int8)
+    return q, scale.contiguous()
+
+
+def dequantize(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return q.float() * scale[:, None]
+
+
+def int8_backend(device: torch.device) -> str:
+    """What runs int8 linears on `device`: "cpu_kernels", "torch_int8pack" (CUDA) or "torch" (reference)."""
+    if device.type == "cuda":
+        if not hasattr(torch, "_weight_int8pack_mm"):
+            raise ValueError(
+                f"--quantization int8 on CUDA needs torch._weight_int8pack_mm, which torch {torch.__version__} lacks"
+            )
+        return "torch_int8pack"
+    return "cpu_kernels" if cpu_kernels.load() is not None else "torch"
+
+
+class Int8Linear(nn.Module):
+    """y = (x @ Q.T) * scale + b."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, backend: str):
+        super().__init__()
+        self.out_features, self.in_features = weight.shape
+        self.backend = backend
+        self.q, self.scale = quantize_int8(weight)
+        self.bias = None if bias is None else bias.detach()
+        if backend == "cpu_kernels":
+            self.q = cpu_kernels.load().pack_int8_weight(self.q)
+        elif backend == "torch_int8pack":
+            self.q, self.scale = self.q.to(weight.device), self.scale.to(weight.device, weight.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.backend == "cpu_kernels":
+            return cpu_kernels.load().int8_linear(x, self.q, self.scale, self.out_features, self.in_features, self.bias)
+        if self.backend == "torch_int8pack":
+            y = torch._weight_int8pack_mm(x, self.q, self.scale)
+            return y if self.bias is None else y + self.bias
+        return F.linear(x, dequantize(self.q, self.scale).to(x.dtype), self.bias)
+
+
+def quantize_linears(model: nn.Module, device: torch.device) -> str:
+    """Replace every nn.Linear under `model` by an Int8Linear; returns the backend used."""
+    backend = int8_backend(device)
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.Linear):
+                setattr(parent, name, Int8Linear(child.weight, child.bias, backend))
+    return backend
