@@ -1,8 +1,9 @@
 """Outputs cross-checked between systems, program by program.
 
-On a greedy workload radixrt and radixrt-nocache run the same program on the same weights and
-kernels; the cache only decides which prompt tokens are computed again, so their outputs must be
-identical (`MUST_MATCH`): any difference is reported and fails the run. The other systems are
+On a greedy workload radixrt, radixrt-nocache and radixrt-nospec run the same program on the same
+weights and kernels; the cache only decides which prompt tokens are computed again, and speculation
+only which tokens are verified in one forward (each as its decode step would compute it), so their
+outputs must be identical (`MUST_MATCH`): any difference is reported and fails the run. The other systems are
 compared with radixrt and their agreement reported (bf16 / Q4_1 numerics on other kernels can
 flip a near-tie, after which the texts part ways), as is radixrt running each program alone
 against the same program in the batch.
@@ -13,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 BASE = "radixrt"
-MUST_MATCH = ("radixrt-nocache",)
+MUST_MATCH = ("radixrt-nocache", "radixrt-nospec")
 _EXCERPT = 60
 
 

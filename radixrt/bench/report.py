@@ -39,6 +39,7 @@ def ratios(systems: dict[str, dict[str, Any]], interactive: dict[str, dict[str, 
             "latency_p50_speedup": ratio(theirs["latency_p50_s"], base["latency_p50_s"]),
             "latency_p99_speedup": ratio(theirs["latency_p99_s"], base["latency_p99_s"]),
             "interactive_speedup": _interactive(interactive, other),
+            "interactive_output_tokens_per_s": _interactive_tokens(interactive, other),
         }
     return out
 
@@ -46,6 +47,14 @@ def ratios(systems: dict[str, dict[str, Any]], interactive: dict[str, dict[str, 
 def _interactive(interactive: dict[str, dict[str, Any]], other: str) -> float | None:
     ours, theirs = interactive.get(BASE), interactive.get(other)
     return ratio(theirs["latency_mean_s"], ours["latency_mean_s"]) if ours and theirs else None
+
+
+def _interactive_tokens(interactive: dict[str, dict[str, Any]], other: str) -> float | None:
+    """radixrt's output tokens/s over the other system's, one program at a time."""
+    ours, theirs = interactive.get(BASE), interactive.get(other)
+    if not ours or not theirs:
+        return None
+    return ratio(ours.get("output_tokens_per_s"), theirs.get("output_tokens_per_s"))
 
 
 def machine_info() -> dict[str, Any]:
@@ -170,6 +179,7 @@ def system_order(name: str) -> int:
         "llamacpp-bf16",
         "radixrt-nocache",
         "radixrt-nojump",
+        "radixrt-nospec",
         "radixrt",
     )
     return order.index(name) if name in order else len(order)

@@ -66,6 +66,7 @@ def run_workload(
     after = session.backend.get_server_info()
     figures = _throughput(states, recorder, wall)
     figures.update(_cache(before, after, recorder, encode))
+    figures.update(_speculation(before, after))
     if "busy_s" in after:  # the share of the wall time the model was running
         figures["server_busy"] = (after["busy_s"] - before.get("busy_s", 0.0)) / wall
     run = _judge(workload, states, batch.inputs, batch.answers)
@@ -77,19 +78,26 @@ def run_interactive(workload: Workload, session: Session, *, num_programs: int, 
     """A single user's agent: flush the cache, then run the workload's first `num_programs`
     programs one after another (each alone on the system); per-program latency."""
     batch = workload.build(num_programs, seed)
+    recorder = RecordingBackend(session.backend)
     session.backend.flush_cache()
+    before = session.backend.get_server_info()
     program, states, latencies = timed(batch.program), [], []
     for inputs in batch.inputs:
-        [state] = program.run_batch([inputs], backend=session.backend, num_threads=1)
+        [state] = program.run_batch([inputs], backend=recorder, num_threads=1)
         states.append(state)
         if state.ret_value is not None:
             latencies.append(state.ret_value[1] - state.ret_value[0])
+    after = session.backend.get_server_info()
     run = _judge(workload, states, batch.inputs, batch.answers)
+    output_tokens = sum(c.completion_tokens for c in recorder.calls())
     run.figures |= {
         "programs": len(states),
         "latency_mean_s": statistics.fmean(latencies) if latencies else None,
         "latency_p50_s": metrics.percentile(latencies, 50),
         "latencies_s": latencies,
+        "output_tokens": output_tokens,
+        "output_tokens_per_s": output_tokens / sum(latencies) if latencies else None,
+        **_speculation(before, after),
     }
     return run
 
@@ -153,6 +161,16 @@ def _throughput(states: list[ProgramState], recorder: RecordingBackend, wall: fl
         "latency_p99_s": metrics.percentile(latencies, 99),
         "requests": len(calls),
     }
+
+
+def _speculation(before: dict, after: dict) -> dict:
+    """Draft tokens the server verified during the run and the share it accepted (none: it did not draft)."""
+    drafted = after.get("spec_draft_tokens", 0) - before.get("spec_draft_tokens", 0)
+    accepted = after.get("spec_accepted_tokens", 0) - before.get("spec_accepted_tokens", 0)
+    if "spec_draft_tokens" not in after:
+        return {}
+    return {"spec_draft_tokens": drafted, "spec_accepted_tokens": accepted,
+            "spec_acceptance": accepted / drafted if drafted else None}  # fmt: skip
 
 
 def _cache(before: dict, after: dict, recorder: RecordingBackend, encode: Callable[[str], list[int]]) -> dict:

@@ -1,8 +1,11 @@
 """The systems a benchmark compares, on the same weights:
 
-- `radixrt`: a `radixrt serve` subprocess, programs over ZMQ (the DSL's RuntimeEndpoint);
+- `radixrt`: a `radixrt serve` subprocess with `--speculative ngram`, programs over ZMQ (the DSL's
+  RuntimeEndpoint); the other radixrt systems are the same server with one change each:
+- `radixrt-nospec`: `--speculative off` (speculative decoding's ablation; the server's default);
 - `radixrt-nocache`: the same with `--disable-radix-cache` (the ablation);
 - `radixrt-nojump`: the same with `--disable-jump-forward` (matters for constrained decoding);
+- `radixrt-int8`: the same with `--quantization int8` (weight-only int8 linears; not in the default set);
 - `transformers`: `TransformersBackend` in this process (static batching, no prefix reuse);
 - `llamacpp`: llama-cpp-python on the GGUF file the model came from (the embedded Q4_1 file);
 - `llamacpp-bf16` / `llamacpp-f16`: llama-cpp-python on the model folder's weights written as a
@@ -20,14 +23,19 @@ from typing import Any
 
 from radixrt.lang.backends.base import Backend
 
+RADIXRT_FLAGS: dict[str, Any] = {"speculative": "ngram"}  # every radixrt system's, unless it changes them
 SERVER_FLAGS: dict[str, dict[str, Any]] = {
     "radixrt": {},
+    "radixrt-nospec": {"speculative": "off"},
     "radixrt-nocache": {"disable_radix_cache": True},
     "radixrt-nojump": {"disable_jump_forward": True},
+    "radixrt-int8": {"quantization": "int8"},
 }
 LLAMACPP_SYSTEMS = {"llamacpp": None, "llamacpp-bf16": "bf16", "llamacpp-f16": "f16"}  # name -> exported dtype
-SYSTEMS = ("radixrt", "radixrt-nocache", "transformers", "radixrt-nojump", *LLAMACPP_SYSTEMS)
-DEFAULT_SYSTEMS = ("radixrt", "radixrt-nocache", "transformers", "llamacpp", "llamacpp-bf16", "radixrt-nojump")
+SYSTEMS = ("radixrt", "radixrt-nocache", "transformers", "radixrt-nojump", "radixrt-int8", "radixrt-nospec",
+           *LLAMACPP_SYSTEMS)  # fmt: skip
+DEFAULT_SYSTEMS = ("radixrt", "radixrt-nocache", "transformers", "llamacpp", "llamacpp-bf16", "radixrt-nojump",
+                   "radixrt-nospec")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -92,7 +100,7 @@ def _start_server(name: str, config: SystemConfig) -> Session:
 
     args = ServerArgs(
         model=config.model, dtype=config.dtype, device="cpu", port=0, log_level="warning",
-        max_running_requests=config.max_batch, kv_slots=config.kv_slots, **SERVER_FLAGS[name],
+        max_running_requests=config.max_batch, kv_slots=config.kv_slots, **{**RADIXRT_FLAGS, **SERVER_FLAGS[name]},
     )  # fmt: skip
     handle = launch_server(args)
     try:

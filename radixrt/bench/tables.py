@@ -31,7 +31,9 @@ def markdown(results: dict[str, Any], source: str | None = None) -> str:
         ("Ratios: radixrt over each system (> 1: radixrt faster)", _ratios),
         ("Outputs cross-checked against radixrt (greedy workloads)", _crosscheck),
         ("Targets", _targets),
+        ("Speculative decoding: radixrt (--speculative ngram) over radixrt-nospec", _speculation),
         ("Engine micro-benchmarks", _micro),
+        ("Weight-only int8 against bf16 (same run)", _int8),
     ]
     parts = []
     for title, table in sections:
@@ -125,6 +127,25 @@ def _crosscheck(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _speculation(results: dict[str, Any]) -> list[str]:
+    lines = ["| workload | accepted drafts (in flight) | accepted (one at a time) | out tok/s in flight | "
+             "out tok/s one at a time |", "|---|---:|---:|---:|---:|"]  # fmt: skip
+    for name, entry in results["workloads"].items():
+        ours, ratios = entry["systems"].get(BASE, {}), entry.get("ratios", {}).get("radixrt-nospec")
+        if "spec_draft_tokens" not in ours or ratios is None:
+            continue
+        alone = entry.get("interactive", {}).get(BASE, {})
+        lines.append(f"| {name} | {_acceptance(ours)} | {_acceptance(alone)} | {_times(ratios.get('output_tokens_per_s'))} "
+                     f"| {_times(ratios.get('interactive_output_tokens_per_s'))} |")  # fmt: skip
+    return lines if len(lines) > 2 else []
+
+
+def _acceptance(f: dict[str, Any]) -> str:
+    if not f.get("spec_draft_tokens"):
+        return "-"
+    return f"{f['spec_acceptance']:.0%} ({f['spec_accepted_tokens']}/{f['spec_draft_tokens']})"
+
+
 def _targets(results: dict[str, Any]) -> list[str]:
     lines = ["| workload | target | goal | measured | |", "|---|---|---:|---:|---|"]
     for row in evaluate(results):
@@ -155,6 +176,19 @@ def _micro(results: dict[str, Any]) -> list[str]:
         lines.append(
             f"| {name} | {ours:.0f} | {f'{theirs:.0f}' if theirs else '-'} | {_times(ours / theirs if theirs else None)} |"
         )
+    return lines
+
+
+def _int8(results: dict[str, Any]) -> list[str]:
+    m = results.get("micro") or {}
+    q = m.get("int8")
+    if not q:
+        return []
+    rows = [("prefill, 1,024-token prompt", q["prefill_tokens_per_s"], m["prefill_tokens_per_s"])]
+    rows += [(f"decode, batch {b}", v, m["decode_tokens_per_s"].get(b)) for b, v in q["decode_tokens_per_s"].items()]
+    lines = ["| engine micro-benchmark | int8 tokens/s | bf16 tokens/s | ratio |", "|---|---:|---:|---:|"]
+    for name, ours, bf16 in rows:
+        lines.append(f"| {name} | {ours:.0f} | {bf16:.0f} | {_times(ours / bf16 if bf16 else None)} |")
     return lines
 
 

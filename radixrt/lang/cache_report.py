@@ -4,7 +4,9 @@ The server reports, per request, `prompt_tokens` and `cached_tokens`. It always 
 last prompt token again (its logits are needed), so a request misses when more than that one
 token had to be computed. For a miss the report
 shows where in the prompt the cached prefix ended: exactly when the server also returns
-`cached_chars` in meta_info, otherwise estimated from the cached fraction of the prompt.
+`cached_chars` in meta_info, otherwise estimated from the cached fraction of the prompt. With
+speculative decoding on, each call also shows how many of its draft tokens the model accepted
+(`spec_accepted_tokens` / `spec_draft_tokens` in meta_info).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ class CallRecord:
     prompt_tokens: int
     cached_tokens: int
     cached_chars: int | None = None
+    draft_tokens: int = 0  # speculative decoding: draft tokens verified for this call
+    accepted_drafts: int = 0  # of them, accepted (output without a decode step of their own)
 
     @property
     def missed(self) -> bool:
@@ -68,6 +72,8 @@ class CallLog:
             prompt_tokens=int(meta_info.get("prompt_tokens", 0)),
             cached_tokens=int(meta_info.get("cached_tokens", 0)),
             cached_chars=meta_info.get("cached_chars"),
+            draft_tokens=int(meta_info.get("spec_draft_tokens", 0)),
+            accepted_drafts=int(meta_info.get("spec_accepted_tokens", 0)),
         )
         with self._lock:
             self._records.append(rec)
@@ -97,11 +103,23 @@ class CacheReport:
     def misses(self) -> list[CallRecord]:
         return [r for r in self.records if r.missed]
 
+    @property
+    def draft_tokens(self) -> int:
+        return sum(r.draft_tokens for r in self.records)
+
+    @property
+    def accepted_drafts(self) -> int:
+        return sum(r.accepted_drafts for r in self.records)
+
     def __str__(self) -> str:
         lines = [f"cache: {self.cached_tokens}/{self.prompt_tokens} prompt tokens cached ({self.hit_rate:.0%})"]
+        if self.draft_tokens:
+            lines[0] += f"; drafts: {self.accepted_drafts}/{self.draft_tokens} accepted"
         for r in self.records:
             where = f"  branch {r.branch}" if r.branch else ""
             line = f"  {r.kind:6} {r.name or '-':16} {r.cached_tokens:>6}/{r.prompt_tokens:<6}{where}"
+            if r.draft_tokens:
+                line += f"  drafts {r.accepted_drafts}/{r.draft_tokens}"
             if r.missed:
                 approx = "" if r.exact else "~"
                 line += f"  miss at char {approx}{r.miss_position}: {r.snippet()!r}"

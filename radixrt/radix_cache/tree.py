@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from radixrt.radix_cache.ngram_index import NgramIndex
 from radixrt.radix_cache.pool import KVPool
 
 # Edges are compared a chunk at a time before falling back to single tokens.
@@ -27,13 +28,14 @@ _CHUNK = 32
 class TreeNode:
     """One edge of the tree: a token run, its slots, and bookkeeping for locking and LRU."""
 
-    __slots__ = ("children", "hit_count", "id", "key", "last_access", "lock_ref", "parent", "value")
+    __slots__ = ("children", "depth", "hit_count", "id", "key", "last_access", "lock_ref", "parent", "value")
 
     def __init__(self, node_id: int, key: list[int], value: torch.Tensor, parent: TreeNode | None):
         self.id = node_id
         self.key = key
         self.value = value  # [len(key)] int64 slot ids
         self.parent = parent
+        self.depth = parent.depth + len(parent.key) if parent is not None else 0  # tokens above this edge
         self.children: dict[int, TreeNode] = {}
         self.lock_ref = 0
         self.last_access = 0  # the cache's logical clock, not wall time
@@ -81,10 +83,14 @@ def _match_len(key: list[int], ids: list[int], start: int) -> int:
 
 
 class RadixCache:
-    """Prefix cache of KV slots: match, insert, lock running prefixes, evict LRU leaves."""
+    """Prefix cache of KV slots: match, insert, lock running prefixes, evict LRU leaves.
 
-    def __init__(self, pool: KVPool):
+    `ngrams`, when given, indexes every inserted token run for draft lookups (ngram_index.py).
+    """
+
+    def __init__(self, pool: KVPool, ngrams: NgramIndex | None = None):
         self.pool = pool
+        self.ngrams = ngrams
         self._clock = 0
         self._next_id = 0
         self.root = self._new_node([], torch.empty(0, dtype=torch.int64), None)
@@ -169,7 +175,9 @@ class RadixCache:
             child = node.children.get(ids[pos])
             if child is None:
                 # NOTE: clone, since the caller's tensor is often a view of a reused table row.
-                self._add_leaf(node, ids[pos:], slots[pos:].clone(), now)
+                leaf = self._add_leaf(node, ids[pos:], slots[pos:].clone(), now)
+                if self.ngrams is not None:
+                    self.ngrams.add(leaf, ids, pos)
                 break
             m = _match_len(child.key, ids, pos)
             if m < len(child.key):
@@ -192,16 +200,18 @@ class RadixCache:
         parent.children[node.key[0]] = upper
         node.key, node.value = node.key[m:], node.value[m:]
         node.parent = upper
+        node.depth += m
         upper.children[node.key[0]] = node
         return upper
 
-    def _add_leaf(self, parent: TreeNode, key: list[int], value: torch.Tensor, now: int) -> None:
+    def _add_leaf(self, parent: TreeNode, key: list[int], value: torch.Tensor, now: int) -> TreeNode:
         leaf = self._new_node(key, value, parent)
         leaf.last_access = now
         parent.children[key[0]] = leaf
         self._leaves.discard(parent)
         self._leaves.add(leaf)
         self._evictable += len(key)
+        return leaf
 
     # ---- locking --------------------------------------------------------------------------
 
@@ -278,6 +288,8 @@ class RadixCache:
         self.root.children.clear()
         self._leaves.clear()
         self._evictable = 0
+        if self.ngrams is not None:
+            self.ngrams.clear()
 
     # ---- accounting and debugging ---------------------------------------------------------
 
@@ -337,6 +349,8 @@ class RadixCache:
 def _check_node(node: TreeNode) -> None:
     parent = node.parent
     problems = []
+    if parent is not None and node.depth != parent.depth + len(parent.key):
+        problems.append(f"depth {node.depth} vs parent's end {parent.depth + len(parent.key)}")
     if not node.key or len(node.key) != node.value.numel():
         problems.append(f"key length {len(node.key)} vs {node.value.numel()} slots")
     if parent is None or parent.children.get(node.key[0] if node.key else None) is not node:

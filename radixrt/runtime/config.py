@@ -13,6 +13,8 @@ from typing import Any
 from radixrt import envs
 
 POLICIES = ("lpm", "dfs-weight", "fcfs")
+SPECULATIVE_MODES = ("off", "ngram")
+MAX_SPECULATIVE_TOKENS = 32
 
 
 def _opt(help_text: str, **kw: Any) -> Any:
@@ -26,6 +28,9 @@ class ServerArgs:
     device: str = _opt("auto | cpu | cuda", default="auto")
     load_format: str = _opt("auto | dummy (random weights from config.json)", default="auto")
     attention_backend: str = _opt("auto | torch | flashinfer", default="auto")
+    quantization: str = _opt(
+        "none | int8 (weight-only, per output channel; every linear and the LM head)", default="none"
+    )
     batch_invariant: str = _opt(
         "auto | on | off: kernels whose rows never depend on the batch or on cache hits (auto: for batches with"
         " a greedy request; every batch where that costs <= 10%, as measured at start-up)",
@@ -62,14 +67,30 @@ class ServerArgs:
     restart_worker: bool = _opt("restart a worker process that died (in-flight requests fail)", default=False)
     shutdown_grace: float = _opt("seconds SIGTERM waits for running requests before stopping", default=10.0)
     disable_jump_forward: bool = _opt("decode grammar-forced text token by token", default=False)
+    speculative: str = _opt(
+        "off | ngram: draft tokens from the request's own tokens and the radix tree's cached sequences,"
+        " verified in one forward (greedy outputs unchanged, sampling exact)",
+        default="off",
+    )
+    speculative_tokens: int = _opt(
+        "draft tokens per request and step at most (1-32) with --speculative ngram", default=8
+    )
     grammar_time_limit: float = _opt("seconds a grammar may take to compile", default=10.0)
     seed: int = _opt("base seed for unseeded sampling", default=0)
     log_level: str = _opt("debug | info | warning", default="info")
     ipc_dir: str = _opt("private dir for ipc:// sockets (default: a fresh 0700 temp dir)", default="")
 
     def __post_init__(self) -> None:
+        if self.quantization not in ("none", "int8"):
+            raise ValueError(f"quantization must be none or int8, got {self.quantization!r}")
         if self.batch_invariant not in ("auto", "on", "off"):
             raise ValueError(f"batch_invariant must be auto, on or off, got {self.batch_invariant!r}")
+        if self.speculative not in SPECULATIVE_MODES:
+            raise ValueError(f"speculative must be one of {SPECULATIVE_MODES}, got {self.speculative!r}")
+        if not 1 <= self.speculative_tokens <= MAX_SPECULATIVE_TOKENS:
+            raise ValueError(
+                f"speculative_tokens must be in [1, {MAX_SPECULATIVE_TOKENS}], got {self.speculative_tokens}"
+            )
         if self.schedule_policy not in POLICIES:
             raise ValueError(f"schedule_policy must be one of {POLICIES}, got {self.schedule_policy!r}")
         for name in (

@@ -67,13 +67,13 @@ def test_a_failed_program_counts_as_different():
     assert pair["identical_programs"] == 0 and pair["first_difference"]["other"] == "(failed)"
 
 
-def test_only_radixrt_nocache_must_match_and_only_on_greedy_workloads():
+def test_only_radixrt_nocache_and_nospec_must_match_and_only_on_greedy_workloads():
     base, off = [{"a": "x"}], [{"a": "y"}]
     check = crosscheck({"radixrt": base, "radixrt-nocache": base, "transformers": off, "llamacpp": off}, greedy=True)
     assert check["failed"] == []
     assert check["pairs"]["transformers"]["identical_programs"] == 0
-    check = crosscheck({"radixrt": base, "radixrt-nocache": off}, greedy=True)
-    assert check["failed"] == ["radixrt-nocache"]
+    check = crosscheck({"radixrt": base, "radixrt-nocache": off, "radixrt-nospec": off}, greedy=True)
+    assert check["failed"] == ["radixrt-nocache", "radixrt-nospec"]
     assert "MISMATCH" in failure_lines("few_shot", check)[0]
     assert crosscheck({"radixrt": base, "radixrt-nocache": off}, greedy=False)["failed"] == []
 
@@ -91,13 +91,22 @@ def test_a_wrong_answer_from_a_real_server_fails_the_run(radixrt_session, encode
     assert _exit_status(results) == 1
 
 
-def test_radixrt_and_radixrt_nocache_agree_token_for_token(bench_model_dir, tmp_path):
+def test_radixrt_nocache_and_nospec_agree_token_for_token(bench_model_dir, tmp_path):
     out = tmp_path / "out.json"
-    code = main(["--workload", "few_shot,multi_turn,json_decode", "--num-programs", "2", "--interactive", "0",
-                 "--systems", "radixrt,radixrt-nocache", "--model", str(bench_model_dir), "--no-micro",
+    code = main(["--workload", "few_shot,multi_turn,json_decode,rag_quote", "--num-programs", "2", "--interactive", "1",
+                 "--systems", "radixrt,radixrt-nocache,radixrt-nospec", "--model", str(bench_model_dir), "--no-micro",
                  "--json", str(out)])  # fmt: skip
     results = json.loads(out.read_text())
     for name, entry in results["workloads"].items():
-        pair = entry["crosscheck"]["pairs"]["radixrt-nocache"]
-        assert pair["identical_programs"] == pair["programs"] == 2, (name, pair["first_difference"])
+        for other in ("radixrt-nocache", "radixrt-nospec"):
+            pair = entry["crosscheck"]["pairs"][other]
+            assert pair["identical_programs"] == pair["programs"] == 2, (name, other, pair["first_difference"])
+        # radixrt speculates (what it drafted is recorded, both ways of running), radixrt-nospec does not
+        assert (
+            "spec_draft_tokens" in entry["systems"]["radixrt"]
+            and "spec_draft_tokens" in entry["interactive"]["radixrt"]
+        )
+        assert "spec_draft_tokens" not in entry["systems"]["radixrt-nospec"]
+        assert entry["ratios"]["radixrt-nospec"]["interactive_output_tokens_per_s"] > 0
+    assert results["workloads"]["multi_turn"]["systems"]["radixrt"]["spec_accepted_tokens"] > 0
     assert code == 0

@@ -80,3 +80,17 @@ def test_into_replaces_only_the_generated_block(results, tmp_path):
 
 def test_benchmarks_md_has_a_generated_block():
     replace_between_markers((REPO / "BENCHMARKS.md").read_text(), "tables")
+
+
+def test_speculation_shows_acceptance_and_its_ratios_against_radixrt_nospec():
+    spec = {"spec_draft_tokens": 200, "spec_accepted_tokens": 150, "spec_acceptance": 0.75}
+    systems = {"radixrt": {**_figures(2.0, 1.0), **spec}, "radixrt-nospec": _figures(1.0, 2.0)}
+    interactive = {"radixrt": {**_alone(0.5), "output_tokens_per_s": 30.0, **spec},
+                   "radixrt-nospec": {**_alone(1.0), "output_tokens_per_s": 15.0}}  # fmt: skip
+    entry = {"greedy": True, "systems": systems, "interactive": interactive,
+             "crosscheck": crosscheck({"radixrt": [], "radixrt-nospec": []}, greedy=True),
+             "ratios": report.ratios(systems, interactive)}  # fmt: skip
+    text = markdown({"workloads": {"rag_quote": entry}, "machine": {}, "settings": {}})
+    assert "| rag_quote | 75% (150/200) | 75% (150/200) | 2.00x | 2.00x |" in text
+    assert "| rag_quote | out tok/s vs radixrt-nospec | 1.2 | 2.00 | met |" in text
+    assert "| rag_quote | 1-program out tok/s vs radixrt-nospec | 1.5 | 2.00 | met |" in text

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import radixrt.lang as rl
-from radixrt.lang.cache_report import CallRecord
+from radixrt.lang.cache_report import CacheReport, CallLog, CallRecord
 
 
 @rl.function
@@ -42,3 +42,15 @@ def test_miss_position_is_exact_when_the_server_gives_cached_chars():
     assert exact.miss_position == 3 and exact.snippet() == "abc⟂defgh"
     # the server recomputes the last prompt token for its logits: that alone is no miss
     assert CallRecord("gen", "g", "", "ab", prompt_tokens=2, cached_tokens=1).miss_position is None
+
+
+def test_each_call_shows_its_accepted_drafts_from_meta_info():
+    log = CallLog()
+    log.record("gen", "a", "", "Hello", {"prompt_tokens": 2, "cached_tokens": 1,
+                                         "spec_draft_tokens": 12, "spec_accepted_tokens": 9})  # fmt: skip
+    log.record("gen", "b", "", "Hi", {"prompt_tokens": 2, "cached_tokens": 1})  # drafted nothing
+    report = CacheReport(log.records())
+    assert (report.draft_tokens, report.accepted_drafts) == (12, 9)
+    lines = str(report).splitlines()
+    assert lines[0].endswith("; drafts: 9/12 accepted")
+    assert lines[1].endswith("drafts 9/12") and "drafts" not in lines[2]

@@ -8,6 +8,7 @@ from radixrt.bench.workloads import (
     json_decode,
     llm_judge,
     multi_turn,
+    rag_quote,
     react,
     tip_suggestion,
     tree_of_thought,
@@ -25,6 +26,7 @@ WORKLOADS: dict[str, Workload] = {
         llm_judge.WORKLOAD,
         json_decode.WORKLOAD,
         react.WORKLOAD,
+        rag_quote.WORKLOAD,
     )
 }
 

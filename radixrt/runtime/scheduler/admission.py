@@ -1,8 +1,8 @@
 """Which requests get tokens this step, and how many.
 
-Running requests go first (oldest first): one token for decode, a chunk for an unfinished
-prefill. When decode cannot get a slot even after eviction, the newest running request is
-retracted. Then waiting requests are admitted in policy order while the token budget, free
+Running requests go first (oldest first): one token for decode (plus its draft tokens, when
+speculating and slots are free without retracting anyone), a chunk for an unfinished prefill. When
+decode cannot get a slot even after eviction, the newest running request is retracted. Then waiting requests are admitted in policy order while the token budget, free
 rows and KV memory (free + evictable, minus what running requests still need) allow.
 """
 
@@ -14,6 +14,7 @@ from radixrt.runtime.config import ServerArgs
 from radixrt.runtime.scheduler.cache_manager import CacheManager
 from radixrt.runtime.scheduler.policy import order_waiting
 from radixrt.runtime.scheduler.req import Req
+from radixrt.runtime.scheduler.speculative import Drafter
 
 DECODE_RESERVE_CLIP = 256  # decode tokens reserved per request at most (retraction covers the rest)
 IN_BATCH_SHARE_MIN = 4  # defer a request sharing this many uncached tokens with one admitted this step
@@ -26,26 +27,47 @@ Plan = list[tuple[Req, int]]
 
 
 class Admission:
-    def __init__(self, args: ServerArgs, cache: CacheManager):
+    """`drafter`, when speculating, proposes draft tokens for decoding requests."""
+
+    def __init__(self, args: ServerArgs, cache: CacheManager, drafter: Drafter | None = None):
         self.args = args
         self.cache = cache
+        self.drafter = drafter
 
     def schedule(self, running: list[Req], waiting: list[Req], retract: Callable[[Req], None]) -> Plan:
+        """[(req, tokens this step)]; a request with `req.draft` computes 1 + len(draft) tokens."""
         budget = self.args.chunked_prefill_size
         plan: Plan = []
+        if self.drafter is not None:
+            self.drafter.begin_step(len(running))
         for req in sorted(running, key=lambda r: r.arrival):
             if budget <= 0:
                 break
             n = min(req.pending, budget)
             if n <= 0 or req.finished:
                 continue
-            if not self._grow(req, n, running, plan, retract):
+            req.draft = self._draft(req, n, budget)
+            if not req.draft and not self._grow(req, n, running, plan, retract):
                 continue
-            plan.append((req, n))
-            budget -= n
+            plan.append((req, n + len(req.draft)))
+            budget -= n + len(req.draft)
         if budget > 0 and waiting:
             plan += self._admit(running, waiting, budget, plan)
         return plan
+
+    def _draft(self, req: Req, n: int, budget: int) -> list[int]:
+        """Draft tokens for a request decoding one token, with slots for it and them allocated;
+        none when there are no slots for them without retracting another request."""
+        # NOTE: only after a sampled token: a prompt's last token (a chunk's end) is a prefill row
+        if self.drafter is None or n != 1 or req.pending != 1 or req.computed < req.prompt_len:
+            return []
+        draft = self.drafter.propose(req, budget - 1)
+        if draft:
+            slots = self.cache.alloc(1 + len(draft))  # evicts cached leaves if it must, retracts no one
+            if slots is None:
+                return []
+            self.cache.append(req, slots)
+        return draft
 
     def _grow(self, req: Req, n: int, running: list[Req], plan: Plan, retract: Callable[[Req], None]) -> bool:
         slots = self.cache.alloc(n)
@@ -63,7 +85,7 @@ class Admission:
         planned = {id(r): n for r, n in plan}
         ratio = self.args.decode_reserve_ratio
         reserved = sum(
-            r.pending - planned.get(id(r), 0) + r.decode_reserve(DECODE_RESERVE_CLIP, ratio) for r in running
+            max(r.pending - planned.get(id(r), 0), 0) + r.decode_reserve(DECODE_RESERVE_CLIP, ratio) for r in running
         )
         # NOTE: a lookup of every waiting request each step costs a tree walk each; past
         # LPM_MAX_WAITING the order falls back to arrival (in-batch sharing still applies).
@@ -78,10 +100,11 @@ class Admission:
                 break
             if req.grammar_future is not None:
                 continue  # still compiling
-            if self._shares_with_batch(req, admitted, cached.get(id(req), 0)):
-                continue  # next step it hits the cache instead of computing the same prefix twice
-            # NOTE: peek again: requests admitted before this one may have locked or evicted nodes.
+            # NOTE: peek again: requests admitted before this one may have locked or evicted nodes
+            # (and under fcfs nothing was looked up before: copies of a cached prompt are no sharers).
             prefix = self.cache.peek(req)
+            if self._shares_with_batch(req, admitted, prefix.length):
+                continue  # next step it hits the cache instead of computing the same prefix twice
             uncached = req.known - prefix.length
             need = uncached + req.decode_reserve(DECODE_RESERVE_CLIP, ratio)
             if self.cache.available_after_borrow(prefix) - reserved < need:

@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 import torch
 
+from radixrt.radix_cache.ngram_index import NgramIndex
 from radixrt.radix_cache.pool import KVPool, ReqToToken
 from radixrt.radix_cache.tree import PrefixPeek, RadixCache
 from radixrt.runtime.scheduler.req import Req
@@ -27,14 +28,22 @@ class SlotStats(NamedTuple):
 
 
 class CacheManager:
-    def __init__(self, pool: KVPool, req_to_token: ReqToToken, disable_radix_cache: bool = False):
+    """`ngrams`: index the tree's sequences for draft lookups (speculative decoding)."""
+
+    def __init__(
+        self,
+        pool: KVPool,
+        req_to_token: ReqToToken,
+        disable_radix_cache: bool = False,
+        ngrams: NgramIndex | None = None,
+    ):
         self.pool = pool
         self.table = req_to_token
         # NOTE: the cache ablation's one switch lives here, not in the tree: the manager decides
         # what is borrowed and inserted, and must know the mode anyway (cache_prefix, in-batch
         # sharing), so with it off the tree stays empty and keeps a single behaviour.
         self.disabled = disable_radix_cache
-        self.tree = RadixCache(pool)
+        self.tree = RadixCache(pool, ngrams)
         self.hit_tokens = 0  # prompt tokens reused from the cache, over all requests
         self.prompt_tokens = 0  # prompt tokens admitted, over all requests
 
@@ -56,6 +65,13 @@ class CacheManager:
             ids.append(node.id)
             node = node.parent
         return tuple(reversed(ids))
+
+    def continuation(self, tail: list[int], k: int, min_n: int) -> tuple[list[int], int]:
+        """Up to `k` tokens that followed the longest suffix of `tail` in the tree's sequences, and
+        that suffix's length (draft tokens); changes nothing."""
+        if self.tree.ngrams is None:
+            return [], 0
+        return self.tree.ngrams.continuation(tail, k, min_n)
 
     def available_after_borrow(self, prefix: PrefixPeek) -> int:
         """Slots obtainable once `prefix` is borrowed (locking it takes its unlocked slots)."""
@@ -106,6 +122,10 @@ class CacheManager:
     def append(self, req: Req, slots: torch.Tensor) -> None:
         """Record slots for the next `len(slots)` tokens of req (computed advances after the forward)."""
         self.table.write(req.row, req.computed, slots)
+
+    def abandon(self, req: Req, n: int) -> None:
+        """Free the slots allocated for req's next `n` tokens: the step that was to compute them failed."""
+        self.pool.free(self.seq_slots(req, req.computed + n)[req.computed :])
 
     def seq_slots(self, req: Req, length: int) -> torch.Tensor:
         return self.table.read(req.row, length)

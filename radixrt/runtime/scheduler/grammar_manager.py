@@ -93,16 +93,26 @@ class GrammarManager:
         for tok in req.output_ids:  # a retracted request re-enters with its output so far
             req.matcher.accept_token(tok)
 
-    def apply_masks(self, reqs: list[Req], logits: torch.Tensor) -> None:
-        """Mask the rows of constrained requests in one op (unconstrained rows stay all-ones)."""
-        if not any(r.matcher is not None for r in reqs):
+    def apply_masks(self, rows: list[tuple[Req, int]], logits: torch.Tensor) -> None:
+        """Mask the rows of constrained requests in one op (unconstrained rows stay all-ones).
+
+        Row i = (req, j) scores the token after req's output and its first j draft tokens; a
+        request's rows come in order j = 0 .. len(req.draft), and its matcher ends as it began.
+        """
+        if not any(r.matcher is not None for r, _ in rows):
             return
         from radixrt.constrained import allocate_token_bitmask, apply_token_bitmask_
 
-        mask = allocate_token_bitmask(len(reqs), logits.shape[-1])
-        for i, req in enumerate(reqs):
-            if req.matcher is not None:
-                req.matcher.fill_bitmask(mask, i)
+        mask = allocate_token_bitmask(len(rows), logits.shape[-1])
+        for i, (req, j) in enumerate(rows):
+            if req.matcher is None:
+                continue
+            if j:
+                accepted = req.matcher.accept_token(req.draft[j - 1])
+                assert accepted, "drafts were cut where the grammar rejects a token"
+            req.matcher.fill_bitmask(mask, i)
+            if j and j == len(req.draft):
+                req.matcher.rollback(j)
         apply_token_bitmask_(logits, mask.to(logits.device))
 
     def jump_forward(self, req: Req, cache: CacheManager) -> None:

@@ -33,6 +33,7 @@ from radixrt.runtime.scheduler.forward_step import ForwardStep
 from radixrt.runtime.scheduler.grammar_manager import GrammarManager
 from radixrt.runtime.scheduler.output_processor import OutputProcessor
 from radixrt.runtime.scheduler.req import Req
+from radixrt.runtime.scheduler.speculative import Drafter, new_ngram_index
 from radixrt.runtime.server.tokenizer_manager import load_tokenizer
 from radixrt.workers.layers.sampler import Sampler
 
@@ -63,6 +64,7 @@ class Scheduler:
                 device=args.device,
                 load_format=args.load_format,
                 attention_backend=args.attention_backend,
+                quantization=args.quantization,
             )
         self.runner = runner
         cfg = runner.model_config
@@ -73,8 +75,12 @@ class Scheduler:
         layers, kv_heads, head_dim = runner.kv_shape()
         pool = KVPool(num_slots + 1, layers, kv_heads, head_dim, runner.dtype, runner.device)
         table = ReqToToken(args.max_running_requests, self.context_length + 1, runner.device)
-        self.cache = CacheManager(pool, table, args.disable_radix_cache)
+        speculate = args.speculative == "ngram"
+        ngrams = new_ngram_index(pool.capacity) if speculate and not args.disable_radix_cache else None
+        self.cache = CacheManager(pool, table, args.disable_radix_cache, ngrams)
         self.grammars = GrammarManager(model_dir, tokenizer, self.eos_ids, cfg.vocab_size, args, grammar_compiler)
+        jump_on = not args.disable_jump_forward
+        self.drafter = Drafter(self.cache, args.speculative_tokens, self.context_length, jump_on) if speculate else None
         self.forward = ForwardStep(
             runner,
             self.cache,
@@ -82,10 +88,11 @@ class Scheduler:
             self.eos_ids,
             self.grammars.apply_masks,
             args.batch_invariant,
+            self.drafter,
         )
-        jump = None if args.disable_jump_forward else self._jump_forward
-        self.outputs = OutputProcessor(tokenizer, self.eos_ids, self.context_length, jump)
-        self.admission = Admission(args, self.cache)
+        jump = self._jump_forward if jump_on else None
+        self.outputs = OutputProcessor(tokenizer, self.eos_ids, self.context_length, jump, self.cache.uncompute)
+        self.admission = Admission(args, self.cache, self.drafter)
         self.waiting: list[Req] = []
         self.running: list[Req] = []
         self.arrivals = 0
@@ -136,18 +143,23 @@ class Scheduler:
         if not plan:
             return False
         self.counters["steps"] += 1
-        self.counters["decode_steps"] += all(n == 1 for _, n in plan)
+        self.counters["decode_steps"] += all(n == 1 + len(req.draft) for req, n in plan)
+        prefilled = [req for req, n in plan if n > 1 + len(req.draft)]
         try:
             results = self.forward.run(plan)
         except Exception as exc:  # a failed batch fails its requests, never the loop
             log.exception("forward failed")
-            for req, _ in plan:
+            for req, n in plan:
+                self.cache.abandon(req, n)
+                req.draft = []
                 self._fail(req, 500, f"internal error in model forward: {exc}")
             return True
+        for req, _ in plan:
+            req.draft = []  # verified: accepted drafts are output now, the rest's KV is freed
         for res in results:
             self.outputs.apply(res)
-        for req, n in plan:
-            if n > 1 and not req.finished:
+        for req in prefilled:
+            if not req.finished:
                 self.cache.cache_prefix(req)
         self._send_outputs([req for req, _ in plan])
         return True
@@ -247,4 +259,6 @@ class Scheduler:
             "kernels": self.runner.kernels,
             **self.counters,
             **self.grammars.stats(),
+            "speculative": self.args.speculative,
+            **(self.drafter.stats() if self.drafter is not None else {}),
         }

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from radixrt.runtime.protocol import TokenOut
+from radixrt.runtime.scheduler import speculative
 from radixrt.runtime.scheduler.forward_step import StepResult
 from radixrt.runtime.scheduler.req import Logprobs, Req
 
@@ -12,30 +14,57 @@ STOP_WINDOW_TOKENS = 8  # extra tokens decoded around a stop string to catch it 
 
 
 class OutputProcessor:
-    def __init__(self, tokenizer: Any, eos_ids: list[int], context_length: int, jump_forward: Any = None):
+    """`jump_forward(req)` appends grammar-forced text (None: disabled); `discard(req, n)` frees the
+    KV of req's last n computed tokens (verified tokens that are not kept)."""
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        eos_ids: list[int],
+        context_length: int,
+        jump_forward: Callable[[Req], None] | None = None,
+        discard: Callable[[Req, int], None] | None = None,
+    ):
         self.tokenizer = tokenizer
         self.eos_ids = set(eos_ids)
         self.context_length = context_length
-        self.jump_forward = jump_forward  # callable(req) -> None, or None when disabled
+        self.jump_forward = jump_forward
+        self.discard = discard
 
     def apply(self, result: StepResult) -> None:
-        """Append the sampled token (if any) and set finish_reason when the request is done."""
+        """Append the sampled tokens (if any) and set finish_reason when the request is done.
+
+        Tokens are taken one at a time, as decode steps would take them: after one that finishes the
+        request, or after which the grammar forces text (jump-forward writes it, as it would without
+        speculation), the rest are dropped and their KV freed.
+        """
         req = result.req
         if req.finished:
             return
-        if result.next_id is None:
+        if not result.next_ids:
             if req.pending == 0 and req.sampling.max_new_tokens == 0:
                 req.finish_reason = {"type": "length", "length": 0}
             return
-        tok = result.next_id
-        req.output_ids.append(tok)
-        if req.logprobs is not None:
-            req.logprobs.output.append(result.logprob)
-            if result.top_logprobs is not None:
-                req.logprobs.output_top.append(result.top_logprobs)
-        req.finish_reason = self._finish_reason(req, tok)
+        last = len(result.next_ids) - 1
+        for i, tok in enumerate(result.next_ids):
+            self._append(req, result, i)
+            req.finish_reason = self._finish_reason(req, tok)
+            if i < last and (req.finished or self._forces_text(req)):
+                self.discard(req, last - i)
+                break
         if req.finish_reason is None and self.jump_forward is not None and req.matcher is not None:
             self.jump_forward(req)
+
+    @staticmethod
+    def _append(req: Req, result: StepResult, i: int) -> None:
+        req.output_ids.append(result.next_ids[i])
+        if req.logprobs is not None:
+            req.logprobs.output.append(result.logprobs[i])
+            if result.top_logprobs:
+                req.logprobs.output_top.append(result.top_logprobs[i])
+
+    def _forces_text(self, req: Req) -> bool:
+        return self.jump_forward is not None and req.matcher is not None and req.matcher.jump_forward() is not None
 
     def _finish_reason(self, req: Req, tok: int) -> dict[str, Any] | None:
         params = req.sampling
@@ -83,8 +112,10 @@ class OutputProcessor:
         )
         if req.logprobs is not None:
             _add_logprobs(out, req, req.logprobs)
+        extra = speculative.meta_info(req)
         if req.jump_forward_tokens:
-            out.extra = {"jump_forward_tokens": req.jump_forward_tokens}
+            extra["jump_forward_tokens"] = req.jump_forward_tokens
+        out.extra = extra or None
         req.sent = len(req.output_ids)
         return out
 

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from radixrt.constrained.grammar import CompiledGrammar
     from radixrt.constrained.matcher import GrammarMatcher
     from radixrt.radix_cache.tree import TreeNode
+    from radixrt.runtime.scheduler.speculative import DraftState
 
 TopLogprobs = list[tuple[float, int]]  # (logprob, token id), best first
 
@@ -61,6 +62,8 @@ class Req:
     matcher: GrammarMatcher | None = None  # grammar cursor, when constrained
     grammar_future: Future[CompiledGrammar] | None = None  # the compile, until the matcher exists
     jump_forward_tokens: int = 0
+    draft: list[int] = field(default_factory=list)  # draft tokens verified in this step (slots allocated)
+    spec: DraftState | None = None  # speculative decoding: own n-grams, acceptance, counts
 
     def __post_init__(self) -> None:
         assert self.input_ids, "a request needs at least one prompt token"

@@ -36,6 +36,8 @@ WORKER_COUNTERS = {
     "retracted": ("radixrt_retracted_requests_total", "Requests sent back to the queue under KV pressure."),
     "forward_tokens": ("radixrt_forward_tokens_total", "Tokens run through the model."),
     "busy_s": ("radixrt_busy_seconds_total", "Seconds the worker spent in model steps (forward and sampling)."),
+    "spec_draft_tokens": ("radixrt_spec_draft_tokens_total", "Draft tokens verified (speculative decoding)."),
+    "spec_accepted_tokens": ("radixrt_spec_accepted_tokens_total", "Draft tokens the model accepted."),
 }
 GRAMMAR_COUNTERS = {"compiles": "compiled", "failures": "failed", "hits": "cache_hit", "disk_hits": "disk_hit"}
 

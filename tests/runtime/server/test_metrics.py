@@ -120,12 +120,15 @@ def test_render_mirrors_the_worker_and_reports_it_down_without_stats():
     m.on_output(m.start(), out("a", 20))
     worker = {"waiting": 3, "running": 2, "kv_slots_total": 100, "kv_slots_in_use": 10, "kv_slots_cached": 30,
               "kv_slots_free": 60, "cache_hit_tokens": 42, "retracted": 1, "forward_tokens": 99, "busy_s": 1.5,
+              "spec_draft_tokens": 40, "spec_accepted_tokens": 31,
               "grammar": {"compiles": 2, "failures": 1, "hits": 5, "compile_seconds": 0.25}}  # fmt: skip
     fam = parse(m.render(in_flight=4, worker=worker))
     assert fam["radixrt_worker_up"].value() == 1 and fam["radixrt_requests_in_flight"].value() == 4
     assert fam["radixrt_num_requests_waiting"].value() == 3 and fam["radixrt_kv_slots_free"].value() == 60
     assert fam["radixrt_cache_hit_tokens_total"].value() == 42
     assert fam["radixrt_busy_seconds_total"].value() == 1.5
+    assert fam["radixrt_spec_draft_tokens_total"].value() == 40
+    assert fam["radixrt_spec_accepted_tokens_total"].value() == 31
     assert fam["radixrt_grammar_compiles_total"].value(result="failed") == 1
     assert fam["radixrt_grammar_compile_seconds_total"].value() == 0.25
     assert fam["radixrt_generation_tokens_per_second"].value() == 2.0  # 20 tokens in the 10 s window

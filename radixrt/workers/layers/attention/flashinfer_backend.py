@@ -3,7 +3,7 @@
 The KV pool is a paged cache with page size 1: a slot is a page, so a request's pages are its
 `kv_indices`, every `last_page_len` is 1, and a layer's buffer `[num_slots, Hkv, D]` is viewed
 as the NHD page table `[num_slots, 1, Hkv, D]`. One wrapper is planned per forward (decode
-wrapper for all-decode batches, prefill wrapper otherwise) and run by every layer.
+wrapper for batches of one-token decodes, prefill wrapper otherwise) and run by every layer.
 """
 
 from __future__ import annotations
@@ -55,7 +55,9 @@ class FlashInferAttentionBackend(AttentionBackend):
         last_page_len = torch.ones(batch.batch_size, dtype=torch.int32, device=self.device)
         common = {"q_data_type": self.dtype, "kv_data_type": self.dtype, "sm_scale": self.scale}
         heads = (self.num_heads, self.num_kv_heads, self.head_dim, 1)  # page size 1
-        if batch.is_decode:
+        # NOTE: a decoding request verifying draft tokens brings several rows; the prefill wrapper's
+        # causal mask over its cached prefix attends them as decode steps would
+        if batch.is_decode and batch.num_tokens == batch.batch_size:
             self._decode.plan(batch.kv_indptr, kv_indices, last_page_len, *heads, **common)
             self._wrapper = self._decode
         else:

@@ -1,6 +1,7 @@
 """Attention in PyTorch (CPU and GPU), with our C++ kernels on the CPU.
 
-Decoding requests (one new token they just sampled) are attended together: on the CPU by
+Decoding requests (the token they just sampled, plus any draft tokens being verified: each row
+then attends as a decode step of its token would) are attended together: on the CPU by
 `decode_attention` (layers/csrc/), which reads each request's K/V rows in place from the pool, or,
 in bf16 on AVX512-BF16 CPUs when 8 or more of them share a 64-slot tile (wide forks, many
 conversations after one system prompt), by `shared_prefix_decode`, which reads a prefix once for
@@ -113,11 +114,9 @@ class TorchAttentionBackend(AttentionBackend):
         self._decode = None
         if decode_ids:
             all_decode = len(decode_ids) == batch.batch_size
-            rows = None if all_decode else [q_starts[i] for i in decode_ids]
+            rows, starts, lens = _decode_rows(batch, decode_ids, q_starts, kv_starts)
             padded = self.cpu_kernels is None or batch.kv_indices.device.type != "cpu"
-            starts = [kv_starts[i] for i in decode_ids]
-            self._decode = _prepare_decode(batch, decode_ids, starts, rows, padded)
-            lens = [batch.seq_lens[i] for i in decode_ids]
+            self._decode = _prepare_decode(batch, starts, lens, None if all_decode else rows, padded)
             self._decode.shared_prefix = (
                 self.extend_kernel
                 and not padded
@@ -215,15 +214,35 @@ class TorchAttentionBackend(AttentionBackend):
         return out[0, :, ext.pad :].transpose(0, 1)
 
 
+def _decode_rows(
+    batch: ForwardBatch, ids: list[int], q_starts: list[int], kv_starts: list[int]
+) -> tuple[list[int], list[int], list[int]]:
+    """(row, kv start, kv length) of every query row of the decoding requests `ids`.
+
+    A decoding request may bring several rows (speculative verification: the token it sampled,
+    then its draft tokens); row j attends over its sequence up to and including itself, exactly
+    as a decode step of that token alone would (their K/V are stored before attention):
+
+        request: | prefix (P) | t d1 d2 |     row j (t = 0, d1 = 1, ...) reads kv[0 : P + j + 1]
+    """
+    rows, starts, lens = [], [], []
+    for i in ids:
+        extend, seq = batch.extend_lens[i], batch.seq_lens[i]
+        for j in range(extend):
+            rows.append(q_starts[i] + j)
+            starts.append(kv_starts[i])
+            lens.append(seq - extend + j + 1)
+    return rows, starts, lens
+
+
 def _prepare_decode(
-    batch: ForwardBatch, ids: list[int], kv_starts: list[int], rows: list[int] | None, padded: bool
+    batch: ForwardBatch, kv_starts: list[int], lens_list: list[int], rows: list[int] | None, padded: bool
 ) -> _DecodeGroup:
     device = batch.kv_indices.device
-    lens_list = [batch.seq_lens[i] for i in ids]
     lens = torch.tensor(lens_list, device=device)
     starts = torch.tensor(kv_starts, device=device)
     row_tensor = None if rows is None else torch.tensor(rows, device=device)
-    group = _DecodeGroup(row_tensor, len(ids), batch.kv_indices, starts, lens)
+    group = _DecodeGroup(row_tensor, len(lens_list), batch.kv_indices, starts, lens)
     if padded:
         group.max_len = max_len = max(lens_list)
         offsets = torch.arange(max_len, device=device)
