@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2
 
 from radixrt.radix_cache.pool import KVPool
 from radixrt.workers.forward_batch import ForwardBatch
-from radixrt.workers.layers.quantization import dequantize, quantize_int8
+from radixrt.workers.layers.quantization import dequantize, quantize_int8, quantize_rows
 from radixrt.workers.model_runner import ModelRunner
 
 SHAPE = {
@@ -164,31 +164,44 @@ def test_prefix_cached_extend_equals_one_shot_prefill(tiny_model):
     torch.testing.assert_close(extended, one_shot[12:], rtol=1e-5, atol=1e-5)
 
 
-def dequantized_reference(hf) -> torch.nn.Module:
-    """`hf` in float64 with every linear (the LM head too, untied from the embedding) replaced by
-    its int8 weights dequantized: what `--quantization int8` computes, without rounding."""
+class Int8Reference(torch.nn.Module):
+    """A linear as `--quantization int8` computes it, in float64: int8 weights with per-channel
+    scales, activations rounded to int8 per group (`quantize_rows`), no other rounding."""
+
+    def __init__(self, linear: torch.nn.Linear):
+        super().__init__()
+        q, scale = quantize_int8(linear.weight)
+        self.weight = torch.nn.Parameter(dequantize(q, scale).double(), requires_grad=False)
+        self.bias = None if linear.bias is None else torch.nn.Parameter(linear.bias.detach().double())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, x.shape[-1])
+        xq, sx = quantize_rows(flat)
+        rounded = (xq.double() * sx.double()[..., None]).flatten(1)[:, : flat.shape[1]]
+        y = torch.nn.functional.linear(rounded, self.weight, self.bias)
+        return y.reshape(*x.shape[:-1], -1)
+
+
+def int8_reference(hf) -> torch.nn.Module:
+    """`hf` in float64 with every linear (the LM head too, untied from the embedding) replaced."""
     ref = copy.deepcopy(hf).double()
-    for module in ref.modules():
-        for name, child in module.named_children():
+    for module in list(ref.modules()):
+        for name, child in list(module.named_children()):
             if isinstance(child, torch.nn.Linear):
-                q, scale = quantize_int8(child.weight)
-                lin = torch.nn.Linear(child.in_features, child.out_features, bias=child.bias is not None).double()
-                lin.weight = torch.nn.Parameter(dequantize(q, scale).double())
-                if child.bias is not None:
-                    lin.bias = torch.nn.Parameter(child.bias.detach().clone())
-                setattr(module, name, lin)
+                setattr(module, name, Int8Reference(child))
     return ref
 
 
-def test_int8_logits_match_a_float64_dequantized_reference(tiny_model):
+def test_int8_logits_match_a_float64_reference(tiny_model):
     path, hf = tiny_model
     runner = ModelRunner(path, dtype="float32", device="cpu", attention_backend="torch", quantization="int8")
     assert runner.kernels["linear"] == "int8 (cpu_kernels)"
-    ref = dequantized_reference(hf)
+    ref = int8_reference(hf)
     pool = KVPool(128, *runner.kv_shape(), dtype=torch.float32)
     worst = 0.0
     for seq, logits, pos in scenario(runner, pool, runner.model_config.vocab_size):
         expected = reference_logits(ref, seq.tokens)[pos]
-        torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-4)
+        # an activation a hair from a rounding boundary may round the other way in float32
+        torch.testing.assert_close(logits, expected, rtol=2e-3, atol=2e-3)
         worst = max(worst, (logits - reference_logits(hf, seq.tokens)[pos]).abs().max().item())
-    assert worst > 1e-4  # the weights really are quantized: the unquantized model differs
+    assert worst > 1e-2  # the weights and activations really are quantized: the plain model differs

@@ -1,10 +1,13 @@
-"""Weight-only int8 linears (`--quantization int8`): W ~ Q * scale, one symmetric scale per output
-channel, activations and outputs in the model's dtype.
+"""int8 linears (`--quantization int8`): weights stored as int8, W ~ Q * scale with one symmetric
+scale per output channel; activations, outputs and everything else stay in the model's dtype.
 
 At batch 1 a decode step reads every weight once, so its time is weight bytes / memory bandwidth:
-int8 halves the bytes of bf16. On CPU the C++ `int8_linear` (csrc/linear_int8.cpp) runs it, with
-the same fixed reduction order whatever the batch (so int8 forwards are batch-invariant too); on
-CUDA torch's `_weight_int8pack_mm`; without either, a torch reference that dequantizes per call.
+int8 halves the bytes of bf16. On CPU the C++ `int8_linear` (csrc/linear_int8.cpp) runs it: each
+row of x is quantized on the fly to int8, one scale per 32 values, and the products are summed
+exactly in int32 (VNNI), so a row's result depends only on that row (int8 forwards are
+batch-invariant);
+`reference_int8_linear` computes the same in torch. On CUDA torch's `_weight_int8pack_mm` (weights
+only in int8). Widening int8 weights to bf16 in the kernel instead cost more than the bytes saved.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ logger = logging.getLogger(__name__)
 
 QUANTIZATIONS = ("none", "int8")
 QMAX = 127
+GROUP = 32  # activation values sharing a scale (csrc/linear_int8.cpp)
 
 
 def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -34,6 +38,32 @@ def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def dequantize(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return q.float() * scale[:, None]
+
+
+def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(X [M, G, GROUP] int8-valued float32, sx [M, G]) with x ~ X * sx per group of GROUP values
+    along K (the last group zero padded), rounded as the C++ kernel rounds them."""
+    m, k = x.shape
+    groups = -(-k // GROUP)
+    xf = F.pad(x.float(), (0, groups * GROUP - k)).view(m, groups, GROUP)
+    amax = xf.abs().amax(dim=2)
+    sx = torch.where(amax > 0, amax / QMAX, torch.ones_like(amax))
+    return torch.round(xf * (1 / sx)[..., None]).clamp_(-QMAX, QMAX), sx
+
+
+def reference_int8_linear(
+    x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """What `int8_linear` computes, in torch: exact group sums, scaled and added in float32."""
+    xq, sx = quantize_rows(x)
+    groups = xq.shape[1]
+    qg = F.pad(q.double(), (0, groups * GROUP - q.shape[1])).view(q.shape[0], groups, GROUP)
+    sums = torch.einsum("mgk,ngk->mgn", xq.double(), qg).float()  # exact integers
+    y = torch.zeros(x.shape[0], q.shape[0])
+    for g in range(groups):
+        y = y + sums[:, g] * sx[:, g, None]
+    y = y * scale[None, :]
+    return (y if bias is None else y + bias.float()).to(x.dtype)
 
 
 def int8_backend(device: torch.device) -> str:
@@ -63,11 +93,12 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.backend == "cpu_kernels":
-            return cpu_kernels.load().int8_linear(x, self.q, self.scale, self.out_features, self.in_features, self.bias)
+            ops = cpu_kernels.load()
+            return ops.int8_linear(x, self.q, self.scale, self.out_features, self.in_features, self.bias)
         if self.backend == "torch_int8pack":
             y = torch._weight_int8pack_mm(x, self.q, self.scale)
             return y if self.bias is None else y + self.bias
-        return F.linear(x, dequantize(self.q, self.scale).to(x.dtype), self.bias)
+        return reference_int8_linear(x, self.q, self.scale, self.bias)
 
 
 def quantize_linears(model: nn.Module, device: torch.device) -> str:
