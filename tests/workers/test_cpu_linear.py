@@ -4,6 +4,7 @@ checked on this CPU, and the choice made by measurement (cached, and within 10% 
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import torch
@@ -110,7 +111,22 @@ def test_measurement_marks_our_kernel_row_invariant_and_checks_everyone():
     m = kernel_tuning.measure([(w, None)], linear_candidates.available(torch.bfloat16))
     assert m.invariant["radixrt"] is True
     assert set(m.seconds) == set(m.invariant) == set(m.tried)  # all correct on this CPU
+    # others far slower than the best at a row count are given up there (with AMX, oneDNN can be
+    # that much faster than our kernel), but batch-invariant mode needs every row of an invariant one
     assert set(m.seconds["radixrt"]) == set(kernel_tuning.ROWS)
+    assert choose(m).invariant == "radixrt"
+    assert all(set(timed) <= set(kernel_tuning.ROWS) for timed in m.seconds.values())
+
+
+def test_timing_gives_up_only_on_candidates_far_slower_than_the_best():
+    def sleeper(seconds):
+        return lambda x: time.sleep(seconds)
+
+    runs = {"fast": sleeper(0.002), "twice": sleeper(0.004), "far": sleeper(0.002 * 3 * kernel_tuning.GIVE_UP_FACTOR)}
+    timed = kernel_tuning._time_rows(runs, torch.zeros(1))
+    assert set(timed) == {"fast", "twice"}
+    assert timed["fast"] < timed["twice"]
+    assert set(kernel_tuning._time_rows(runs, torch.zeros(1), keep={"far"})) == {"fast", "twice", "far"}
 
 
 def test_the_chosen_candidate_is_within_10_percent_of_the_fastest():

@@ -35,7 +35,7 @@ ROWS = (1, 4, 16, 64, 256)  # decode batches and a prefill chunk
 INVARIANCE_ROWS = (2, 3, 5, 8, 9, 17, 48, 64, 100, 256)
 ROUNDS = 5
 MIN_SAMPLE_S = 2e-3  # calls are repeated until a sample lasts this long
-TUNING_VERSION = 2  # bumped whenever how candidates are measured changes
+TUNING_VERSION = 3  # bumped whenever how candidates are measured changes
 GIVE_UP_FACTOR = 4.0  # a candidate this much slower than the best at its first sample is dropped
 
 
@@ -86,8 +86,9 @@ def measure(instances: list[Instance], candidates: list[str]) -> Measurement:
     timed = _cold_set(instances)
     rotating = {c: _rotating(c, timed) for c in correct}
     seconds = {c: {} for c in correct}
+    keep = {c for c in correct if invariant[c]}  # batch-invariant mode needs their every row
     for m in ROWS:
-        for c, s in _time_rows(rotating, x[:m].contiguous()).items():
+        for c, s in _time_rows(rotating, x[:m].contiguous(), keep).items():
             seconds[c][m] = s
     return Measurement(tuple(candidates), seconds, invariant)
 
@@ -168,15 +169,16 @@ def _is_row_invariant(run, x: torch.Tensor) -> bool:
     return True
 
 
-def _time_rows(runs: dict, x: torch.Tensor) -> dict[str, float]:
-    """Median seconds per call of each run on `x`; candidates alternate so that noise hits all."""
+def _time_rows(runs: dict, x: torch.Tensor, keep: set[str] = frozenset()) -> dict[str, float]:
+    """Median seconds per call of each run on `x`; candidates alternate so that noise hits all.
+    One far slower than the best at its first sample is given up, unless it is in `keep`."""
     reps, samples = {}, {}
     for name, run in runs.items():
         run(x)  # warm up: first-touch pages, oneDNN's primitive cache
         once = max(min(_seconds(run, x) for _ in range(3)), 1e-7)  # the least disturbed of 3
         reps[name], samples[name] = max(1, int(MIN_SAMPLE_S / once)), [once]
     best = min(s[0] for s in samples.values())
-    alive = [n for n in runs if samples[n][0] <= GIVE_UP_FACTOR * best]
+    alive = [n for n in runs if n in keep or samples[n][0] <= GIVE_UP_FACTOR * best]
     for _ in range(ROUNDS):
         for name in alive:
             start = time.perf_counter()
