@@ -338,7 +338,8 @@ class RadixCache:
         if nodes:
             self.pool.free(torch.cat([n.value for n in nodes]))
         # NOTE: the root objects stay usable, so requests holding one (an empty match) stay valid.
-        self.root.children.clear()
+        for _, root in self.roots():
+            root.children.clear()
         self._roots = {"": self.root}
         self._leaves.clear()
         self._evictable = 0

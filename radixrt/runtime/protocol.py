@@ -149,9 +149,10 @@ class Abort(_Msg):
 
 
 class DebugCache(_Msg):
-    """Ask for a snapshot of the radix tree (answered by StatsOut(stats={"tree": ...}))."""
+    """Ask for a snapshot of one salt's radix tree (answered by StatsOut(stats={"tree": ...}))."""
 
     max_nodes: int = 500
+    salt: str = ""
 
 
 WorkerInMsg = Union[TokenizedRequest, Abort, FlushCache, GetStats, DebugCache]

@@ -137,10 +137,11 @@ def create_app(frontend: Frontend, args: ServerArgs, options: HttpOptions | None
         return Response(await frontend.metrics_text(opts.health_timeout), media_type=CONTENT_TYPE)
 
     @app.get("/debug/cache")
-    async def debug_cache(request: Request, max_nodes: int = 500) -> Response:
+    async def debug_cache(request: Request, max_nodes: int = 500, cache_salt: str | None = None) -> Response:
         if not args.api_keys:
             _only_from_loopback(request)
-        tree = await frontend.cache_tree(min(max(max_nodes, 1), MAX_DRAWN_NODES), opts.control_timeout)
+        drawn = min(max(max_nodes, 1), MAX_DRAWN_NODES)
+        tree = await frontend.cache_tree(drawn, opts.control_timeout, bearer_key(request), cache_salt)
         return Response(render_svg(tree), media_type="image/svg+xml")
 
     return app

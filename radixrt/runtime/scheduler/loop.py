@@ -135,13 +135,16 @@ class Scheduler:
         elif isinstance(msg, DebugCache):
             from radixrt.runtime.http.cache_svg import snapshot
 
-            tree = snapshot(self.cache.tree, self.outputs.tokenizer, msg.max_nodes)
+            tree = snapshot(self.cache.tree, self.outputs.tokenizer, msg.max_nodes, msg.salt)
             self.io.send(StatsOut(stats={"tree": tree}))
 
     def step(self) -> bool:
         """Run one batch; False when there was nothing to run."""
         self.grammars.poll(self.waiting, self._fail)
         plan = self.admission.schedule(self.running, self.waiting, self._retract)
+        if not plan and self._stuck_behind_pins():
+            log.warning("dropped %d pins: a waiting request needs their KV slots", self.cache.pins.drop_all())
+            plan = self.admission.schedule(self.running, self.waiting, self._retract)
         if not plan:
             return False
         self.counters["steps"] += 1
@@ -165,6 +168,11 @@ class Scheduler:
                 self.cache.cache_prefix(req)
         self._send_outputs([req for req, _ in plan])
         return True
+
+    def _stuck_behind_pins(self) -> bool:
+        """Nothing runs, so nothing will free slots, yet a waiting request (grammar ready) was not admitted."""
+        ready = any(r.grammar_future is None for r in self.waiting)
+        return ready and not self.running and len(self.cache.pins) > 0
 
     # ---- requests ----------------------------------------------------------------------
 
@@ -261,6 +269,7 @@ class Scheduler:
             "pins": len(self.cache.pins),
             "pinned_tokens": self.cache.pins.tokens(),
             "pins_capped": self.cache.pins.capped,
+            "pins_dropped": self.cache.pins.dropped,
             "forward_tokens": self.forward.forward_tokens,
             "busy_s": self.forward.busy_s,
             "worker_pid": os.getpid(),

@@ -6,6 +6,9 @@ share one lock (the later expiry wins). Pinned tokens (the union of the pinned p
 `max_fraction` of the KV slots, so pins cannot starve admission: a pin that would pass the cap is
 trimmed to the longest prefix of the prompt that fits, and refused when not one new token fits
 (`PinReport` says which). Expiry uses a monotonic clock and is checked by the scheduler each pass.
+Pins end early only when nothing runs and a waiting request still cannot be admitted: the cap keeps
+that rare (it takes a request needing more than the unpinned share of the slots), and it keeps
+such a request from waiting out the pins.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ class Pins:
         self.clock = clock
         self._until: dict[TreeNode, float] = {}  # pinned node -> monotonic expiry
         self.capped = 0  # pins refused or trimmed, over the server's life
+        self.dropped = 0  # pins ended early to let a request run
 
     def __len__(self) -> int:
         return len(self._until)
@@ -83,6 +87,15 @@ class Pins:
             self.tree.unlock(node)
             del self._until[node]
         return len(done)
+
+    def drop_all(self) -> int:
+        """Unpin everything now (a waiting request cannot run otherwise); returns how many pins ended."""
+        for node in self._until:
+            self.tree.unlock(node)
+        n = len(self._until)
+        self.dropped += n
+        self._until.clear()
+        return n
 
     def tokens(self) -> int:
         """Tokens under pins (each counted once however many pins cover it)."""

@@ -178,9 +178,13 @@ class Frontend:
             worker = None
         return self.metrics.render(self.in_flight, worker)
 
-    async def cache_tree(self, max_nodes: int, timeout: float) -> dict[str, Any]:
-        """A bounded snapshot of the worker's radix tree (see cache_svg.snapshot)."""
-        answer = await self.control(protocol.DebugCache(max_nodes=max_nodes), timeout)
+    async def cache_tree(
+        self, max_nodes: int, timeout: float, api_key: str | None = None, cache_salt: str | None = None
+    ) -> dict[str, Any]:
+        """A bounded snapshot of the worker's radix tree (see cache_svg.snapshot): the namespace of
+        `api_key` and `cache_salt` only, so a tenant sees its own prompts and no other's."""
+        salt = self._salt(api_key, cache_salt)
+        answer = await self.control(protocol.DebugCache(max_nodes=max_nodes, salt=salt), timeout)
         return answer["tree"]
 
     # ---- the worker's outputs --------------------------------------------------------------

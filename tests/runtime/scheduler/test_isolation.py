@@ -69,3 +69,13 @@ class _Clock:
 
     def __call__(self) -> float:
         return self.now
+
+
+def test_pins_end_early_when_a_waiting_request_cannot_run_otherwise(tiny_model_dir):
+    h = Harness(tiny_model_dir, kv_slots=200, decode_reserve_ratio=0.0)
+    finished(h, PROMPT, pin_s=30)
+    big = [4000 + k for k in range(170)]  # 176 tokens with its output: more than the 160 unpinned slots
+    out, final = finished(h, big)
+    assert len(out) == 6 and final.finish_reason["type"] == "length"
+    assert h.stats()["pins_dropped"] == 1 and h.stats()["pinned_tokens"] == 0
+    h.assert_books_balance()
