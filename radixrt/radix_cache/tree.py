@@ -321,7 +321,7 @@ class RadixCache:
         self._leaves.discard(leaf)
         if not parent.children and parent.key:
             self._leaves.add(parent)
-        elif not parent.children and parent is not self.root:
+        elif not parent.children and parent is not self.root and self._roots.get(parent.salt) is parent:
             del self._roots[parent.salt]  # a salt's last tokens went: keep no empty roots around
         self._evictable -= len(leaf.key)
         if leaf.hit_count:
