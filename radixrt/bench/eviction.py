@@ -3,7 +3,8 @@ multi-tenant trace, replayed against the cache alone (no model).
 
 The trace: `tenants` tenants, each with its own system prompt (`prompt_tokens` tokens, give or take a
 half) and its own cache salt; each request picks a tenant by a Zipf law (exponent `zipf`) and sends
-that system prompt plus a unique suffix, and then "generates" a unique output. Requests run through
+that system prompt plus a unique suffix, and then "generates" a unique output. With `shift_every`,
+the tenants' popularity ranks are reshuffled that often (traffic that drifts). Requests run through
 the scheduler's `CacheManager` over a real `KVPool` of `kv_slots` slots (as `--kv-slots` would size
 it), `concurrent` at a time: a request is admitted (its cached prefix borrowed and locked, slots for
 the rest allocated, evicting as needed), computes its prompt and output, and is released into the
@@ -41,6 +42,7 @@ class Trace:
     suffix_tokens: int = 60  # a request's own question: 0.5x to 1.5x this
     output_tokens: int = 40  # its answer: 0.5x to 1.5x this
     concurrent: int = 8
+    shift_every: int = 0  # > 0: tenants' popularity ranks are reshuffled every this many requests
     seed: int = 0
 
 
@@ -61,7 +63,12 @@ def make_trace(t: Trace) -> list[TraceRequest]:
 
     systems = [run(t.prompt_tokens) for _ in range(t.tenants)]
     weights = [1.0 / (rank + 1) ** t.zipf for rank in range(t.tenants)]
-    tenants = rng.choices(range(t.tenants), weights, k=t.requests)
+    tenants: list[int] = []
+    order = list(range(t.tenants))
+    while len(tenants) < t.requests:
+        block = min(t.shift_every or t.requests, t.requests - len(tenants))
+        tenants += rng.choices(order, weights, k=block)
+        rng.shuffle(order)
     return [TraceRequest(i, len(systems[i]), systems[i] + run(t.suffix_tokens), run(t.output_tokens)) for i in tenants]
 
 
