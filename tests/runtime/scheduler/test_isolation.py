@@ -79,3 +79,15 @@ def test_pins_end_early_when_a_waiting_request_cannot_run_otherwise(tiny_model_d
     assert len(out) == 6 and final.finish_reason["type"] == "length"
     assert h.stats()["pins_dropped"] == 1 and h.stats()["pinned_tokens"] == 0
     h.assert_books_balance()
+
+
+def test_copies_of_a_prompt_under_other_salts_are_not_held_back_for_in_batch_sharing(tiny_model_dir):
+    h = Harness(tiny_model_dir, kv_slots=1024)
+    same = [h.request(PROMPT, max_new_tokens=2, cache_salt="a") for _ in range(2)]
+    other = h.request(PROMPT, max_new_tokens=2, cache_salt="b")
+    h.sched.step()
+    running = {r.rid for r in h.sched.running}
+    assert running == {same[0], other}  # the same salt's copy waits a step to hit the cache; b's does not
+    h.run()
+    assert [h.finals[r].cached_tokens for r in (*same, other)] == [0, len(PROMPT) - 1, 0]
+    h.assert_books_balance()
