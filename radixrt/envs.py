@@ -29,7 +29,13 @@ def torch_reference_only(environ: Mapping[str, str] = os.environ) -> bool:
 
 
 def api_key(environ: Mapping[str, str] = os.environ) -> str | None:
-    return environ.get(API_KEY) or None
+    keys = api_keys(environ)
+    return keys[0] if keys else None
+
+
+def api_keys(environ: Mapping[str, str] = os.environ) -> list[str]:
+    """The keys in $RADIXRT_API_KEY: one key, or several one per line."""
+    return [k.strip() for k in environ.get(API_KEY, "").splitlines() if k.strip()]
 
 
 def without_api_key(environ: Mapping[str, str] = os.environ) -> dict[str, str]:

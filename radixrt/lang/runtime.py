@@ -16,6 +16,7 @@ class Runtime:
         radixrt.set_default_backend(runtime)
 
     Keywords are `radixrt serve` options (`ServerArgs` fields); SGLang's `model_path` is accepted too.
+    `cache_salt` and `pin_s` are the endpoint's request options (see `RuntimeEndpoint`).
     The server logs warnings and errors only unless `log_level="info"` (one line per request).
     """
 
@@ -26,6 +27,8 @@ class Runtime:
         model_path: str | None = None,
         start_timeout: float = 900.0,
         request_timeout: float | None = None,
+        cache_salt: str | None = None,
+        pin_s: float | None = None,
         **server_args: Any,
     ):
         if model is not None and model_path is not None and model != model_path:
@@ -34,7 +37,9 @@ class Runtime:
         args = ServerArgs(model=model or model_path or "default", port=0, **server_args)
         self.server = launch_server(args, timeout=start_timeout)
         self.url = self.server.url
-        self.endpoint = RuntimeEndpoint(self.server.zmq_address, api_key=args.api_key, timeout=request_timeout)
+        self.endpoint = RuntimeEndpoint(
+            self.server.zmq_address, args.api_key, request_timeout, cache_salt=cache_salt, pin_s=pin_s
+        )
 
     def shutdown(self) -> None:
         self.endpoint.shutdown()

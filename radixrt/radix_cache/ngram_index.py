@@ -13,7 +13,8 @@ lower part in the same object), so the token at `depth` is in the stored node or
 ancestors, found by walking up while the node starts below `depth`. Past the edge's end, the read
 goes on into the most recently used child. An evicted node is detached (`parent` None): its entries
 are stale and dropped when looked up. The index holds at most `capacity` n-grams, the oldest
-registered first out, so its memory is bounded whatever the tree does.
+registered first out, so its memory is bounded whatever the tree does. n-grams are keyed with the
+salt of the tree they were inserted under, so a lookup never drafts another tenant's tokens.
 
 Ranking: the most recent occurrence wins (one location per n-gram). Agent loops repeat what they
 did last (the same tool-call scaffolding, the current document), recency follows a conversation as it
@@ -40,13 +41,13 @@ class NgramIndex:
         self.max_n = max_n
         self.capacity = capacity
         # NOTE: a dict keeps insertion order; re-registering pops first, so the oldest is first
-        self._where: dict[tuple[int, ...], tuple[TreeNode, int]] = {}
+        self._where: dict[tuple[str, tuple[int, ...]], tuple[TreeNode, int]] = {}
 
     def __len__(self) -> int:
         return len(self._where)
 
-    def add(self, leaf: TreeNode, ids: list[int], start: int) -> None:
-        """Register a new leaf holding `ids[start:]` (depths start .. len(ids) - 1).
+    def add(self, leaf: TreeNode, ids: list[int], start: int, salt: str = "") -> None:
+        """Register a new leaf holding `ids[start:]` (depths start .. len(ids) - 1) under `salt`.
 
         Only n-grams that something follows are registered (so a sequence's end never hides an
         earlier occurrence that has a continuation); the ones ending at `start - 1` are registered
@@ -57,17 +58,17 @@ class NgramIndex:
             # NOTE: the parent's node for the n-grams ending at start - 1; the read walks down into `leaf`
             node = leaf if end >= start else leaf.parent
             for n in range(1, min(max_n, end + 1) + 1):
-                key = tuple(ids[end - n + 1 : end + 1])
+                key = (salt, tuple(ids[end - n + 1 : end + 1]))
                 where.pop(key, None)
                 where[key] = (node, end)
         while len(where) > self.capacity:
             del where[next(iter(where))]
 
-    def continuation(self, tail: list[int], k: int, min_n: int = 1) -> tuple[list[int], int]:
+    def continuation(self, tail: list[int], k: int, min_n: int = 1, salt: str = "") -> tuple[list[int], int]:
         """Up to `k` tokens that followed the longest suffix of `tail` (at least `min_n` tokens) found
-        in the index, and that suffix's length; ([], 0) when none. Changes nothing in the tree."""
+        in `salt`'s sequences, and that suffix's length; ([], 0) when none. Changes nothing in the tree."""
         for n in range(min(self.max_n, len(tail)), min_n - 1, -1):
-            key = tuple(tail[len(tail) - n :])
+            key = (salt, tuple(tail[len(tail) - n :]))
             found = self._where.get(key)
             if found is None:
                 continue

@@ -6,20 +6,25 @@ Nodes are keyed in their parent by the first token of their run, so a lookup wal
     root ── [1 2 3] ──┬── [4 5]      "1 2 3 4 5" and "1 2 3 9" share the slots of "1 2 3"
                       └── [9]
 
+Salts: the tree keeps one root per salt string (a tenant's cache namespace; "" for unsalted
+requests). Every lookup and insert takes the salt and walks only under its root, so requests with
+different salts never share a cached token. A salted root with no children left is dropped.
+
 Slot ownership (the books every test checks):
     pool.num_free + slots held by the tree + slots held only by running requests == capacity
 """
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
 
 import torch
 
+from radixrt.radix_cache.eviction import EvictionPolicy, eviction_policy
 from radixrt.radix_cache.ngram_index import NgramIndex
 from radixrt.radix_cache.pool import KVPool
+from radixrt.radix_cache.tree_debug import check_node, check_slots, draw, node_dict
 
 # Edges are compared a chunk at a time before falling back to single tokens.
 _CHUNK = 32
@@ -43,6 +48,16 @@ class TreeNode:
 
     def __repr__(self) -> str:
         return f"TreeNode(id={self.id}, len={len(self.key)}, lock_ref={self.lock_ref})"
+
+
+class RootNode(TreeNode):
+    """The root of one salt's tree: an empty edge. Locking or unlocking it changes nothing."""
+
+    __slots__ = ("salt",)
+
+    def __init__(self, node_id: int, salt: str):
+        super().__init__(node_id, [], torch.empty(0, dtype=torch.int64), None)
+        self.salt = salt
 
 
 class MatchResult(NamedTuple):
@@ -83,20 +98,39 @@ def _match_len(key: list[int], ids: list[int], start: int) -> int:
 
 
 class RadixCache:
-    """Prefix cache of KV slots: match, insert, lock running prefixes, evict LRU leaves.
+    """Prefix cache of KV slots: match, insert, lock running prefixes, evict leaves (eviction.py).
 
     `ngrams`, when given, indexes every inserted token run for draft lookups (ngram_index.py).
+    `eviction`: "lru" (default) or "slru" (segmented: leaves never hit since inserted go first).
     """
 
-    def __init__(self, pool: KVPool, ngrams: NgramIndex | None = None):
+    def __init__(self, pool: KVPool, ngrams: NgramIndex | None = None, eviction: str = "lru"):
         self.pool = pool
         self.ngrams = ngrams
+        self.eviction: EvictionPolicy = eviction_policy(eviction)
         self._clock = 0
         self._next_id = 0
-        self.root = self._new_node([], torch.empty(0, dtype=torch.int64), None)
+        self.root = self._new_root("")  # the unsalted tree's root; it is never dropped
+        self._roots: dict[str, RootNode] = {"": self.root}
+        # NOTE: what a lookup under a salt with no root yet returns: empty, detached, never filled
+        self._vacant = self._new_root("")
         self._leaves: set[TreeNode] = set()
         self._evictable = 0
         self._protected = 0
+        self.hit_tokens = 0  # tokens in nodes hit at least once since inserted (slru's protected segment)
+
+    def _new_root(self, salt: str) -> RootNode:
+        node = RootNode(self._next_id, salt)
+        self._next_id += 1
+        return node
+
+    def roots(self) -> list[tuple[str, RootNode]]:
+        """(salt, root) of every salt the tree holds tokens for (and the unsalted root). Read only."""
+        return list(self._roots.items())
+
+    def root_of(self, salt: str) -> RootNode:
+        """The root of `salt`'s tree, or an empty detached root when it holds nothing; changes nothing."""
+        return self._roots.get(salt, self._vacant)
 
     def _new_node(self, key: list[int], value: torch.Tensor, parent: TreeNode | None) -> TreeNode:
         node = TreeNode(self._next_id, key, value, parent)
@@ -109,13 +143,12 @@ class RadixCache:
 
     # ---- lookup and insertion -------------------------------------------------------------
 
-    def peek_prefix(self, ids: Sequence[int] | torch.Tensor) -> PrefixPeek:
-        """Longest cached prefix of `ids`, changing nothing: no split, no LRU touch, no hit count.
-
-        For questions asked often of requests that may never run (ordering, fit checks).
+    def peek_prefix(self, ids: Sequence[int] | torch.Tensor, salt: str = "") -> PrefixPeek:
+        """Longest prefix of `ids` cached under `salt`, changing nothing: no split, no LRU touch,
+        no hit count. For questions asked often of requests that may never run (ordering, fit checks).
         """
         ids = _as_list(ids)
-        node, pos, in_node, unlocked = self.root, 0, 0, 0
+        node, pos, in_node, unlocked = self.root_of(salt), 0, 0, 0
         while pos < len(ids) and (child := node.children.get(ids[pos])) is not None:
             in_node = _match_len(child.key, ids, pos)
             unlocked += in_node if child.lock_ref == 0 else 0
@@ -124,22 +157,33 @@ class RadixCache:
                 break  # the match ends mid-edge; the node's children continue its whole edge
         return PrefixPeek(pos, node, in_node, unlocked)
 
-    def match_prefix(self, ids: Sequence[int] | torch.Tensor) -> MatchResult:
-        """Longest cached prefix of `ids`: its slots and the node that ends exactly there.
+    def match_prefix(self, ids: Sequence[int] | torch.Tensor, salt: str = "") -> MatchResult:
+        """Longest prefix of `ids` cached under `salt`: its slots and the node that ends exactly there.
 
         A match that ends inside an edge splits that edge, so `last_node` can be locked to pin
         exactly the matched tokens. Every node on the path is touched for LRU and counts a hit.
         The caller that needs logits for the last prompt token should match `ids[:-1]`.
         """
-        peek = self.peek_prefix(ids)
+        peek = self.peek_prefix(ids, salt)
         node = peek.node
         if peek.in_node < len(node.key):
             node = self._split(node, peek.in_node)
         now = self._tick()
         for n in self._path(node):
             n.last_access = now
+            if n.hit_count == 0:
+                self.hit_tokens += len(n.key)
             n.hit_count += 1
         return MatchResult(self.path_slots(node), node)
+
+    def node_at(self, ids: Sequence[int] | torch.Tensor, salt: str = "") -> TreeNode | None:
+        """The node ending exactly after `ids` under `salt` (an edge is split there), or None when
+        the tree does not hold all of `ids`. No LRU touch, no hit count: for pins."""
+        ids = _as_list(ids)
+        peek = self.peek_prefix(ids, salt)
+        if peek.length < len(ids):
+            return None
+        return self._split(peek.node, peek.in_node) if peek.in_node < len(peek.node.key) else peek.node
 
     def path_slots(self, node: TreeNode) -> torch.Tensor:
         """[tokens from the root to the end of `node`'s edge] int64: their slots, a copy."""
@@ -149,13 +193,14 @@ class RadixCache:
     def _path(self, node: TreeNode) -> list[TreeNode]:
         """`node` and its ancestors below the root, deepest first."""
         path = []
-        while node is not self.root:
+        while node.key:  # only roots have empty edges
             path.append(node)
             node = node.parent
         return path
 
-    def insert(self, ids: Sequence[int] | torch.Tensor, slots: torch.Tensor) -> int:
-        """Cache `ids` with their KV `slots`; returns how many leading tokens were already cached.
+    def insert(self, ids: Sequence[int] | torch.Tensor, slots: torch.Tensor, salt: str = "") -> int:
+        """Cache `ids` under `salt` with their KV `slots`; returns how many leading tokens were already
+        cached there.
 
         Ownership contract, with `r` the returned length and `cached` the length the caller got
         from `match_prefix` (and kept locked):
@@ -163,21 +208,26 @@ class RadixCache:
           - the tree keeps its own slots for `ids[:r]`, so `slots[cached:r]` are duplicates
             the caller allocated itself and must now free: `pool.free(slots[cached:r])`;
           - `slots[:cached]` came from the tree and stay owned by it.
-        Afterwards a node ends exactly at `len(ids)`, so `peek_prefix(ids)` finds it unsplit.
+        Afterwards a node ends exactly at `len(ids)`, so `peek_prefix(ids, salt)` finds it unsplit.
         """
         ids = _as_list(ids)
         if len(ids) != slots.numel():
             raise ValueError(f"insert got {len(ids)} ids but {slots.numel()} slots")
         slots = slots.to(device="cpu", dtype=torch.int64).reshape(-1)
         now = self._tick()
-        node, pos = self.root, 0
+        if not ids:
+            return 0
+        node: TreeNode | None = self._roots.get(salt)
+        if node is None:
+            node = self._roots[salt] = self._new_root(salt)
+        pos = 0
         while pos < len(ids):
             child = node.children.get(ids[pos])
             if child is None:
                 # NOTE: clone, since the caller's tensor is often a view of a reused table row.
                 leaf = self._add_leaf(node, ids[pos:], slots[pos:].clone(), now)
                 if self.ngrams is not None:
-                    self.ngrams.add(leaf, ids, pos)
+                    self.ngrams.add(leaf, ids, pos, salt)
                 break
             m = _match_len(child.key, ids, pos)
             if m < len(child.key):
@@ -216,9 +266,9 @@ class RadixCache:
     # ---- locking --------------------------------------------------------------------------
 
     def lock(self, node: TreeNode) -> None:
-        """Pin `node` and its ancestors (a running request uses their slots)."""
+        """Protect `node` and its ancestors from eviction (a running request or a pin uses them)."""
         self._check_attached(node)
-        while node is not self.root:
+        while node.key:
             if node.lock_ref == 0:
                 self._evictable -= len(node.key)
                 self._protected += len(node.key)
@@ -228,11 +278,11 @@ class RadixCache:
     def unlock(self, node: TreeNode) -> None:
         """Undo one `lock(node)`; raises RuntimeError if `node` is not locked."""
         self._check_attached(node)
-        if node is not self.root and node.lock_ref <= 0:
+        if node.key and node.lock_ref <= 0:
             raise RuntimeError(f"unlock of an unlocked node {node!r}")
         # NOTE: an ancestor's lock_ref is never below its descendant's, so the walk cannot
         # go negative once the first node checked out.
-        while node is not self.root:
+        while node.key:
             node.lock_ref -= 1
             if node.lock_ref == 0:
                 self._protected -= len(node.key)
@@ -240,7 +290,7 @@ class RadixCache:
             node = node.parent
 
     def _check_attached(self, node: TreeNode) -> None:
-        if node is not self.root and node.parent is None:
+        if node.key and node.parent is None:
             raise RuntimeError(f"{node!r} is no longer in the tree (evicted or reset)")
 
     # ---- eviction -------------------------------------------------------------------------
@@ -248,19 +298,18 @@ class RadixCache:
     def evict(self, n_slots: int) -> int:
         """Free at least `n_slots` slots (fewer only if the tree runs out) to the pool.
 
-        Takes least-recently-used unlocked leaves first; a parent that becomes an unlocked
+        Takes unlocked leaves in the eviction policy's order; a parent that becomes an unlocked
         leaf joins the candidates. Returns the number of slots freed.
         """
-        heap = [(n.last_access, n.id, n) for n in self._leaves if n.lock_ref == 0]
-        heapq.heapify(heap)
+        queue = self.eviction.queue(n for n in self._leaves if n.lock_ref == 0)
         freed, victims = 0, []
-        while freed < n_slots and heap:
-            _, _, leaf = heapq.heappop(heap)
+        while freed < n_slots and queue:
+            leaf = queue.pop(self.hit_tokens, self._evictable + self._protected)
             victims.append(leaf.value)
             freed += len(leaf.key)
             parent = self._remove_leaf(leaf)
-            if parent is not self.root and not parent.children and parent.lock_ref == 0:
-                heapq.heappush(heap, (parent.last_access, parent.id, parent))
+            if parent.key and not parent.children and parent.lock_ref == 0:
+                queue.push(parent)
         if victims:
             self.pool.free(torch.cat(victims))
         return freed
@@ -270,9 +319,13 @@ class RadixCache:
         del parent.children[leaf.key[0]]
         leaf.parent = None
         self._leaves.discard(leaf)
-        if not parent.children and parent is not self.root:
+        if not parent.children and parent.key:
             self._leaves.add(parent)
+        elif not parent.children and parent is not self.root and self._roots.get(parent.salt) is parent:
+            del self._roots[parent.salt]  # a salt's last tokens went: keep no empty roots around
         self._evictable -= len(leaf.key)
+        if leaf.hit_count:
+            self.hit_tokens -= len(leaf.key)
         return parent
 
     def reset(self) -> None:
@@ -284,10 +337,13 @@ class RadixCache:
             n.parent = None  # stale handles now fail loudly in lock()
         if nodes:
             self.pool.free(torch.cat([n.value for n in nodes]))
-        # NOTE: the root object stays, so requests holding it (an empty match) stay valid.
-        self.root.children.clear()
+        # NOTE: the root objects stay usable, so requests holding one (an empty match) stay valid.
+        for _, root in self.roots():
+            root.children.clear()
+        self._roots = {"": self.root}
         self._leaves.clear()
         self._evictable = 0
+        self.hit_tokens = 0
         if self.ngrams is not None:
             self.ngrams.clear()
 
@@ -297,8 +353,8 @@ class RadixCache:
         return CacheSize(self._evictable, self._protected, self._evictable + self._protected)
 
     def _walk(self) -> Iterator[TreeNode]:
-        """Every node but the root, parents before children."""
-        stack = list(self.root.children.values())
+        """Every node but the roots, parents before children."""
+        stack = [child for _, root in self.roots() for child in root.children.values()]
         while stack:
             node = stack.pop()
             yield node
@@ -309,11 +365,12 @@ class RadixCache:
 
         `running_only_slots`: slots that running requests hold outside the tree.
         """
-        evictable = protected = 0
+        evictable = protected = hit = 0
         values, leaves = [], set()
         for node in self._walk():
-            _check_node(node)
+            check_node(node)
             values.append(node.value)
+            hit += len(node.key) if node.hit_count else 0
             if node.lock_ref:
                 protected += len(node.key)
             else:
@@ -327,7 +384,14 @@ class RadixCache:
             )
         if leaves != self._leaves:
             raise AssertionError(f"leaf set has {len(self._leaves)} nodes, tree has {len(leaves)}")
-        _check_slots(values)
+        if hit != self.hit_tokens:
+            raise AssertionError(f"hit_tokens counter {self.hit_tokens}, tree walk {hit}")
+        empty = [salt for salt, root in self._roots.items() if salt and not root.children]
+        if empty or self._vacant.children:
+            raise AssertionError(
+                f"empty salted roots kept: {len(empty)}; vacant root used: {bool(self._vacant.children)}"
+            )
+        check_slots(values)
         total, free, cap = evictable + protected, self.pool.num_free, self.pool.capacity
         if free + total + running_only_slots != cap:
             raise AssertionError(
@@ -335,67 +399,12 @@ class RadixCache:
                 f"{running_only_slots} = {free + total + running_only_slots} != capacity {cap}"
             )
 
-    def to_dict(self, tokenizer: Any = None) -> dict[str, Any]:
-        """Nested plain-data view of the tree (JSON-able), for a debug page."""
-        return _node_dict(self.root, tokenizer)
+    def to_dict(self, tokenizer: Any = None, salt: str = "") -> dict[str, Any]:
+        """Nested plain-data view of `salt`'s tree (JSON-able), for a debug page."""
+        return node_dict(self.root_of(salt), tokenizer)
 
     def pretty(self, tokenizer: Any = None) -> str:
         """Indented text drawing of the tree, one node per line."""
         lines: list[str] = []
-        _draw(self.to_dict(tokenizer), 0, lines)
+        draw(self.to_dict(tokenizer), 0, lines)
         return "\n".join(lines)
-
-
-def _check_node(node: TreeNode) -> None:
-    parent = node.parent
-    problems = []
-    if parent is not None and node.depth != parent.depth + len(parent.key):
-        problems.append(f"depth {node.depth} vs parent's end {parent.depth + len(parent.key)}")
-    if not node.key or len(node.key) != node.value.numel():
-        problems.append(f"key length {len(node.key)} vs {node.value.numel()} slots")
-    if parent is None or parent.children.get(node.key[0] if node.key else None) is not node:
-        problems.append("not linked from its parent under its first token")
-    upper_lock = parent.lock_ref if parent is not None and parent.parent is not None else None
-    if node.lock_ref < 0 or (upper_lock is not None and upper_lock < node.lock_ref):
-        problems.append(f"lock_ref {node.lock_ref} vs parent's {upper_lock}")
-    if problems:
-        raise AssertionError(f"{node!r}: " + "; ".join(problems))
-
-
-def _check_slots(values: list[torch.Tensor]) -> None:
-    if not values:
-        return
-    slots = torch.cat(values)
-    if bool((slots == 0).any()):
-        raise AssertionError("the tree holds the padding slot 0")
-    unique = int(torch.unique(slots).numel())
-    if unique != slots.numel():
-        raise AssertionError(f"{slots.numel() - unique} slots are held twice by the tree")
-
-
-def _node_dict(node: TreeNode, tokenizer: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "id": node.id,
-        "key": list(node.key),
-        "slots": node.value.tolist(),
-        "lock_ref": node.lock_ref,
-        "last_access": node.last_access,
-        "hit_count": node.hit_count,
-    }
-    if tokenizer is not None:
-        out["text"] = tokenizer.decode(list(node.key))
-    out["children"] = [_node_dict(c, tokenizer) for _, c in sorted(node.children.items())]
-    return out
-
-
-def _draw(d: dict[str, Any], depth: int, lines: list[str]) -> None:
-    if depth == 0:
-        label = "<root>"
-    else:
-        label = repr(d["text"]) if "text" in d else " ".join(map(str, d["key"]))
-    lines.append(
-        f"{'  ' * depth}{label}  [id={d['id']} n={len(d['key'])} lock={d['lock_ref']} "
-        f"t={d['last_access']} hits={d['hit_count']}]"
-    )
-    for child in d["children"]:
-        _draw(child, depth + 1, lines)

@@ -13,6 +13,7 @@ from typing import Any
 from radixrt import envs
 
 POLICIES = ("lpm", "dfs-weight", "fcfs")
+EVICTION_POLICIES = ("lru", "slru")  # radix_cache/eviction.py (radix_cache imports nothing of runtime)
 SPECULATIVE_MODES = ("off", "ngram")
 MAX_SPECULATIVE_TOKENS = 32
 
@@ -39,8 +40,24 @@ class ServerArgs:
     host: str = _opt("HTTP bind address", default="127.0.0.1")
     port: int = _opt("HTTP port", default=30000)
     zmq_port: int = _opt("ZMQ ROUTER port for DSL clients (0: HTTP port + 1)", default=0)
-    api_key: str | None = _opt(f"require this key (HTTP Bearer / ZMQ field); default: ${envs.API_KEY}", default=None)
+    api_key: str | None = _opt(
+        f"require this key (HTTP Bearer / ZMQ field); repeat the flag for several keys, one per tenant, each"
+        f" with its own cache salt; default: ${envs.API_KEY} (one key a line)",
+        default=None,
+    )
+    api_key_file: str = _opt("file of API keys, one a line (blank lines and # comments skipped); adds to --api-key",
+                             default="")  # fmt: skip
+    api_keys: tuple[str, ...] = _opt("every accepted key (--api-key, its env and --api-key-file)", default=(),
+                                     meta={"cli": False})  # fmt: skip
     disable_radix_cache: bool = _opt("turn prefix reuse off (benchmark ablation)", default=False)
+    eviction_policy: str = _opt(
+        "lru | slru: which cached leaves go first when KV slots run out (slru: never-reused ones first)",
+        default="lru",
+    )
+    max_pin_s: float = _opt("largest pin_s a request may ask for (seconds its prompt stays cached)", default=3600.0)
+    max_pinned_fraction: float = _opt(
+        "share of KV slots pinned prompts may hold at most (a pin past it is trimmed or refused)", default=0.5
+    )
     schedule_policy: str = _opt("lpm | dfs-weight | fcfs", default="lpm")
     max_wait_passes: int = _opt("LPM starvation bound: a request waiting this many passes goes first", default=32)
     max_running_requests: int = _opt("running requests at most", default=64)
@@ -81,6 +98,16 @@ class ServerArgs:
     ipc_dir: str = _opt("private dir for ipc:// sockets (default: a fresh 0700 temp dir)", default="")
 
     def __post_init__(self) -> None:
+        file_keys = read_api_key_file(self.api_key_file) if self.api_key_file else []
+        keys = tuple(dict.fromkeys(([self.api_key] if self.api_key else []) + list(self.api_keys) + file_keys))
+        object.__setattr__(self, "api_keys", keys)
+        object.__setattr__(self, "api_key", keys[0] if keys else None)
+        if any(not k or k != k.strip() or "\n" in k for k in keys):
+            raise ValueError("API keys must be non-empty, one line each, without surrounding spaces")
+        if self.eviction_policy not in EVICTION_POLICIES:
+            raise ValueError(f"eviction_policy must be one of {EVICTION_POLICIES}, got {self.eviction_policy!r}")
+        if not self.max_pin_s > 0 or not 0.0 <= self.max_pinned_fraction <= 1.0:
+            raise ValueError("max_pin_s must be > 0 and max_pinned_fraction in [0, 1]")
         if self.quantization not in ("none", "int8"):
             raise ValueError(f"quantization must be none or int8, got {self.quantization!r}")
         if self.batch_invariant not in ("auto", "on", "off"):
@@ -133,11 +160,19 @@ class ServerArgs:
     def replace(self, **changes: Any) -> ServerArgs:
         return dataclasses.replace(self, **changes)
 
+    def without_api_keys(self) -> ServerArgs:
+        """These arguments with no key in them (for a child process, a log, a public answer)."""
+        return dataclasses.replace(self, api_key=None, api_keys=(), api_key_file="")
+
     @staticmethod
     def add_cli_args(parser: argparse.ArgumentParser) -> None:
         for f in dataclasses.fields(ServerArgs):
             flag = "--" + f.name.replace("_", "-")
-            if f.type in ("bool", bool):
+            if not f.metadata.get("cli", True):
+                continue
+            if f.name == "api_key":
+                parser.add_argument(flag, action="append", default=None, help=f.metadata["help"])
+            elif f.type in ("bool", bool):
                 parser.add_argument(flag, action="store_true", help=f.metadata["help"])
             else:
                 kind = {"int": int, "float": float}.get(str(f.type), str)
@@ -145,12 +180,15 @@ class ServerArgs:
 
     @classmethod
     def from_cli(cls, args: argparse.Namespace, environ: dict[str, str] | None = None) -> ServerArgs:
-        """The parsed flags; the API key comes from $RADIXRT_API_KEY when --api-key is not given."""
+        """The parsed flags; the API keys come from $RADIXRT_API_KEY when --api-key is not given (and
+        from --api-key-file, read when the arguments are made)."""
         names = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in vars(args).items() if k in names}
-        if not values.get("api_key"):
-            values["api_key"] = envs.api_key(os.environ if environ is None else environ)
-        return cls(**values)
+        given = values.pop("api_key", None) or []
+        keys = list(given) if isinstance(given, list) else [given]
+        if not keys:
+            keys = envs.api_keys(os.environ if environ is None else environ)
+        return cls(**values, api_keys=tuple(keys))
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> ServerArgs:
@@ -159,3 +197,16 @@ class ServerArgs:
         if unknown:
             raise TypeError(f"unknown server arguments: {unknown}")
         return cls(**kwargs)
+
+
+def read_api_key_file(path: str) -> list[str]:
+    """Keys of an --api-key-file: one a line; blank lines and lines starting with # are skipped."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = [line.strip() for line in f]
+    except OSError as e:
+        raise ValueError(f"cannot read --api-key-file {path}: {e.strerror}") from None
+    keys = [line for line in lines if line and not line.startswith("#")]
+    if not keys:
+        raise ValueError(f"--api-key-file {path} holds no key")
+    return keys

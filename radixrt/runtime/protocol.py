@@ -32,6 +32,8 @@ class GenerateRequest(_Msg):
     top_logprobs_num: int = 0
     stream: bool = False
     api_key: str | None = None
+    cache_salt: str | None = None  # a cache namespace: requests with other salts share no cached prefix
+    pin_s: float | None = None  # keep the prompt cached this many seconds after the request (capped)
 
 
 class AbortRequest(_Msg):
@@ -63,6 +65,7 @@ class ScoreRequest(_Msg):
     prefix: str
     continuations: list[str]
     api_key: str | None = None
+    cache_salt: str | None = None
 
 
 ClientMsg = Union[GenerateRequest, AbortRequest, FlushCache, GetStats, GetModelInfo, ScoreRequest]
@@ -137,6 +140,8 @@ class TokenizedRequest(_Msg):
     logprob_start_len: int = -1
     top_logprobs_num: int = 0
     stream: bool = False
+    cache_salt: str = ""  # the effective salt (the frontend mixes in the API key's); "": unsalted
+    pin_s: float = 0.0
 
 
 class Abort(_Msg):
@@ -144,9 +149,10 @@ class Abort(_Msg):
 
 
 class DebugCache(_Msg):
-    """Ask for a snapshot of the radix tree (answered by StatsOut(stats={"tree": ...}))."""
+    """Ask for a snapshot of one salt's radix tree (answered by StatsOut(stats={"tree": ...}))."""
 
     max_nodes: int = 500
+    salt: str = ""
 
 
 WorkerInMsg = Union[TokenizedRequest, Abort, FlushCache, GetStats, DebugCache]

@@ -96,8 +96,9 @@ class HttpClient:
         the continuation's start, e.g. " yes" after a prefix ending in a space (kept).
         """
         texts, start = list(msg.continuations), 0
+        salt = {} if msg.cache_salt is None else {"cache_salt": msg.cache_salt}
         if msg.prefix:
-            prefill = {"text": msg.prefix, "sampling_params": {"max_new_tokens": 0}}
+            prefill = {"text": msg.prefix, "sampling_params": {"max_new_tokens": 0}, **salt}
             prefix_len = self._post("/generate", prefill, msg.rid, timeout)["meta_info"]["prompt_tokens"]
             texts, start = [msg.prefix] + [msg.prefix + c for c in texts], max(prefix_len - 1, 0)
         body = {
@@ -105,6 +106,7 @@ class HttpClient:
             "sampling_params": {"max_new_tokens": 0},
             "return_logprob": True,
             "logprob_start_len": start,
+            **salt,
         }
         metas = [o["meta_info"] for o in self._post("/generate", body, msg.rid, timeout)]
         boundary = None
@@ -148,6 +150,10 @@ def _generate_body(msg: GenerateRequest) -> dict[str, Any]:
         body["input_ids"] = msg.input_ids
     else:
         body["text"] = msg.text
+    if msg.cache_salt is not None:
+        body["cache_salt"] = msg.cache_salt
+    if msg.pin_s is not None:
+        body["pin_s"] = msg.pin_s
     return body
 
 

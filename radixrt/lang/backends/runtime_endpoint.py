@@ -32,10 +32,20 @@ def new_rid() -> str:
 class RuntimeEndpoint(Backend):
     """A server at `url`: "tcp://host:port" or "ipc://path" (ZMQ, the native protocol) or
     "http://host:port" (SGLang's `/generate` API). `api_key` is sent with every request;
-    `timeout` bounds the wait for each reply (seconds, None: forever)."""
+    `timeout` bounds the wait for each reply (seconds, None: forever). `cache_salt` puts every
+    request in that cache namespace (no cached prefix is shared with other salts); `pin_s` keeps
+    each generation's prompt cached that many seconds after it (a session's prefix between turns)."""
 
-    def __init__(self, url: str, api_key: str | None = None, timeout: float | None = None):
+    def __init__(
+        self,
+        url: str,
+        api_key: str | None = None,
+        timeout: float | None = None,
+        cache_salt: str | None = None,
+        pin_s: float | None = None,
+    ):
         self.url, self.api_key = url, api_key
+        self.cache_salt, self.pin_s = cache_salt, pin_s
         if url.startswith(("tcp://", "ipc://")):
             from radixrt.lang.backends.client import RuntimeClient
 
@@ -79,6 +89,8 @@ class RuntimeEndpoint(Backend):
             logprob_start_len=logprobs.logprob_start_len,
             top_logprobs_num=logprobs.top_logprobs_num,
             stream=on_chunk is not None,
+            cache_salt=self.cache_salt,
+            pin_s=self.pin_s,
         )
         if on_chunk is None:
             return self.client.call(request)
@@ -90,7 +102,7 @@ class RuntimeEndpoint(Backend):
         raise RuntimeError("stream ended without a result")  # stream() always ends with a result
 
     def score(self, prefix: str, continuations: list[str]) -> ScoreResult:
-        request = ScoreRequest(rid=new_rid(), prefix=prefix, continuations=continuations)
+        request = ScoreRequest(rid=new_rid(), prefix=prefix, continuations=continuations, cache_salt=self.cache_salt)
         return self.client.call(request)
 
     def flush_cache(self) -> None:

@@ -11,7 +11,6 @@ Every error is `{"error": {message, type, param, code}}` with its status; a 503 
 from __future__ import annotations
 
 import dataclasses
-import hmac
 import ipaddress
 import itertools
 import logging
@@ -25,7 +24,7 @@ from radixrt.errors import Forbidden, InvalidRequest, Overloaded, RadixRTError
 from radixrt.runtime import protocol
 from radixrt.runtime.config import ServerArgs
 from radixrt.runtime.http.cache_svg import render_svg
-from radixrt.runtime.http.common import HttpOptions, error_json, json_response, read_json
+from radixrt.runtime.http.common import HttpOptions, bearer_key, error_json, json_response, read_json
 from radixrt.runtime.http.generate import parse_generate, reply_error_json, result_json
 from radixrt.runtime.http.sglang_compat import sglang_compat_router
 from radixrt.runtime.http.sse import StallGuardedResponse, sse, until_done_or_gone
@@ -34,6 +33,7 @@ from radixrt.runtime.server.frontend import Frontend
 from radixrt.runtime.server.metrics import CONTENT_TYPE
 from radixrt.runtime.server.request_stream import Stream
 from radixrt.runtime.server.server_metrics import ServerMetrics
+from radixrt.runtime.server.tenants import matching_key
 
 logger = logging.getLogger(__name__)
 
@@ -50,17 +50,18 @@ class ReplyError(Exception):
 
 
 class ApiKeyGuard:
-    """ASGI middleware: `Authorization: Bearer KEY` on every path but the health checks."""
+    """ASGI middleware: `Authorization: Bearer KEY` (any of the keys) on every path but the health checks."""
 
-    def __init__(self, app: Any, api_key: str, metrics: ServerMetrics):
+    def __init__(self, app: Any, api_keys: tuple[str, ...], metrics: ServerMetrics):
         self.app = app
-        self.expected = f"Bearer {api_key}".encode()
+        self.keys = api_keys
         self.metrics = metrics
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["path"] not in OPEN_PATHS:
-            given = dict(scope["headers"]).get(b"authorization", b"")
-            if not hmac.compare_digest(given, self.expected):
+            given = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
+            key = given[len("Bearer ") :] if given.startswith("Bearer ") else None
+            if key is None or matching_key(key, self.keys) is None:
                 self.metrics.count_error(401)
                 body = error_json(401, "missing or wrong API key (Authorization: Bearer KEY)")
                 await json_response(body, status_code=401)(scope, receive, send)
@@ -74,8 +75,8 @@ def create_app(frontend: Frontend, args: ServerArgs, options: HttpOptions | None
     app = FastAPI(title="radixrt", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.frontend = frontend
     app.state.http_options = opts
-    if args.api_key:
-        app.add_middleware(ApiKeyGuard, api_key=args.api_key, metrics=frontend.metrics)
+    if args.api_keys:
+        app.add_middleware(ApiKeyGuard, api_keys=args.api_keys, metrics=frontend.metrics)
     app.add_exception_handler(RadixRTError, _radixrt_error)
     app.add_exception_handler(ReplyError, _reply_error)
     app.add_exception_handler(Exception, _internal_error)
@@ -85,7 +86,7 @@ def create_app(frontend: Frontend, args: ServerArgs, options: HttpOptions | None
 
     @app.post("/generate")
     async def generate(request: Request) -> Response:
-        call = parse_generate(await read_json(request, opts))
+        call = parse_generate(await read_json(request, opts), bearer_key(request))
         if len(call.requests) > opts.max_prompts:
             message = f"{len(call.requests)} prompts in one request; the limit is {opts.max_prompts}"
             raise InvalidRequest(message, "text")
@@ -118,7 +119,8 @@ def create_app(frontend: Frontend, args: ServerArgs, options: HttpOptions | None
     @app.get("/get_server_info")
     @app.get("/server_info")  # SGLang's RuntimeEndpoint.get_server_info
     async def server_info() -> Response:
-        public = {k: v for k, v in dataclasses.asdict(args).items() if k != "api_key"}
+        hidden = ("api_key", "api_keys", "api_key_file")
+        public = {k: v for k, v in dataclasses.asdict(args).items() if k not in hidden}
         return json_response({**public, **frontend.frontend_stats()})
 
     @app.post("/flush_cache")  # it changes state: never a GET, which crawlers and prefetchers send
@@ -135,10 +137,11 @@ def create_app(frontend: Frontend, args: ServerArgs, options: HttpOptions | None
         return Response(await frontend.metrics_text(opts.health_timeout), media_type=CONTENT_TYPE)
 
     @app.get("/debug/cache")
-    async def debug_cache(request: Request, max_nodes: int = 500) -> Response:
-        if not args.api_key:
+    async def debug_cache(request: Request, max_nodes: int = 500, cache_salt: str | None = None) -> Response:
+        if not args.api_keys:
             _only_from_loopback(request)
-        tree = await frontend.cache_tree(min(max(max_nodes, 1), MAX_DRAWN_NODES), opts.control_timeout)
+        drawn = min(max(max_nodes, 1), MAX_DRAWN_NODES)
+        tree = await frontend.cache_tree(drawn, opts.control_timeout, bearer_key(request), cache_salt)
         return Response(render_svg(tree), media_type="image/svg+xml")
 
     return app

@@ -19,12 +19,12 @@ COL_W, ROW_H, HEADER_H, MARGIN = 240, 34, 30, 10
 BOX_MIN_W, BOX_MAX_W = 40, COL_W - 40
 
 
-def snapshot(tree: Any, tokenizer: Any, max_nodes: int = 500) -> dict[str, Any]:
-    """The tree as plain data: `nodes` (breadth first, root first, each with its parent's index),
-    `total_nodes` and `total_tokens` of the whole tree, and whether nodes were left out."""
+def snapshot(tree: Any, tokenizer: Any, max_nodes: int = 500, salt: str = "") -> dict[str, Any]:
+    """`salt`'s tree as plain data: `nodes` (breadth first, root first, each with its parent's index),
+    `total_nodes` and `total_tokens` of that whole tree, and whether nodes were left out."""
     nodes: list[dict[str, Any]] = []
     total_nodes = total_tokens = 0
-    queue: deque[tuple[Any, int, int]] = deque([(tree.root, -1, 0)])
+    queue: deque[tuple[Any, int, int]] = deque([(tree.root_of(salt), -1, 0)])
     while queue:
         node, parent, depth = queue.popleft()
         total_nodes += 1

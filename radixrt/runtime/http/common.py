@@ -38,6 +38,12 @@ def http_options(request: Request) -> HttpOptions:
     return request.app.state.http_options
 
 
+def bearer_key(request: Request) -> str | None:
+    """The API key a request authenticated with (ApiKeyGuard checked it); its tenant's cache salt."""
+    auth = request.headers.get("authorization", "")
+    return auth[len("Bearer ") :] if auth.startswith("Bearer ") else None
+
+
 async def read_json(request: Request, opts: HttpOptions) -> Any:
     """The JSON body: at most `opts.max_body_bytes`, received within `opts.client_timeout` seconds."""
     limit = opts.max_body_bytes

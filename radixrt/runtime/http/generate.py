@@ -20,7 +20,14 @@ from radixrt.runtime.protocol import ErrorReply, GenerateChunk, GenerateRequest,
 SAMPLING_FIELDS = frozenset(SamplingParams.__struct_fields__)
 UNSUPPORTED = ("image_data", "input_embeds", "lora_path", "custom_logit_processor", "return_hidden_states")
 UNSUPPORTED_SAMPLING = ("stop_regex", "custom_params", "ebnf", "structural_tag")
-PER_PROMPT = (("rid", str), ("return_logprob", bool), ("logprob_start_len", int), ("top_logprobs_num", int))
+PER_PROMPT = (
+    ("rid", str),
+    ("return_logprob", bool),
+    ("logprob_start_len", int),
+    ("top_logprobs_num", int),
+    ("cache_salt", str),  # vLLM's field: a cache namespace
+    ("pin_s", float),  # keep the prompt cached this long after the request
+)
 _PATH = re.compile(r"at `\$\.?(\w+)?")
 
 
@@ -33,8 +40,9 @@ class GenerateCall:
     stream: bool
 
 
-def parse_generate(body: Any) -> GenerateCall:
-    """Turn a /generate JSON body into GenerateRequests; raises InvalidRequest naming the field."""
+def parse_generate(body: Any, api_key: str | None = None) -> GenerateCall:
+    """Turn a /generate JSON body into GenerateRequests; raises InvalidRequest naming the field.
+    `api_key`: the key the call authenticated with (it selects the tenant's cache salt)."""
     if not isinstance(body, dict):
         raise InvalidRequest("the request body must be a JSON object")
     for name in UNSUPPORTED:
@@ -52,7 +60,7 @@ def parse_generate(body: Any) -> GenerateCall:
     for i, (text, ids) in enumerate(prompts):
         fields = {name: values[i] for name, values in items.items() if values[i] is not None}
         fields.setdefault("rid", uuid.uuid4().hex)
-        requests.append(GenerateRequest(text=text, input_ids=ids, stream=stream, **fields))
+        requests.append(GenerateRequest(text=text, input_ids=ids, stream=stream, api_key=api_key, **fields))
     return GenerateCall(requests, is_batch, stream)
 
 

@@ -66,11 +66,20 @@ class Spec:
 
 
 class Submitter:
-    """Submits the requests of one HTTP call under its own namespace; remembers its streams."""
+    """Submits the requests of one HTTP call under its own namespace; remembers its streams.
+    `api_key`, `cache_salt` and `pin_s` go on every request (the cache namespace and pin)."""
 
-    def __init__(self, frontend: Frontend, stream: bool):
+    def __init__(
+        self,
+        frontend: Frontend,
+        stream: bool,
+        api_key: str | None = None,
+        cache_salt: str | None = None,
+        pin_s: float | None = None,
+    ):
         self.frontend = frontend
         self.stream = stream
+        self.tenancy = {"api_key": api_key, "cache_salt": cache_salt, "pin_s": pin_s}
         self.namespace = f"oai-{uuid.uuid4().hex}/"
         self.streams: list[Stream] = []
 
@@ -83,6 +92,7 @@ class Submitter:
             logprob_start_len=0 if spec.prompt_logprobs else -1,
             top_logprobs_num=spec.top_logprobs or 0,
             stream=self.stream,
+            **self.tenancy,
         )
         stream = self.frontend.generate(req, self.namespace)
         self.streams.append(stream)

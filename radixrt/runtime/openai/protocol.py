@@ -123,6 +123,8 @@ class _Sampling(_Body, kw_only=True):
     ignore_eos: bool | None = None
     stop_token_ids: list[Int] | None = None
     regex: str | None = None
+    cache_salt: str | None = None  # vLLM's field: a cache namespace (see runtime/server/tenants.py)
+    pin_s: float | None = None  # keep the prompt cached this long after the request (radixrt)
 
     @property
     def include_usage(self) -> bool:

@@ -18,7 +18,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from radixrt.errors import InvalidRequest, RadixRTError, error_for_status
-from radixrt.runtime.http.common import error_json, http_options, json_response, read_json
+from radixrt.runtime.http.common import bearer_key, error_json, http_options, json_response, read_json
 from radixrt.runtime.http.sse import StallGuardedResponse, until_done_or_gone
 from radixrt.runtime.openai import responses as out
 from radixrt.runtime.openai import tool_calls
@@ -72,7 +72,7 @@ async def chat_completions(request: Request) -> Response:
     req = parse_chat(await _body(request))
     answer = out.Answer.new("chat.completion", served_model(frontend, req.model), _special_ids(frontend))
     frontend.check_accepting()  # before rendering: a draining or full server answers fast
-    sub = Submitter(frontend, stream=bool(req.stream))
+    sub = Submitter(frontend, bool(req.stream), bearer_key(request), req.cache_salt, req.pin_s)
     n, spec = req.n or 1, _chat_spec(frontend, req)
     choices = [_chat_choice(i, _seeded(spec, i), sub, req) for i in range(n)]
     logprobs = bool(req.logprobs)
@@ -86,7 +86,7 @@ async def completions(request: Request) -> Response:
     req = parse_completion(await _body(request))
     answer = out.Answer.new("text_completion", served_model(frontend, req.model), _special_ids(frontend))
     frontend.check_accepting()
-    sub = Submitter(frontend, stream=bool(req.stream))
+    sub = Submitter(frontend, bool(req.stream), bearer_key(request), req.cache_salt, req.pin_s)
     n, logprobs = req.n or 1, req.logprobs is not None
     choices, texts = _completion_choices(frontend, req, sub)
     echo = [t if req.echo else None for t in texts]

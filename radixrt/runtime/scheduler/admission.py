@@ -128,4 +128,6 @@ class Admission:
         if req.max_reusable_prefix < k:
             return False
         head = req.fill_ids(0, k)
-        return any(other.fill_ids(0, k) == head for other, _ in admitted)
+        # NOTE: same salt only: another tenant's request would not share the cache, and deferring
+        # for it would let one tenant time another's prompts
+        return any(other.salt == req.salt and other.fill_ids(0, k) == head for other, _ in admitted)

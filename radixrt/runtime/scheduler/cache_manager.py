@@ -5,19 +5,24 @@ request's private tail (`Req.private_slots`). `check()` asserts that the books b
 
 Lookups for waiting requests (`peek`, `prefix_len`, `prefix_path`) change nothing; the one
 mutating match of a request happens in `admit`, so the tree's LRU times and hit counts say
-how often a prefix was used, not how often it was looked at.
+how often a prefix was used, not how often it was looked at. Every tree call passes the request's
+salt: requests of different salts (tenants) never share a cached token.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import hashlib
+from typing import Any, NamedTuple
 
 import torch
 
 from radixrt.radix_cache.ngram_index import NgramIndex
 from radixrt.radix_cache.pool import KVPool, ReqToToken
 from radixrt.radix_cache.tree import PrefixPeek, RadixCache
+from radixrt.runtime.scheduler.pins import Pins
 from radixrt.runtime.scheduler.req import Req
+
+MAX_SALT_LABELS = 32  # labels in stats at most: salts past the 31st are summed as "other"
 
 
 class SlotStats(NamedTuple):
@@ -28,7 +33,8 @@ class SlotStats(NamedTuple):
 
 
 class CacheManager:
-    """`ngrams`: index the tree's sequences for draft lookups (speculative decoding)."""
+    """`ngrams`: index the tree's sequences for draft lookups (speculative decoding); `eviction`: the
+    tree's eviction policy; `max_pinned_fraction`: the share of KV slots pins may hold."""
 
     def __init__(
         self,
@@ -36,6 +42,8 @@ class CacheManager:
         req_to_token: ReqToToken,
         disable_radix_cache: bool = False,
         ngrams: NgramIndex | None = None,
+        eviction: str = "lru",
+        max_pinned_fraction: float = 0.5,
     ):
         self.pool = pool
         self.table = req_to_token
@@ -43,9 +51,11 @@ class CacheManager:
         # what is borrowed and inserted, and must know the mode anyway (cache_prefix, in-batch
         # sharing), so with it off the tree stays empty and keeps a single behaviour.
         self.disabled = disable_radix_cache
-        self.tree = RadixCache(pool, ngrams)
+        self.tree = RadixCache(pool, ngrams, eviction)
+        self.pins = Pins(self.tree, max_pinned_fraction)
         self.hit_tokens = 0  # prompt tokens reused from the cache, over all requests
         self.prompt_tokens = 0  # prompt tokens admitted, over all requests
+        self.by_salt: dict[str, list[int]] = {}  # salt label -> [hit tokens, prompt tokens]
 
     # ---- read-only lookups (ordering, fit checks) ---------------------------------------------
 
@@ -53,7 +63,7 @@ class CacheManager:
         """The cached prefix a waiting request would borrow now; changes nothing."""
         if self.disabled:
             return PrefixPeek(0, self.tree.root, 0, 0)
-        return self.tree.peek_prefix(req.fill_ids(0, req.max_reusable_prefix))
+        return self.tree.peek_prefix(req.fill_ids(0, req.max_reusable_prefix), req.salt)
 
     def prefix_len(self, req: Req) -> int:
         return self.peek(req).length
@@ -66,12 +76,12 @@ class CacheManager:
             node = node.parent
         return tuple(reversed(ids))
 
-    def continuation(self, tail: list[int], k: int, min_n: int) -> tuple[list[int], int]:
-        """Up to `k` tokens that followed the longest suffix of `tail` in the tree's sequences, and
-        that suffix's length (draft tokens); changes nothing."""
+    def continuation(self, tail: list[int], k: int, min_n: int, salt: str = "") -> tuple[list[int], int]:
+        """Up to `k` tokens that followed the longest suffix of `tail` in `salt`'s cached sequences,
+        and that suffix's length (draft tokens); changes nothing."""
         if self.tree.ngrams is None:
             return [], 0
-        return self.tree.ngrams.continuation(tail, k, min_n)
+        return self.tree.ngrams.continuation(tail, k, min_n, salt)
 
     def available_after_borrow(self, prefix: PrefixPeek) -> int:
         """Slots obtainable once `prefix` is borrowed (locking it takes its unlocked slots)."""
@@ -92,6 +102,14 @@ class CacheManager:
             req.cached_tokens = min(req.prefix_len, req.prompt_len)
             self.hit_tokens += req.cached_tokens
             self.prompt_tokens += req.prompt_len
+            counts = self.by_salt.setdefault(self._salt_label(req.salt), [0, 0])
+            counts[0] += req.cached_tokens
+            counts[1] += req.prompt_len
+
+    def _salt_label(self, salt: str) -> str:
+        """A short hash of a salt for stats (never the salt itself); bounded in number."""
+        label = hashlib.sha256(salt.encode()).hexdigest()[:8] if salt else "none"
+        return label if label in self.by_salt or len(self.by_salt) < MAX_SALT_LABELS - 1 else "other"
 
     def _borrow(self, req: Req) -> None:
         row = self.table.alloc()
@@ -99,7 +117,7 @@ class CacheManager:
         req.row = row
         n, node = 0, None
         if not self.disabled:
-            match = self.tree.match_prefix(req.fill_ids(0, req.max_reusable_prefix))
+            match = self.tree.match_prefix(req.fill_ids(0, req.max_reusable_prefix), req.salt)
             n, node = len(match.slots), match.last_node
             self.tree.lock(node)
             self.table.write(row, 0, match.slots)
@@ -151,7 +169,7 @@ class CacheManager:
         ids = req.fill_ids(0, req.computed)
         self._insert(req, ids)
         # NOTE: a peek, not a match: taking back one's own tokens is not a hit.
-        peek = self.tree.peek_prefix(ids)
+        peek = self.tree.peek_prefix(ids, req.salt)
         assert peek.length == len(ids) and peek.in_node == len(peek.node.key), "insert ends a node there"
         self.tree.lock(peek.node)
         self.tree.unlock(req.last_node)
@@ -173,17 +191,45 @@ class CacheManager:
 
     def _insert(self, req: Req, ids: list[int]) -> None:
         slots = self.seq_slots(req, len(ids)).clone()
-        already = self.tree.insert(ids, slots)
+        already = self.tree.insert(ids, slots, req.salt)
         # NOTE: the tree keeps its own slots for the first `already` tokens; ours for
         # [prefix_len, already) are duplicates of the same tokens and go back to the pool.
         if already > req.prefix_len:
             self.pool.free(slots[req.prefix_len : already])
 
-    def flush(self) -> bool:
-        if self.tree.size_info().protected:
-            return False
-        self.tree.reset()
-        return True
+    def flush(self) -> dict[str, Any]:
+        """Free every cached slot no running request or pin holds. `{"flushed": True}` when the tree
+        is empty after it; else also the tokens freed and those kept (pinned, locked by requests)."""
+        self.pins.expire()
+        size = self.tree.size_info()
+        if not size.protected:
+            self.tree.reset()
+            return {"flushed": True}
+        freed = self.tree.evict(size.evictable)
+        pinned = self.pins.tokens()
+        return {
+            "flushed": False,
+            "freed_tokens": freed,
+            "pinned_tokens": pinned,
+            "locked_tokens": size.protected - pinned,
+        }
+
+    # ---- pins --------------------------------------------------------------------------
+
+    def pin(self, req: Req) -> None:
+        """Pin a finished request's prompt for `req.pin_s` seconds (after `release`); the outcome
+        goes to `req.pin_report`."""
+        if self.disabled:
+            req.pin_report = {"pinned_tokens": 0, "trimmed": False, "refused": "the radix cache is disabled"}
+            return
+        self.pins.expire()
+        req.pin_report = self.pins.pin(req.input_ids, req.salt, req.pin_s).meta()
+
+    def expire_pins(self) -> None:
+        self.pins.expire()
+
+    def salt_stats(self) -> dict[str, dict[str, int]]:
+        return {label: {"cache_hit_tokens": h, "prompt_tokens": p} for label, (h, p) in self.by_salt.items()}
 
     # ---- books -------------------------------------------------------------------------
 

@@ -77,7 +77,9 @@ class Scheduler:
         table = ReqToToken(args.max_running_requests, self.context_length + 1, runner.device)
         speculate = args.speculative == "ngram"
         ngrams = new_ngram_index(pool.capacity) if speculate and not args.disable_radix_cache else None
-        self.cache = CacheManager(pool, table, args.disable_radix_cache, ngrams)
+        self.cache = CacheManager(
+            pool, table, args.disable_radix_cache, ngrams, args.eviction_policy, args.max_pinned_fraction
+        )
         self.grammars = GrammarManager(model_dir, tokenizer, self.eos_ids, cfg.vocab_size, args, grammar_compiler)
         jump_on = not args.disable_jump_forward
         self.drafter = Drafter(self.cache, args.speculative_tokens, self.context_length, jump_on) if speculate else None
@@ -115,6 +117,7 @@ class Scheduler:
             msgs = self.io.recv(0 if busy else None)
             if msgs is None:
                 return
+            self.cache.expire_pins()
             for msg in msgs:
                 self.handle(msg)
             if not self.step() and not self.running:
@@ -126,20 +129,22 @@ class Scheduler:
         elif isinstance(msg, Abort):
             self._abort(msg.rid)
         elif isinstance(msg, FlushCache):
-            ok = not self.running and self.cache.flush()
-            self.io.send(StatsOut(stats={"flushed": ok}))
+            self.io.send(StatsOut(stats=self.cache.flush()))
         elif isinstance(msg, GetStats):
             self.io.send(StatsOut(stats=self.stats()))
         elif isinstance(msg, DebugCache):
             from radixrt.runtime.http.cache_svg import snapshot
 
-            tree = snapshot(self.cache.tree, self.outputs.tokenizer, msg.max_nodes)
+            tree = snapshot(self.cache.tree, self.outputs.tokenizer, msg.max_nodes, msg.salt)
             self.io.send(StatsOut(stats={"tree": tree}))
 
     def step(self) -> bool:
         """Run one batch; False when there was nothing to run."""
         self.grammars.poll(self.waiting, self._fail)
         plan = self.admission.schedule(self.running, self.waiting, self._retract)
+        if not plan and self._stuck_behind_pins():
+            log.warning("dropped %d pins: a waiting request needs their KV slots", self.cache.pins.drop_all())
+            plan = self.admission.schedule(self.running, self.waiting, self._retract)
         if not plan:
             return False
         self.counters["steps"] += 1
@@ -163,6 +168,11 @@ class Scheduler:
                 self.cache.cache_prefix(req)
         self._send_outputs([req for req, _ in plan])
         return True
+
+    def _stuck_behind_pins(self) -> bool:
+        """Nothing runs, so nothing will free slots, yet a waiting request (grammar ready) was not admitted."""
+        ready = any(r.grammar_future is None for r in self.waiting)
+        return ready and not self.running and len(self.cache.pins) > 0
 
     # ---- requests ----------------------------------------------------------------------
 
@@ -227,12 +237,14 @@ class Scheduler:
     def _send_outputs(self, reqs: list[Req]) -> None:
         outs: list[TokenOut] = []
         for req in reqs:
-            out = self.outputs.token_out(req)
-            if out is not None:
-                outs.append(out)
             if req.finished:
                 self.counters["requests_served"] += 1
                 self._remove(req)
+                if req.pin_s > 0 and req.finish_reason.get("type") != "abort":
+                    self.cache.pin(req)  # the prompt is in the tree now
+            out = self.outputs.token_out(req)
+            if out is not None:
+                outs.append(out)
         if outs:
             self.io.send(TokenBatch(outs=outs))
 
@@ -252,6 +264,12 @@ class Scheduler:
             "waiting": len(self.waiting),
             "cache_hit_tokens": self.cache.hit_tokens,
             "prompt_tokens": self.cache.prompt_tokens,
+            "cache_by_salt": self.cache.salt_stats(),
+            "eviction_policy": self.cache.tree.eviction.name,
+            "pins": len(self.cache.pins),
+            "pinned_tokens": self.cache.pins.tokens(),
+            "pins_capped": self.cache.pins.capped,
+            "pins_dropped": self.cache.pins.dropped,
             "forward_tokens": self.forward.forward_tokens,
             "busy_s": self.forward.busy_s,
             "worker_pid": os.getpid(),

@@ -115,6 +115,8 @@ class OutputProcessor:
         extra = speculative.meta_info(req)
         if req.jump_forward_tokens:
             extra["jump_forward_tokens"] = req.jump_forward_tokens
+        if req.pin_report is not None:
+            extra["pin"] = req.pin_report
         out.extra = extra or None
         req.sent = len(req.output_ids)
         return out

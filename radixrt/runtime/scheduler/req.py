@@ -50,6 +50,9 @@ class Req:
     arrival: int
     logprobs: Logprobs | None = None  # None unless the request asked for logprobs
     stream: bool = False
+    salt: str = ""  # the cache namespace (tenant) this request reads and writes
+    pin_s: float = 0.0  # > 0: pin the prompt in the cache this long once the request finishes
+    pin_report: dict[str, Any] | None = None  # what the pin got (meta_info "pin")
     output_ids: list[int] = field(default_factory=list)
     computed: int = 0  # leading tokens of fill_ids whose KV this request holds
     prefix_len: int = 0  # leading tokens borrowed (locked) from the radix tree
@@ -77,6 +80,8 @@ class Req:
             arrival=arrival,
             logprobs=Logprobs(msg.logprob_start_len, msg.top_logprobs_num) if msg.return_logprob else None,
             stream=msg.stream,
+            salt=msg.cache_salt,
+            pin_s=msg.pin_s,
         )
 
     @property

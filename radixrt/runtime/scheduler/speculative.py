@@ -141,7 +141,7 @@ class Drafter:
         own, n_own = req.spec.own.continuation(req, tail, k)
         if n_own == len(tail):
             return own
-        tree, _ = self.cache.continuation(tail, k, min_n=max(n_own + 1, TREE_MIN_N))
+        tree, _ = self.cache.continuation(tail, k, max(n_own + 1, TREE_MIN_N), req.salt)
         return tree or own
 
     def _grammar_cut(self, matcher: Any, draft: list[int]) -> list[int]:

@@ -26,6 +26,7 @@ from radixrt.runtime import protocol
 from radixrt.runtime.protocol import ErrorOut, ErrorReply, TokenOut
 from radixrt.runtime.server.request_stream import END, Handler, ScoreHandler, Stream
 from radixrt.runtime.server.server_metrics import RequestClock, ServerMetrics
+from radixrt.runtime.server.tenants import effective_salt
 from radixrt.runtime.server.tokenizer_manager import TokenizerManager
 from radixrt.runtime.server.zmq_io import FrontendWorkerLink
 
@@ -57,7 +58,8 @@ class Frontend:
     def prepare(self, req: protocol.GenerateRequest, namespace: str) -> tuple[Any, list[Any]]:
         """Validate and tokenize (no side effects); raises InvalidRequest."""
         self._check_grammar_size(req.sampling)
-        req = msgspec.structs.replace(req, rid=namespace + req.rid, api_key=None)
+        salt = self._salt(req.api_key, req.cache_salt)
+        req = msgspec.structs.replace(req, rid=namespace + req.rid, api_key=None, cache_salt=salt)
         tokenized = self.tm.tokenize(req)
         return self.tm.new_state(req, tokenized), tokenized
 
@@ -70,8 +72,13 @@ class Frontend:
         return self.submit(self.prepare(req, namespace), req.rid)
 
     def score(self, req: protocol.ScoreRequest, namespace: str) -> Stream:
-        job = self.tm.score(msgspec.structs.replace(req, rid=namespace + req.rid, api_key=None))
+        salt = self._salt(req.api_key, req.cache_salt)
+        job = self.tm.score(msgspec.structs.replace(req, rid=namespace + req.rid, api_key=None, cache_salt=salt))
         return self._start(ScoreHandler(job), job.requests, job.rid, req.rid)
+
+    def _salt(self, api_key: str | None, cache_salt: str | None) -> str:
+        """The edges checked `api_key`; it names the tenant only when the server has keys."""
+        return effective_salt(api_key if self.args.api_keys else None, cache_salt)
 
     def _check_grammar_size(self, sampling: protocol.SamplingParams) -> None:
         key = sampling.grammar_key
@@ -171,9 +178,13 @@ class Frontend:
             worker = None
         return self.metrics.render(self.in_flight, worker)
 
-    async def cache_tree(self, max_nodes: int, timeout: float) -> dict[str, Any]:
-        """A bounded snapshot of the worker's radix tree (see cache_svg.snapshot)."""
-        answer = await self.control(protocol.DebugCache(max_nodes=max_nodes), timeout)
+    async def cache_tree(
+        self, max_nodes: int, timeout: float, api_key: str | None = None, cache_salt: str | None = None
+    ) -> dict[str, Any]:
+        """A bounded snapshot of the worker's radix tree (see cache_svg.snapshot): the namespace of
+        `api_key` and `cache_salt` only, so a tenant sees its own prompts and no other's."""
+        salt = self._salt(api_key, cache_salt)
+        answer = await self.control(protocol.DebugCache(max_nodes=max_nodes, salt=salt), timeout)
         return answer["tree"]
 
     # ---- the worker's outputs --------------------------------------------------------------

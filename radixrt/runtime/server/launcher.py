@@ -73,7 +73,7 @@ async def serve(args: ServerArgs) -> int:
         if not args.ipc_dir:
             stack.callback(shutil.rmtree, ipc_dir, True)
         http_sock = stack.enter_context(_bind_http(args.host, args.port))
-        zmq_server = ZmqServer(args.zmq_address, args.api_key, ZmqOptions.from_args(args))
+        zmq_server = ZmqServer(args.zmq_address, args.api_keys, ZmqOptions.from_args(args))
         stack.callback(zmq_server.close)
         link = FrontendWorkerLink(WorkerAddresses.in_dir(ipc_dir))
         stack.callback(link.close)

@@ -74,9 +74,9 @@ def launch_server(args: ServerArgs, timeout: float = 900.0, **popen_kwargs: Any)
         args = args.replace(port=free_port_pair(args.host), zmq_port=0)
     env = dict(popen_kwargs.pop("env", None) or os.environ)
     env.pop(envs.API_KEY, None)
-    if args.api_key:
-        env[envs.API_KEY] = args.api_key
-    cmd = [sys.executable, "-m", "radixrt", "serve", *server_argv(args.replace(api_key=None))]
+    if args.api_keys:
+        env[envs.API_KEY] = "\n".join(args.api_keys)
+    cmd = [sys.executable, "-m", "radixrt", "serve", *server_argv(args.without_api_keys())]
     handle = ServerHandle(subprocess.Popen(cmd, env=env, **popen_kwargs), args)
     try:
         handle.wait_ready(timeout)

@@ -30,6 +30,7 @@ WORKER_GAUGES = {
     "kv_slots_in_use": ("radixrt_kv_slots_used", "KV slots held by running requests."),
     "kv_slots_cached": ("radixrt_kv_slots_cached", "KV slots held only by the radix cache (evictable)."),
     "kv_slots_free": ("radixrt_kv_slots_free", "Free KV slots."),
+    "pinned_tokens": ("radixrt_pinned_tokens", "Tokens held in the radix cache by unexpired pins."),
 }
 WORKER_COUNTERS = {
     "cache_hit_tokens": ("radixrt_cache_hit_tokens_total", "Prompt tokens the worker reused from the radix cache."),
@@ -76,6 +77,11 @@ class ServerMetrics:
         self.worker_counters = {k: reg.add(Counter(n, h)) for k, (n, h) in WORKER_COUNTERS.items()}
         self.grammar = reg.add(Counter("radixrt_grammar_compiles_total", "Grammar lookups by result.", ["result"]))
         self.grammar_seconds = reg.add(Counter("radixrt_grammar_compile_seconds_total", "Time spent compiling."))
+        salt_help = "by cache salt (a short hash; 'none': unsalted, 'other': past the label cap)"
+        self.salt_hits = reg.add(Counter("radixrt_cache_hit_tokens_by_salt_total",
+                                         f"Prompt tokens reused from the radix cache, {salt_help}.", ["salt"]))  # fmt: skip
+        self.salt_prompts = reg.add(Counter("radixrt_prompt_tokens_by_salt_total",
+                                            f"Prompt tokens admitted, {salt_help}.", ["salt"]))  # fmt: skip
         self._recent: deque[tuple[float, int]] = deque()  # (time, tokens) within the rate window
 
     # ---- requests ------------------------------------------------------------------------
@@ -150,6 +156,9 @@ class ServerMetrics:
             for key, result in GRAMMAR_COUNTERS.items():
                 self.grammar.set_total(float(grammar.get(key, 0)), result=result)
             self.grammar_seconds.set_total(float(grammar.get("compile_seconds", 0.0)))
+        for label, counts in ((worker or {}).get("cache_by_salt") or {}).items():
+            self.salt_hits.set_total(float(counts["cache_hit_tokens"]), salt=label)
+            self.salt_prompts.set_total(float(counts["prompt_tokens"]), salt=label)
         return self.registry.render()
 
 

@@ -79,6 +79,7 @@ class TokenizerManager:
             )
         if not 0 <= req.top_logprobs_num <= MAX_TOP_LOGPROBS:
             raise InvalidRequest(f"top_logprobs_num must be in 0..{MAX_TOP_LOGPROBS}", "top_logprobs_num")
+        pin_s = self._checked_pin(req.pin_s)
         n = params.n
         subs = []
         for i in range(n):
@@ -93,9 +94,19 @@ class TokenizerManager:
                     logprob_start_len=req.logprob_start_len if req.return_logprob else -1,
                     top_logprobs_num=req.top_logprobs_num if req.return_logprob else 0,
                     stream=req.stream,
+                    cache_salt=req.cache_salt or "",
+                    pin_s=pin_s,
                 )
             )
         return subs
+
+    def _checked_pin(self, pin_s: float | None) -> float:
+        if pin_s is None:
+            return 0.0
+        limit = self.args.max_pin_s
+        if not 0 < pin_s <= limit:  # also refuses NaN
+            raise InvalidRequest(f"pin_s must be > 0 and at most {limit:g} seconds (--max-pin-s), got {pin_s}", "pin_s")
+        return float(pin_s)
 
     def _prompt_ids(self, req: GenerateRequest) -> list[int]:
         if (req.text is None) == (req.input_ids is None):
@@ -285,6 +296,7 @@ class ScoreJob:
                     sampling=SamplingParams(max_new_tokens=0),
                     return_logprob=True,
                     logprob_start_len=start,
+                    cache_salt=req.cache_salt or "",
                 )
             )
         self._outs: dict[str, TokenOut] = {}

@@ -58,7 +58,7 @@ def run_worker(args: ServerArgs, addresses: WorkerAddresses, parent_pid: int | N
 
 def worker_argv(args: ServerArgs, ipc_dir: str) -> list[str]:
     """Command line that starts a worker for `args` (the API key stays with the frontend)."""
-    config = dataclasses.asdict(args.replace(api_key=None))
+    config = dataclasses.asdict(args.without_api_keys())
     return [sys.executable, "-m", "radixrt.runtime.server.worker", "--config", json.dumps(config), "--ipc-dir", ipc_dir]
 
 

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hmac
 import logging
 import time
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -32,6 +32,7 @@ from radixrt.runtime.config import ServerArgs
 from radixrt.runtime.protocol import ClientMsg, ErrorReply
 from radixrt.runtime.server.frontend import Frontend
 from radixrt.runtime.server.request_stream import Stream
+from radixrt.runtime.server.tenants import matching_key
 from radixrt.runtime.server.zmq_io import decode_or_drop
 
 logger = logging.getLogger(__name__)
@@ -54,9 +55,9 @@ class ZmqOptions:
 class ZmqServer:
     """Binds one ROUTER socket at once (a taken port fails early); `run(frontend)` serves it."""
 
-    def __init__(self, address: str, api_key: str | None, options: ZmqOptions | None = None):
+    def __init__(self, address: str, api_keys: str | Sequence[str] | None, options: ZmqOptions | None = None):
         self.frontend: Frontend | None = None
-        self.api_key = api_key.encode() if api_key else None
+        self.api_keys = (api_keys,) if isinstance(api_keys, str) else tuple(api_keys or ())
         self.opts = options or ZmqOptions()
         self.ctx = zmq.asyncio.Context()
         self.sock = self.ctx.socket(zmq.ROUTER)
@@ -132,7 +133,7 @@ class ZmqServer:
         task.add_done_callback(self._tasks.discard)
 
     def _key_ok(self, given: str | None) -> bool:
-        return self.api_key is None or hmac.compare_digest((given or "").encode(), self.api_key)
+        return not self.api_keys or matching_key(given, self.api_keys) is not None
 
     def _check_key(self, given: str | None) -> None:
         if not self._key_ok(given):

@@ -27,7 +27,7 @@ class FakeFrontend:
         self.sent.append(msg)
         return {"flushed": True}
 
-    async def cache_tree(self, max_nodes: int, timeout: float) -> dict[str, Any]:
+    async def cache_tree(self, max_nodes: int, timeout: float, api_key=None, cache_salt=None) -> dict[str, Any]:
         self.sent.append(protocol.DebugCache(max_nodes=max_nodes))
         assert self.tree is not None
         return self.tree
