@@ -46,6 +46,7 @@ class CacheManager:
         self.tree = RadixCache(pool, ngrams)
         self.hit_tokens = 0  # prompt tokens reused from the cache, over all requests
         self.prompt_tokens = 0  # prompt tokens admitted, over all requests
+        self.tree_changes = 0  # inserts and flushes: whether a saved snapshot is stale
 
     # ---- read-only lookups (ordering, fit checks) ---------------------------------------------
 
@@ -174,6 +175,7 @@ class CacheManager:
     def _insert(self, req: Req, ids: list[int]) -> None:
         slots = self.seq_slots(req, len(ids)).clone()
         already = self.tree.insert(ids, slots)
+        self.tree_changes += 1
         # NOTE: the tree keeps its own slots for the first `already` tokens; ours for
         # [prefix_len, already) are duplicates of the same tokens and go back to the pool.
         if already > req.prefix_len:
@@ -183,6 +185,7 @@ class CacheManager:
         if self.tree.size_info().protected:
             return False
         self.tree.reset()
+        self.tree_changes += 1
         return True
 
     # ---- books -------------------------------------------------------------------------
