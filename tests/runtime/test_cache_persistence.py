@@ -12,7 +12,7 @@ import pytest
 
 import radixrt
 from radixrt.radix_cache.snapshot_file import SUFFIX
-from tests.runtime.server_harness import wait_until
+from tests.runtime.server_harness import http_client, start_server, stats, wait_until
 
 SYSTEM = list(range(1000, 1300))  # a 300-token shared prefix
 ASK_A, ASK_B = SYSTEM + [11, 12, 13], SYSTEM + [21, 22, 23, 24]
@@ -150,3 +150,18 @@ def test_periodic_saves_survive_a_full_disk_and_leave_running_requests_alone(lon
         out = engine.generate(input_ids=prompt, sampling_params=long)
         assert out["output_ids"] == alone["output_ids"]
         assert out["meta_info"]["cached_tokens"] == len(prompt) - 1
+
+
+def test_radixrt_serve_saves_on_sigterm_and_the_next_server_hits(tiny_model_dir, tmp_path):
+    body = {"input_ids": ASK_B, "sampling_params": GREEDY}
+    with start_server(model=str(tiny_model_dir), kv_slots=2048, cache_dir=str(tmp_path)) as server:
+        with http_client(server) as http:
+            cold = http.post("/generate", json=body).json()
+        assert server.shutdown(timeout=60) == 0  # SIGTERM: drain, save, exit
+    assert len(snapshots(tmp_path)) == 1
+    with start_server(model=str(tiny_model_dir), kv_slots=2048, cache_dir=str(tmp_path)) as server:
+        with http_client(server) as http:
+            assert stats(http)["cache_loaded_tokens"] == len(ASK_B) + GREEDY["max_new_tokens"] - 1
+            warm = http.post("/generate", json=body).json()
+    assert warm["meta_info"]["cached_tokens"] == len(ASK_B) - 1
+    assert warm["output_ids"] == cold["output_ids"]
