@@ -25,6 +25,8 @@ class KVPool:
             raise ValueError(f"num_slots must be >= 2 (slot 0 is padding), got {num_slots}")
         self.num_slots = num_slots
         self.device = torch.device(device)
+        self.dtype = dtype
+        self.num_layers, self.n_kv_heads, self.head_dim = num_layers, n_kv_heads, head_dim
         shape = (num_slots, n_kv_heads, head_dim)
         self.k_buffers = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.v_buffers = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
@@ -64,6 +66,29 @@ class KVPool:
         self._is_free[slots] = True
         self._free[self._num_free : self._num_free + n] = slots
         self._num_free += n
+
+    # ---- rows: what a lower cache tier copies out and back (radix_cache/tier.py) --------------
+
+    def read_rows(self, slots: torch.Tensor) -> torch.Tensor:
+        """K and V of `slots` in every layer, copied to the host: `[layers, 2, len(slots), n_kv_heads, head_dim]`."""
+        index = slots.to(self.device, torch.int64)
+        rows = torch.empty((self.num_layers, 2, index.numel(), self.n_kv_heads, self.head_dim), dtype=self.dtype,
+                           device=self.device)  # fmt: skip
+        for layer, (k, v) in enumerate(zip(self.k_buffers, self.v_buffers)):
+            torch.index_select(k, 0, index, out=rows[layer, 0])
+            torch.index_select(v, 0, index, out=rows[layer, 1])
+        return rows.cpu()
+
+    def write_rows(self, slots: torch.Tensor, rows: torch.Tensor) -> None:
+        """Store `rows` (the shape `read_rows` returns) as the K and V of `slots`."""
+        index = slots.to(self.device, torch.int64)
+        expected = (self.num_layers, 2, index.numel(), self.n_kv_heads, self.head_dim)
+        if tuple(rows.shape) != expected or rows.dtype != self.dtype:
+            raise ValueError(f"rows {tuple(rows.shape)} {rows.dtype} do not fit {expected} {self.dtype}")
+        rows = rows.to(self.device)
+        for layer, (k, v) in enumerate(zip(self.k_buffers, self.v_buffers)):
+            k.index_copy_(0, index, rows[layer, 0])
+            v.index_copy_(0, index, rows[layer, 1])
 
     @staticmethod
     def bytes_per_slot(num_layers: int, n_kv_heads: int, head_dim: int, dtype: torch.dtype) -> int:

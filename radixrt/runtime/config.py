@@ -58,6 +58,14 @@ class ServerArgs:
     max_pinned_fraction: float = _opt(
         "share of KV slots pinned prompts may hold at most (a pin past it is trimmed or refused)", default=0.5
     )
+    cache_dir: str = _opt(
+        "save the radix cache (token ids and KV rows) here on shutdown and load it at start, keyed by"
+        " the weights' hash, dtype, KV layout and radixrt version (empty: off)",
+        default="",
+    )
+    cache_save_interval: float = _opt(
+        "with --cache-dir, also save every this many seconds while serving (0: on shutdown only)", default=0.0
+    )
     schedule_policy: str = _opt("lpm | dfs-weight | fcfs", default="lpm")
     max_wait_passes: int = _opt("LPM starvation bound: a request waiting this many passes goes first", default=32)
     max_running_requests: int = _opt("running requests at most", default=64)
@@ -135,6 +143,10 @@ class ServerArgs:
             raise ValueError("decode_reserve_ratio must be in [0, 1]")
         if self.kv_slots < 0 or not 0.0 < self.mem_fraction <= 1.0:
             raise ValueError("kv_slots must be >= 0 and mem_fraction in (0, 1]")
+        if self.cache_save_interval < 0:
+            raise ValueError("cache_save_interval must be >= 0")
+        if self.cache_dir and self.disable_radix_cache:
+            raise ValueError("cache_dir needs the radix cache (drop disable_radix_cache)")
         if self.max_queued_requests < 0 or self.client_timeout <= 0 or self.shutdown_grace < 0:
             raise ValueError("max_queued_requests and shutdown_grace must be >= 0, client_timeout > 0")
 

@@ -31,6 +31,8 @@ from radixrt.runtime.scheduler.loop import Scheduler
 from radixrt.runtime.server.tokenizer_manager import TokenizerManager
 from radixrt.workers.openmp import release_thread_pool
 
+SAVE_TIMEOUT_S = 600.0  # what shutdown waits for the loop when it saves the cache
+
 
 class Engine:
     """Run radixrt in-process: `Engine(model="default", **server_args).generate(...)`."""
@@ -109,8 +111,9 @@ class Engine:
         return self._control_call(GetStats()).stats
 
     def shutdown(self) -> None:
+        """Stop the loop; with `cache_dir` it saves the radix cache first (that may take a while)."""
         self.io.close()
-        self._loop.join(timeout=30)
+        self._loop.join(timeout=SAVE_TIMEOUT_S if self.args.cache_dir else 30)
         self.io.outbox.put(None)
 
     def __enter__(self) -> Engine:

@@ -20,7 +20,7 @@ from radixrt.workers.layers.quantization import QUANTIZATIONS
 from radixrt.workers.malloc import keep_freed_blocks
 from radixrt.workers.model_config import ModelConfig
 from radixrt.workers.models.llama import LlamaForCausalLM
-from radixrt.workers.weights import init_dummy_weights, load_safetensors
+from radixrt.workers.weights import init_dummy_weights, load_safetensors, weights_fingerprint
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 LOAD_FORMATS = ("auto", "dummy")
@@ -39,6 +39,7 @@ class ModelRunner:
         load_format: str = "auto",
         attention_backend: str = "auto",
         quantization: str = "none",
+        fingerprint_weights: bool = False,
     ):
         if quantization not in QUANTIZATIONS:
             raise ValueError(f"unknown quantization {quantization!r}; choose from {', '.join(QUANTIZATIONS)}")
@@ -56,6 +57,8 @@ class ModelRunner:
             init_dummy_weights(self.model)
         else:
             load_safetensors(self.model, self.model_path)
+        # as loaded, before fusing or repacking (kernel choices must not change the key of saved KV)
+        self.weights_fingerprint = weights_fingerprint(self.model) if fingerprint_weights else None
         self.model.fuse_projections()
         self.linears = LinearPlan()  # no choices: torch's own F.linear
         self.quantization = quantization

@@ -6,6 +6,7 @@ Nothing is ever fetched from a hub.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -80,6 +81,16 @@ def init_dummy_weights(model: nn.Module, std: float = 0.02, seed: int = 0) -> No
             if param.device not in generators:
                 generators[param.device] = torch.Generator(param.device).manual_seed(seed)
             param.normal_(0.0, std, generator=generators[param.device])
+
+
+def weights_fingerprint(model: nn.Module) -> str:
+    """sha256 over every parameter's name, dtype, shape and bytes: what the KV a model computes
+    depends on (file names, sizes or times would miss a re-saved or edited checkpoint)."""
+    digest = hashlib.sha256()
+    for name, param in sorted(model.named_parameters(), key=lambda item: item[0]):
+        digest.update(f"{name}:{param.dtype}:{tuple(param.shape)};".encode())
+        digest.update(param.detach().cpu().contiguous().view(torch.uint8).numpy())
+    return digest.hexdigest()
 
 
 def _preview(names: list[str], limit: int = 8) -> str:

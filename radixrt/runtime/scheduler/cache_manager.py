@@ -56,6 +56,7 @@ class CacheManager:
         self.hit_tokens = 0  # prompt tokens reused from the cache, over all requests
         self.prompt_tokens = 0  # prompt tokens admitted, over all requests
         self.by_salt: dict[str, list[int]] = {}  # salt label -> [hit tokens, prompt tokens]
+        self.tree_changes = 0  # inserts, evictions by flush, flushes: whether a saved snapshot is stale
 
     # ---- read-only lookups (ordering, fit checks) ---------------------------------------------
 
@@ -192,6 +193,7 @@ class CacheManager:
     def _insert(self, req: Req, ids: list[int]) -> None:
         slots = self.seq_slots(req, len(ids)).clone()
         already = self.tree.insert(ids, slots, req.salt)
+        self.tree_changes += 1
         # NOTE: the tree keeps its own slots for the first `already` tokens; ours for
         # [prefix_len, already) are duplicates of the same tokens and go back to the pool.
         if already > req.prefix_len:
@@ -204,8 +206,10 @@ class CacheManager:
         size = self.tree.size_info()
         if not size.protected:
             self.tree.reset()
+            self.tree_changes += 1
             return {"flushed": True}
         freed = self.tree.evict(size.evictable)
+        self.tree_changes += 1
         pinned = self.pins.tokens()
         return {
             "flushed": False,

@@ -29,6 +29,7 @@ from radixrt.runtime.protocol import (
 )
 from radixrt.runtime.scheduler.admission import Admission
 from radixrt.runtime.scheduler.cache_manager import CacheManager
+from radixrt.runtime.scheduler.cache_persistence import CachePersistence
 from radixrt.runtime.scheduler.forward_step import ForwardStep
 from radixrt.runtime.scheduler.grammar_manager import GrammarManager
 from radixrt.runtime.scheduler.output_processor import OutputProcessor
@@ -65,6 +66,7 @@ class Scheduler:
                 load_format=args.load_format,
                 attention_backend=args.attention_backend,
                 quantization=args.quantization,
+                fingerprint_weights=bool(args.cache_dir),
             )
         self.runner = runner
         cfg = runner.model_config
@@ -80,6 +82,7 @@ class Scheduler:
         self.cache = CacheManager(
             pool, table, args.disable_radix_cache, ngrams, args.eviction_policy, args.max_pinned_fraction
         )
+        self.persistence = self._load_cache(args) if args.cache_dir else None
         self.grammars = GrammarManager(model_dir, tokenizer, self.eos_ids, cfg.vocab_size, args, grammar_compiler)
         jump_on = not args.disable_jump_forward
         self.drafter = Drafter(self.cache, args.speculative_tokens, self.context_length, jump_on) if speculate else None
@@ -114,14 +117,36 @@ class Scheduler:
     def run_forever(self) -> None:
         while True:
             busy = bool(self.running or self.waiting)
-            msgs = self.io.recv(0 if busy else None)
+            idle_wait = self.persistence.wait_hint() if self.persistence is not None else None
+            msgs = self.io.recv(0 if busy else idle_wait)
             if msgs is None:
+                self._stop()
                 return
             self.cache.expire_pins()
             for msg in msgs:
                 self.handle(msg)
             if not self.step() and not self.running:
                 self.cache.check(self.running)
+            if self.persistence is not None:
+                self.persistence.poll()
+
+    def _stop(self) -> None:
+        """Leaving the loop: what running requests computed goes to the tree, the tree to disk."""
+        if self.persistence is None:
+            return
+        for req in list(self.running):
+            self.cache.release(req)
+        self.persistence.save_now()
+
+    def _load_cache(self, args: ServerArgs) -> CachePersistence:
+        from radixrt import __version__
+
+        if not getattr(self.runner, "weights_fingerprint", None):
+            raise ValueError("--cache-dir needs a runner built with fingerprint_weights=True")
+        key = {"weights": self.runner.weights_fingerprint, "quantization": args.quantization, "radixrt": __version__}
+        persistence = CachePersistence(self.cache, args.cache_dir, key, args.cache_save_interval)
+        persistence.load()
+        return persistence
 
     def handle(self, msg: Any) -> None:
         if isinstance(msg, TokenizedRequest):
@@ -279,4 +304,5 @@ class Scheduler:
             **self.grammars.stats(),
             "speculative": self.args.speculative,
             **(self.drafter.stats() if self.drafter is not None else {}),
+            **(self.persistence.counters if self.persistence is not None else {}),
         }

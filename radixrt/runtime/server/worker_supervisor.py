@@ -13,6 +13,7 @@ from radixrt.runtime.server.worker import worker_argv, worker_env
 logger = logging.getLogger("radixrt.launcher")
 
 STOP_TIMEOUT_S = 10.0
+SAVE_STOP_TIMEOUT_S = 600.0  # with --cache-dir the worker saves the cache before it exits
 
 
 class WorkerProcess:
@@ -49,14 +50,16 @@ class WorkerProcess:
         return await self.process.wait()
 
     async def stop(self) -> None:
-        """SIGTERM (the loop stops between steps), then SIGKILL after STOP_TIMEOUT_S."""
+        """SIGTERM (the loop stops between steps, saving the cache with --cache-dir), then SIGKILL
+        after STOP_TIMEOUT_S (SAVE_STOP_TIMEOUT_S with --cache-dir)."""
         if not self.alive():
             return
         assert self.process is not None
         self.process.send_signal(signal.SIGTERM)
+        timeout = SAVE_STOP_TIMEOUT_S if self.args.cache_dir else STOP_TIMEOUT_S
         try:
-            await asyncio.wait_for(self.process.wait(), STOP_TIMEOUT_S)
+            await asyncio.wait_for(self.process.wait(), timeout)
         except asyncio.TimeoutError:
-            logger.warning("the worker did not stop within %.0fs; killing it", STOP_TIMEOUT_S)
+            logger.warning("the worker did not stop within %.0fs; killing it", timeout)
             self.process.kill()
             await self.process.wait()
