@@ -15,6 +15,7 @@ from radixrt import envs
 POLICIES = ("lpm", "dfs-weight", "fcfs")
 SPECULATIVE_MODES = ("off", "ngram")
 MAX_SPECULATIVE_TOKENS = 32
+QUANTIZATIONS = ("none", "int8", "gguf")  # workers/layers/quantization.py lists the same
 
 
 def _opt(help_text: str, **kw: Any) -> Any:
@@ -29,7 +30,9 @@ class ServerArgs:
     load_format: str = _opt("auto | dummy (random weights from config.json)", default="auto")
     attention_backend: str = _opt("auto | torch | flashinfer", default="auto")
     quantization: str = _opt(
-        "none | int8 (weight-only, per output channel; every linear and the LM head)", default="none"
+        "none | int8 (weight-only, per output channel; every linear and the LM head) | gguf (the linears of the"
+        " GGUF file the model was imported from, Q8_0 and Q4_1 as stored; CPU)",
+        default="none",
     )
     batch_invariant: str = _opt(
         "auto | on | off: kernels whose rows never depend on the batch or on cache hits (auto: for batches with"
@@ -81,8 +84,8 @@ class ServerArgs:
     ipc_dir: str = _opt("private dir for ipc:// sockets (default: a fresh 0700 temp dir)", default="")
 
     def __post_init__(self) -> None:
-        if self.quantization not in ("none", "int8"):
-            raise ValueError(f"quantization must be none or int8, got {self.quantization!r}")
+        if self.quantization not in QUANTIZATIONS:
+            raise ValueError(f"quantization must be one of {', '.join(QUANTIZATIONS)}, got {self.quantization!r}")
         if self.batch_invariant not in ("auto", "on", "off"):
             raise ValueError(f"batch_invariant must be auto, on or off, got {self.batch_invariant!r}")
         if self.speculative not in SPECULATIVE_MODES:
