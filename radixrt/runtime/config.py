@@ -140,11 +140,12 @@ class ServerArgs:
     def add_cli_args(parser: argparse.ArgumentParser) -> None:
         for f in dataclasses.fields(ServerArgs):
             flag = "--" + f.name.replace("_", "-")
+            text = f.metadata["help"].replace("%", "%%")  # argparse formats help with %
             if f.type in ("bool", bool):
-                parser.add_argument(flag, action="store_true", help=f.metadata["help"])
+                parser.add_argument(flag, action="store_true", help=text)
             else:
                 kind = {"int": int, "float": float}.get(str(f.type), str)
-                parser.add_argument(flag, type=kind, default=f.default, help=f.metadata["help"])
+                parser.add_argument(flag, type=kind, default=f.default, help=text)
 
     @classmethod
     def from_cli(cls, args: argparse.Namespace, environ: dict[str, str] | None = None) -> ServerArgs:

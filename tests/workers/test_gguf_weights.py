@@ -121,3 +121,16 @@ def test_the_engine_serves_the_embedded_models_q4_1_tensors_and_says_so():
         assert (
             engine.stats()["kernels"]["linear"] == "gguf (cpu_kernels): 120 Q4_1, 1 Q8_0 linears as stored, 0 widened"
         )
+
+
+def test_serve_help_documents_the_gguf_mode():
+    import argparse
+
+    from radixrt.runtime.config import ServerArgs
+
+    parser = argparse.ArgumentParser()
+    ServerArgs.add_cli_args(parser)
+    text = " ".join(parser.format_help().split())  # help with a "%" in it used to raise here
+    assert "gguf (the linears of the GGUF file the model was imported from, Q8_0 and Q4_1 as stored; CPU)" in text
+    with pytest.raises(ValueError, match="quantization must be one of none, int8, gguf"):
+        ServerArgs(quantization="q4")
