@@ -1,6 +1,7 @@
 """Engine micro-benchmarks on `radixrt.Engine` (in this process): prefill and decode rates,
 JSON-constrained decoding (with and without jump-forward) against unconstrained decoding of the
-same length, and the same prefill and small-batch decode with weight-only int8 linears."""
+same length, and the same prefill and small-batch decode with weight-only int8 linears and with the
+GGUF file's own quantized tensors (`--quantization gguf`)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Any
 
 PREFILL_TOKENS = 1024
 DECODE_BATCHES = (1, 16, 64)
-INT8_DECODE_BATCHES = (1, 16)  # where weight bytes bound a step
+QUANTIZED_DECODE_BATCHES = (1, 16)  # where weight bytes bound a step
 DECODE_STEPS = (4, 36)  # decode rate from the difference of two lengths: prefill cancels out
 JSON_BATCH = 8
 KINDS = ["city", "town", "village"]
@@ -58,13 +59,28 @@ def run_micro(model: str = "default", dtype: str = "bfloat16", repeats: int = 3,
         results["unconstrained_decode_tokens_per_s"] = _plain_rate(engine, max(1, round(tokens / JSON_BATCH)))
     with _engine(model, dtype, disable_jump_forward=True) as engine:
         results["json_nojump_decode_tokens_per_s"] = _json_rate(engine)[1]
-    with _engine(model, dtype, quantization="int8") as engine:
-        engine.generate(input_ids=_ids(rng, vocab, 32), sampling_params={"max_new_tokens": 2})  # warm-up
-        results["int8"] = {
-            "prefill_tokens_per_s": _prefill(engine, rng, vocab, repeats),
-            "decode_tokens_per_s": {str(b): _decode(engine, rng, vocab, b, repeats) for b in INT8_DECODE_BATCHES},
-        }
+    for quantization in _quantizations(model):
+        with _engine(model, dtype, quantization=quantization) as engine:
+            engine.generate(input_ids=_ids(rng, vocab, 32), sampling_params={"max_new_tokens": 2})  # warm-up
+            results[quantization] = {
+                "prefill_tokens_per_s": _prefill(engine, rng, vocab, repeats),
+                "decode_tokens_per_s": {
+                    str(b): _decode(engine, rng, vocab, b, repeats) for b in QUANTIZED_DECODE_BATCHES
+                },
+            }
     return results
+
+
+def _quantizations(model: str) -> tuple[str, ...]:
+    """int8, and gguf where the model folder was imported from a GGUF file."""
+    from radixrt.workers.gguf_weights import source_gguf
+    from radixrt.workers.model_store import resolve_model
+
+    try:
+        source_gguf(resolve_model(model))
+    except ValueError:
+        return ("int8",)
+    return ("int8", "gguf")
 
 
 def _engine(model: str, dtype: str, **overrides: Any) -> Any:

@@ -6,6 +6,8 @@
 - `radixrt-nocache`: the same with `--disable-radix-cache` (the ablation);
 - `radixrt-nojump`: the same with `--disable-jump-forward` (matters for constrained decoding);
 - `radixrt-int8`: the same with `--quantization int8` (weight-only int8 linears; not in the default set);
+- `radixrt-gguf`: the same with `--quantization gguf` (the GGUF file's Q4_1/Q8_0 linears as stored;
+  not in the default set);
 - `transformers`: `TransformersBackend` in this process (static batching, no prefix reuse);
 - `llamacpp`: llama-cpp-python on the GGUF file the model came from (the embedded Q4_1 file);
 - `llamacpp-bf16` / `llamacpp-f16`: llama-cpp-python on the model folder's weights written as a
@@ -30,10 +32,11 @@ SERVER_FLAGS: dict[str, dict[str, Any]] = {
     "radixrt-nocache": {"disable_radix_cache": True},
     "radixrt-nojump": {"disable_jump_forward": True},
     "radixrt-int8": {"quantization": "int8"},
+    "radixrt-gguf": {"quantization": "gguf"},
 }
 LLAMACPP_SYSTEMS = {"llamacpp": None, "llamacpp-bf16": "bf16", "llamacpp-f16": "f16"}  # name -> exported dtype
-SYSTEMS = ("radixrt", "radixrt-nocache", "transformers", "radixrt-nojump", "radixrt-int8", "radixrt-nospec",
-           *LLAMACPP_SYSTEMS)  # fmt: skip
+SYSTEMS = ("radixrt", "radixrt-nocache", "transformers", "radixrt-nojump", "radixrt-int8", "radixrt-gguf",
+           "radixrt-nospec", *LLAMACPP_SYSTEMS)  # fmt: skip
 DEFAULT_SYSTEMS = ("radixrt", "radixrt-nocache", "transformers", "llamacpp", "llamacpp-bf16", "radixrt-nojump",
                    "radixrt-nospec")  # fmt: skip
 

@@ -34,6 +34,7 @@ def markdown(results: dict[str, Any], source: str | None = None) -> str:
         ("Speculative decoding: radixrt (--speculative ngram) over radixrt-nospec", _speculation),
         ("Engine micro-benchmarks", _micro),
         ("Weight-only int8 against bf16 (same run)", _int8),
+        ("The GGUF file's own quantized tensors (`--quantization gguf`) against bf16 (same run)", _gguf),
     ]
     parts = []
     for title, table in sections:
@@ -180,13 +181,21 @@ def _micro(results: dict[str, Any]) -> list[str]:
 
 
 def _int8(results: dict[str, Any]) -> list[str]:
+    return _quantized(results, "int8")
+
+
+def _gguf(results: dict[str, Any]) -> list[str]:
+    return _quantized(results, "gguf")
+
+
+def _quantized(results: dict[str, Any], mode: str) -> list[str]:
     m = results.get("micro") or {}
-    q = m.get("int8")
+    q = m.get(mode)
     if not q:
         return []
     rows = [("prefill, 1,024-token prompt", q["prefill_tokens_per_s"], m["prefill_tokens_per_s"])]
     rows += [(f"decode, batch {b}", v, m["decode_tokens_per_s"].get(b)) for b, v in q["decode_tokens_per_s"].items()]
-    lines = ["| engine micro-benchmark | int8 tokens/s | bf16 tokens/s | ratio |", "|---|---:|---:|---:|"]
+    lines = [f"| engine micro-benchmark | {mode} tokens/s | bf16 tokens/s | ratio |", "|---|---:|---:|---:|"]
     for name, ours, bf16 in rows:
         lines.append(f"| {name} | {ours:.0f} | {bf16:.0f} | {_times(ours / bf16 if bf16 else None)} |")
     return lines

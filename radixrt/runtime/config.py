@@ -16,6 +16,7 @@ POLICIES = ("lpm", "dfs-weight", "fcfs")
 EVICTION_POLICIES = ("lru", "slru")  # radix_cache/eviction.py (radix_cache imports nothing of runtime)
 SPECULATIVE_MODES = ("off", "ngram")
 MAX_SPECULATIVE_TOKENS = 32
+QUANTIZATIONS = ("none", "int8", "gguf")  # workers/layers/quantization.py lists the same
 
 
 def _opt(help_text: str, **kw: Any) -> Any:
@@ -30,7 +31,9 @@ class ServerArgs:
     load_format: str = _opt("auto | dummy (random weights from config.json)", default="auto")
     attention_backend: str = _opt("auto | torch | flashinfer", default="auto")
     quantization: str = _opt(
-        "none | int8 (weight-only, per output channel; every linear and the LM head)", default="none"
+        "none | int8 (weight-only, per output channel; every linear and the LM head) | gguf (the linears of the"
+        " GGUF file the model was imported from, Q8_0 and Q4_1 as stored; CPU)",
+        default="none",
     )
     batch_invariant: str = _opt(
         "auto | on | off: kernels whose rows never depend on the batch or on cache hits (auto: for batches with"
@@ -116,8 +119,8 @@ class ServerArgs:
             raise ValueError(f"eviction_policy must be one of {EVICTION_POLICIES}, got {self.eviction_policy!r}")
         if not self.max_pin_s > 0 or not 0.0 <= self.max_pinned_fraction <= 1.0:
             raise ValueError("max_pin_s must be > 0 and max_pinned_fraction in [0, 1]")
-        if self.quantization not in ("none", "int8"):
-            raise ValueError(f"quantization must be none or int8, got {self.quantization!r}")
+        if self.quantization not in QUANTIZATIONS:
+            raise ValueError(f"quantization must be one of {', '.join(QUANTIZATIONS)}, got {self.quantization!r}")
         if self.batch_invariant not in ("auto", "on", "off"):
             raise ValueError(f"batch_invariant must be auto, on or off, got {self.batch_invariant!r}")
         if self.speculative not in SPECULATIVE_MODES:
@@ -182,13 +185,14 @@ class ServerArgs:
             flag = "--" + f.name.replace("_", "-")
             if not f.metadata.get("cli", True):
                 continue
+            text = f.metadata["help"].replace("%", "%%")  # argparse formats help with %
             if f.name == "api_key":
-                parser.add_argument(flag, action="append", default=None, help=f.metadata["help"])
+                parser.add_argument(flag, action="append", default=None, help=text)
             elif f.type in ("bool", bool):
-                parser.add_argument(flag, action="store_true", help=f.metadata["help"])
+                parser.add_argument(flag, action="store_true", help=text)
             else:
                 kind = {"int": int, "float": float}.get(str(f.type), str)
-                parser.add_argument(flag, type=kind, default=f.default, help=f.metadata["help"])
+                parser.add_argument(flag, type=kind, default=f.default, help=text)
 
     @classmethod
     def from_cli(cls, args: argparse.Namespace, environ: dict[str, str] | None = None) -> ServerArgs:

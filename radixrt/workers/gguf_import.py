@@ -188,7 +188,12 @@ def _write_folder(
     _write_json(folder / "tokenizer_config.json", tokenizer_config(meta, config["max_position_embeddings"]))
     build_tokenizer(meta).save(str(folder / "tokenizer.json"))
     save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
-    marker = {"format": IMPORT_FORMAT, "source": src.name, "source_bytes": src.stat().st_size}
+    marker = {
+        "format": IMPORT_FORMAT,
+        "source": src.name,
+        "source_bytes": src.stat().st_size,
+        "source_path": str(src.resolve()),  # where `--quantization gguf` reads the quantized tensors
+    }
     _write_json(folder / MARKER, marker)
 
 

@@ -13,6 +13,7 @@ import torch
 
 from radixrt import envs
 from radixrt.workers.forward_batch import ForwardBatch
+from radixrt.workers.gguf_weights import serve_gguf_tensors
 from radixrt.workers.layers.attention import KVBuffers, create_backend
 from radixrt.workers.layers.cpu_kernels import cpu_flags, elementwise_implementations
 from radixrt.workers.layers.cpu_linear import LinearPlan
@@ -65,6 +66,8 @@ class ModelRunner:
         linear_summary = None
         if quantization == "int8":
             linear_summary = f"int8 ({self.model.quantize_int8(self.device)})"
+        elif quantization == "gguf":
+            linear_summary = serve_gguf_tensors(self.model, self.model_path, self.device)
         elif (
             self.device.type == "cpu"
             and self.dtype in (torch.bfloat16, torch.float32)

@@ -173,7 +173,9 @@ def gguf_tensors(model, arch: str) -> dict[str, np.ndarray]:
     return out
 
 
-def write_gguf(path: Path, model, arch: str, tokenizer_meta: dict, pre: str) -> Path:
+def write_gguf(path: Path, model, arch: str, tokenizer_meta: dict, pre: str, types: dict | None = None) -> Path:
+    """`model` as a GGUF file; `types` maps GGUF tensor names to the quantized types to store them in
+    (float32 otherwise)."""
     config = model.config
     writer = gguf.GGUFWriter(str(path), arch)
     writer.add_block_count(config.num_hidden_layers)
@@ -194,7 +196,11 @@ def write_gguf(path: Path, model, arch: str, tokenizer_meta: dict, pre: str) -> 
     writer.add_eos_token_id(2)
     writer.add_chat_template(tokenizer_meta["tokenizer.chat_template"])
     for name, value in gguf_tensors(model, arch).items():
-        writer.add_tensor(name, value)
+        if name in (types or {}):
+            data = gguf.quants.quantize(value, types[name])
+            writer.add_tensor(name, data, raw_shape=data.shape, raw_dtype=types[name])
+        else:
+            writer.add_tensor(name, value)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

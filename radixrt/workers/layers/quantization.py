@@ -1,6 +1,12 @@
 """int8 linears (`--quantization int8`): weights stored as int8, W ~ Q * scale with one symmetric
 scale per output channel; activations, outputs and everything else stay in the model's dtype.
 
+Which format does what: `int8` quantizes whatever the model folder holds (bf16/float weights) at
+load, per output channel, and runs on CPU and CUDA. `gguf` (layers/gguf_linear.py) serves a GGUF
+file's Q8_0 and Q4_1 tensors as stored, per 32 weights with their own scales (Q4_1 also a minimum):
+no re-quantization and, for Q4_1, 0.625 bytes a weight; CPU only. Both quantize activations the
+same way (`quantize_rows`).
+
 At batch 1 a decode step reads every weight once, so its time is weight bytes / memory bandwidth:
 int8 halves the bytes of bf16. On CPU the C++ `int8_linear` (csrc/linear_int8.cpp) runs it: each
 row of x is quantized on the fly to int8, one scale per 32 values, and the products are summed
@@ -22,7 +28,7 @@ from radixrt.workers.layers import cpu_kernels
 
 logger = logging.getLogger(__name__)
 
-QUANTIZATIONS = ("none", "int8")
+QUANTIZATIONS = ("none", "int8", "gguf")
 QMAX = 127
 GROUP = 32  # activation values sharing a scale (csrc/linear_int8.cpp)
 

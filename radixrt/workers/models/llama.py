@@ -151,16 +151,16 @@ class LlamaForCausalLM(nn.Module):
     def use_cpu_linears(self, one_layout: bool) -> cpu_linear.LinearPlan:
         """Every linear, the LM head included, on the implementations measured fastest on this CPU
         (layers/cpu_linear.py); a tied head reads the embedding's weight."""
-        self._untie_head()
+        self.untie_head()
         return cpu_linear.install(self, self.model.embed_tokens.weight.dtype, one_layout)
 
     def quantize_int8(self, device: torch.device) -> str:
         """Every linear, the LM head included, as weight-only int8 (layers/quantization.py); the
         embedding stays in the model's dtype. Returns what runs them."""
-        self._untie_head()
+        self.untie_head()
         return quantization.quantize_linears(self, device)
 
-    def _untie_head(self) -> None:
+    def untie_head(self) -> None:
         """The LM head as a Linear module; a tied one reads the embedding's weight (no copy)."""
         if self.config.tie_word_embeddings:
             head = nn.Linear(self.config.hidden_size, self.config.vocab_size, bias=False, device="meta")
