@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from radixrt.radix_cache.block_index import BlockIndex
 from radixrt.radix_cache.ngram_index import NgramIndex
 from radixrt.radix_cache.pool import KVPool
 
@@ -85,12 +86,15 @@ def _match_len(key: list[int], ids: list[int], start: int) -> int:
 class RadixCache:
     """Prefix cache of KV slots: match, insert, lock running prefixes, evict LRU leaves.
 
-    `ngrams`, when given, indexes every inserted token run for draft lookups (ngram_index.py).
+    `ngrams`, when given, indexes every inserted token run for draft lookups (ngram_index.py);
+    `blocks`, when set, follows what the tree holds as block hashes (block_index.py: a replica's
+    summary for the cluster router).
     """
 
     def __init__(self, pool: KVPool, ngrams: NgramIndex | None = None):
         self.pool = pool
         self.ngrams = ngrams
+        self.blocks: BlockIndex | None = None
         self._clock = 0
         self._next_id = 0
         self.root = self._new_node([], torch.empty(0, dtype=torch.int64), None)
@@ -178,6 +182,8 @@ class RadixCache:
                 leaf = self._add_leaf(node, ids[pos:], slots[pos:].clone(), now)
                 if self.ngrams is not None:
                     self.ngrams.add(leaf, ids, pos)
+                if self.blocks is not None:
+                    self.blocks.on_insert(ids, pos)
                 break
             m = _match_len(child.key, ids, pos)
             if m < len(child.key):
@@ -258,6 +264,8 @@ class RadixCache:
             _, _, leaf = heapq.heappop(heap)
             victims.append(leaf.value)
             freed += len(leaf.key)
+            if self.blocks is not None:
+                self.blocks.on_evict(self.path_ids(leaf), leaf.depth)
             parent = self._remove_leaf(leaf)
             if parent is not self.root and not parent.children and parent.lock_ref == 0:
                 heapq.heappush(heap, (parent.last_access, parent.id, parent))
@@ -290,11 +298,21 @@ class RadixCache:
         self._evictable = 0
         if self.ngrams is not None:
             self.ngrams.clear()
+        if self.blocks is not None:
+            self.blocks.clear()
 
     # ---- accounting and debugging ---------------------------------------------------------
 
     def size_info(self) -> CacheSize:
         return CacheSize(self._evictable, self._protected, self._evictable + self._protected)
+
+    def path_ids(self, node: TreeNode) -> list[int]:
+        """The token ids from the root to the end of `node`'s edge."""
+        keys = []
+        while node is not self.root and node is not None:
+            keys.append(node.key)
+            node = node.parent
+        return [t for key in reversed(keys) for t in key]
 
     def _walk(self) -> Iterator[TreeNode]:
         """Every node but the root, parents before children."""

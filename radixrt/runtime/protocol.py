@@ -32,6 +32,7 @@ class GenerateRequest(_Msg):
     top_logprobs_num: int = 0
     stream: bool = False
     api_key: str | None = None
+    program_id: str | None = None  # requests of one DSL program: a cluster keeps them on one replica
 
 
 class AbortRequest(_Msg):
@@ -137,6 +138,7 @@ class TokenizedRequest(_Msg):
     logprob_start_len: int = -1
     top_logprobs_num: int = 0
     stream: bool = False
+    program_id: str | None = None  # the cluster router's affinity key (the worker ignores it)
 
 
 class Abort(_Msg):

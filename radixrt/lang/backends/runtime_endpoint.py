@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from radixrt.errors import InvalidRequest
-from radixrt.lang.backends.base import Backend
+from radixrt.lang.backends.base import Backend, current_program
 from radixrt.lang.chat_template import ChatTemplate
 from radixrt.lang.sampling import NO_LOGPROBS, LogprobOptions
 from radixrt.runtime.protocol import (
@@ -79,6 +79,7 @@ class RuntimeEndpoint(Backend):
             logprob_start_len=logprobs.logprob_start_len,
             top_logprobs_num=logprobs.top_logprobs_num,
             stream=on_chunk is not None,
+            program_id=current_program(),
         )
         if on_chunk is None:
             return self.client.call(request)

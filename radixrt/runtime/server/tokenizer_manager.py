@@ -93,6 +93,7 @@ class TokenizerManager:
                     logprob_start_len=req.logprob_start_len if req.return_logprob else -1,
                     top_logprobs_num=req.top_logprobs_num if req.return_logprob else 0,
                     stream=req.stream,
+                    program_id=req.program_id,
                 )
             )
         return subs
