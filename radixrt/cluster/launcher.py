@@ -99,13 +99,12 @@ def deploy(args: ServerArgs, cluster: ClusterArgs) -> tuple[Any, WorkerReady]:
 
     from radixrt.cluster.messages import ready_decoder
     from radixrt.cluster.replica import Replica
-    from radixrt.cluster.router import RadixTreeRouter
 
     if not ray.is_initialized():
         ray.init(address=cluster.ray_address, ignore_reinit_error=True, log_to_driver=args.log_level == "debug")
     serve.start(proxy_location=ProxyLocation.Disabled)  # the ingress is this process, not Serve's proxy
     router = RequestRouterConfig(
-        request_router_class=RadixTreeRouter,
+        request_router_class="radixrt.cluster.router:RadixTreeRouter",  # imported where the router runs
         request_router_kwargs=cluster.routing_config(),
         request_routing_stats_period_s=cluster.routing_stats_period,
         request_routing_stats_timeout_s=max(5.0, 4 * cluster.routing_stats_period),
@@ -158,12 +157,15 @@ async def serve_cluster(args: ServerArgs, cluster: ClusterArgs) -> int:
         logger.info("deploying %d replicas of %s on Ray", cluster.replicas, args.model)
         stack.push_async_callback(asyncio.to_thread, undeploy, cluster)
         handle, ready = await asyncio.to_thread(deploy, args, cluster)
+        signals = _Signals()  # again: starting Ray installed its own SIGTERM handler over ours
         link = ClusterLink(handle, cluster.app_name, cluster.block_tokens, cluster.max_attempts)
         stack.callback(link.close)
-        frontend = ClusterFrontend(link, TokenizerManager(args.model, args, ready.context_length))
+        # the ingress admits what all replicas together take: their running rows plus their queues
+        ingress = args.replace(max_queued_requests=args.max_in_flight * cluster.replicas - args.max_running_requests)
+        frontend = ClusterFrontend(link, TokenizerManager(args.model, ingress, ready.context_length))
         tasks = [asyncio.ensure_future(frontend.run()), asyncio.ensure_future(zmq_server.run(frontend))]
         stack.callback(lambda: [t.cancel() for t in tasks])
-        http = await _start_http(create_app(frontend, args), http_sock, args.log_level)
+        http = await _start_http(create_app(frontend, ingress), http_sock, args.log_level)
         stack.push_async_callback(_stop_http, http, frontend)
         print(f"radixrt cluster ready: http://{args.host}:{args.port}  zmq {args.zmq_address}  "
               f"{cluster.replicas} replicas, routing {cluster.routing}", flush=True)  # fmt: skip

@@ -20,7 +20,7 @@ from collections import Counter
 from typing import Any
 
 from radixrt.cluster.messages import ControlReply, Started, encode, reply_decoder, stream_decoder
-from radixrt.cluster.router import REPLICAS
+from radixrt.cluster.registry import REPLICAS
 from radixrt.cluster.routing import RouteKey
 from radixrt.errors import Overloaded
 from radixrt.radix_cache.block_index import block_hashes
@@ -37,7 +37,6 @@ class ClusterLink:
         self.app_name = app_name
         self.block_tokens = block_tokens
         self.max_attempts = max_attempts
-        self.programs: dict[str, str] = {}  # rid -> program key, set by the Frontend before send
         self.counters: Counter[str] = Counter()
         self._out: asyncio.Queue[Any] = asyncio.Queue()
         self._tasks: dict[str, asyncio.Task] = {}
@@ -46,7 +45,7 @@ class ClusterLink:
 
     def send(self, msg: Any) -> None:
         if isinstance(msg, TokenizedRequest):
-            task = asyncio.ensure_future(self._serve(msg, self.programs.pop(msg.rid, None)))
+            task = asyncio.ensure_future(self._serve(msg))
             self._tasks[msg.rid] = task
             task.add_done_callback(lambda _t, rid=msg.rid: self._tasks.pop(rid, None))
         elif isinstance(msg, Abort):
@@ -65,12 +64,12 @@ class ClusterLink:
 
     # ---- requests ---------------------------------------------------------------------------
 
-    async def _serve(self, req: TokenizedRequest, program: str | None) -> None:
+    async def _serve(self, req: TokenizedRequest) -> None:
         blocks = tuple(block_hashes(req.input_ids, self.block_tokens))
         payload, avoid, error = encode(req), (), ""
         for attempt in range(self.max_attempts):
             replica, delivered, held = None, False, []
-            route = RouteKey(blocks=blocks, program=program, avoid=avoid)
+            route = RouteKey(blocks=blocks, program=req.program_id, avoid=avoid)
             call = self.handle.options(stream=True).generate.remote(payload, route=route)
             try:
                 async for raw in call:

@@ -2,64 +2,27 @@
 
 It runs inside the ingress process (a DeploymentHandle's router), reads each replica's published
 block hashes from its `routing_stats` (the replica's `record_routing_stats`) and its in-flight count
-from Ray Serve's queue-length cache, and answers `choose_replicas` with the chosen replica first
-and the others as a fallback rank (taken only when the first is at `max_ongoing_requests`).
+from Ray Serve's queue-length cache, and answers `choose_replicas` with the chosen replica.
 
-`REPLICAS` is this process's view of the live replicas, shared with the ingress's ClusterLink: the
-link fans control calls (stats, flush) out to every replica by id and reports replicas whose calls
-failed, which the router then leaves out until Ray Serve replaces them.
+`registry.REPLICAS` is this process's view of the live replicas, shared with the ingress's
+ClusterLink: the link fans control calls (stats, flush) out to every replica by id and reports
+replicas whose calls failed, which the router then leaves out until Ray Serve replaces them.
+NOTE: Ray Serve pickles this module by value into the router, so shared state lives in another
+module, reached through the module object (pickled by name: the ingress's own instance).
 """
 
 from __future__ import annotations
 
 import logging
-import threading
-import time
 from array import array
 from typing import Any
 
 from ray.serve.request_router import PendingRequest, RequestRouter, RunningReplica
 
+from radixrt.cluster import registry
 from radixrt.cluster.routing import ReplicaView, RouteKey, RouteTable, RoutingConfig
 
 logger = logging.getLogger("radixrt.cluster")
-
-
-class ReplicaRegistry:
-    """Live replica ids per application, and the ones seen failing (thread-safe).
-
-    A failure mark lasts `FAILED_FOR_S`: a dead replica is replaced (a new id) well before, and a
-    replica whose call failed for another reason gets requests again afterwards.
-    """
-
-    FAILED_FOR_S = 30.0
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._live: dict[str, list[str]] = {}
-        self._failed: dict[str, float] = {}  # replica -> until (monotonic)
-
-    def update(self, app: str, replicas: list[str]) -> None:
-        with self._lock:
-            self._live[app] = sorted(replicas)
-
-    def live(self, app: str) -> list[str]:
-        failed = self.failed()
-        with self._lock:
-            return [r for r in self._live.get(app, []) if r not in failed]
-
-    def mark_failed(self, replica: str) -> None:
-        with self._lock:
-            self._failed[replica] = time.monotonic() + self.FAILED_FOR_S
-
-    def failed(self) -> set[str]:
-        now = time.monotonic()
-        with self._lock:
-            self._failed = {r: until for r, until in self._failed.items() if until > now}
-            return set(self._failed)
-
-
-REPLICAS = ReplicaRegistry()
 
 
 def decode_blocks(stats: dict[str, Any]) -> frozenset[int]:
@@ -83,21 +46,23 @@ class RadixTreeRouter(RequestRouter):
         for gone in set(self._held) - ids:
             self._held.pop(gone, None)
             self.table.forget_replica(gone)
-        REPLICAS.update(self.app_name, list(ids))
+        registry.REPLICAS.update(self.app_name, list(ids))
 
     async def choose_replicas(
         self, candidate_replicas: list[RunningReplica], pending_request: PendingRequest | None = None
     ) -> list[list[RunningReplica]]:
-        failed = REPLICAS.failed()
+        failed = registry.REPLICAS.failed()
         alive = [r for r in candidate_replicas if r.replica_id.unique_id not in failed] or candidate_replicas
         key = (pending_request.kwargs.get("route") if pending_request is not None else None) or RouteKey()
         views = [self._view(r) for r in alive]
         choice = self.table.choose(key, views)
         self.decisions[choice.reason] = self.decisions.get(choice.reason, 0) + 1
-        first = [r for r in alive if r.replica_id.unique_id == choice.replica]
-        if key.target is not None:
-            return [first]
-        return [first, [r for r in alive if r.replica_id.unique_id != choice.replica]]
+        if pending_request is not None:
+            pending_request.routing_context.should_backoff = True  # a full or slow replica: retry later
+        # NOTE: the choice alone, no fallback rank: Ray Serve passes to the next rank whenever a
+        # queue-length probe misses its 0.1 s deadline, which on a busy machine would scatter a
+        # program or a prefix; a replica that is really full loses to the load fallback next time.
+        return [[r for r in alive if r.replica_id.unique_id == choice.replica]]
 
     def _view(self, replica: RunningReplica) -> ReplicaView:
         rid = replica.replica_id.unique_id
