@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections import Counter
 from typing import Any
+
+import msgspec
 
 from radixrt.cluster.messages import ControlReply, Started, encode, reply_decoder, stream_decoder
 from radixrt.cluster.registry import REPLICAS
@@ -37,6 +40,7 @@ class ClusterLink:
         self.app_name = app_name
         self.block_tokens = block_tokens
         self.max_attempts = max_attempts
+        self.ingress_id = uuid.uuid4().hex[:8]  # rids are unique per ingress; replicas may serve several
         self.counters: Counter[str] = Counter()
         self._out: asyncio.Queue[Any] = asyncio.Queue()
         self._tasks: dict[str, asyncio.Task] = {}
@@ -66,7 +70,8 @@ class ClusterLink:
 
     async def _serve(self, req: TokenizedRequest) -> None:
         blocks = tuple(block_hashes(req.input_ids, self.block_tokens))
-        payload, avoid, error = encode(req), (), ""
+        payload = encode(msgspec.structs.replace(req, rid=f"{self.ingress_id}/{req.rid}"))
+        avoid, error = (), ""
         for attempt in range(self.max_attempts):
             replica, delivered, held = None, False, []
             route = RouteKey(blocks=blocks, program=req.program_id, avoid=avoid)
@@ -77,6 +82,7 @@ class ClusterLink:
                     if isinstance(msg, Started):
                         replica = msg.replica
                         continue
+                    _own_rid(msg, req.rid)
                     final = isinstance(msg, ErrorOut) or any(o.finish_reason is not None for o in msg.outs)
                     if final and isinstance(msg, TokenBatch):
                         for out in msg.outs:  # meta_info["replica"]: which replica served it
@@ -139,3 +145,12 @@ class ClusterLink:
                 raise Overloaded("no replica is running; retry later")
             await asyncio.sleep(0.05)
         return replicas
+
+
+def _own_rid(msg: TokenBatch | ErrorOut, rid: str) -> None:
+    """Back from the replica's rid (prefixed with this ingress's id) to the Frontend's."""
+    if isinstance(msg, ErrorOut):
+        msg.rid = rid
+    else:
+        for out in msg.outs:
+            out.rid = rid

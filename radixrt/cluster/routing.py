@@ -25,6 +25,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from radixrt.radix_cache.block_index import DEFAULT_BLOCK_TOKENS
@@ -81,7 +82,7 @@ class RouteTable:
     """The router's memory: recent routing per replica, program affinity, the round-robin turn."""
 
     config: RoutingConfig = field(default_factory=RoutingConfig)
-    clock: object = time.monotonic
+    clock: Callable[[], float] = time.monotonic
     _pending: dict[str, dict[int, float]] = field(default_factory=dict)  # replica -> hash -> expiry
     _programs: OrderedDict[str, str] = field(default_factory=OrderedDict)
     _turn: itertools.count = field(default_factory=itertools.count)

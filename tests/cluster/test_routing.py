@@ -128,3 +128,13 @@ def test_bad_configs_are_refused(bad):
 def test_no_replica_is_an_error():
     with pytest.raises(ValueError, match="no replica"):
         RouteTable().choose(RouteKey(), [])
+
+
+def test_without_ray_the_message_names_the_extra(monkeypatch):
+    import sys
+
+    from radixrt.cluster import require_ray
+
+    monkeypatch.setitem(sys.modules, "ray.serve", None)  # what an absent package looks like to import
+    with pytest.raises(RuntimeError, match=r"pip install 'radixrt\[cluster\]'"):
+        require_ray()
