@@ -9,6 +9,10 @@ import sys
 # subcommand -> (module, help). Each module defines `add_arguments(parser)` and `main(args)`.
 COMMANDS = {
     "serve": ("radixrt.runtime.server.launcher", "start the HTTP + ZMQ server"),
+    "cluster": (
+        "radixrt.cluster.launcher",
+        "serve N replicas on Ray Serve behind one ingress (pip install radixrt[cluster])",
+    ),
     "import-gguf": ("radixrt.workers.gguf_import", "convert a llama-family GGUF file to an HF folder"),
     "demo": ("radixrt.demo", "run the demo on the embedded model"),
 }

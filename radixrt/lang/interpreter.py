@@ -10,12 +10,13 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from radixrt.lang import ir
-from radixrt.lang.backends.base import Backend
+from radixrt.lang.backends.base import Backend, set_current_program
 from radixrt.lang.cache_report import CallLog
 from radixrt.lang.ops import Ops
 from radixrt.lang.sampling import GenOptions
@@ -35,8 +36,10 @@ class StreamExecutor(Ops):
         stream: bool = False,
         log: CallLog | None = None,
         branch: str = "",
+        program_id: str | None = None,
     ):
         self.backend, self.defaults, self.stream = backend, defaults or GenOptions(), stream
+        self.program_id = program_id or uuid.uuid4().hex  # a fork's branches share their program's
         self.log = log if log is not None else CallLog()
         self.branch = branch
         self.text_ = ""
@@ -179,6 +182,7 @@ class StreamExecutor(Ops):
     # ---- the executor thread -------------------------------------------------------------
 
     def _run(self) -> None:
+        set_current_program(self.program_id)
         while (item := self._queue.get()) is not _END:
             try:
                 if self.error is None:
@@ -200,7 +204,7 @@ class StreamExecutor(Ops):
             self._cond.notify_all()
 
     def _copy(self, branch: str) -> StreamExecutor:
-        child = StreamExecutor(self.backend, self.defaults, self.stream, self.log, branch)
+        child = StreamExecutor(self.backend, self.defaults, self.stream, self.log, branch, self.program_id)
         with self._cond:
             child.text_, child.messages_ = self.text_, [dict(m) for m in self.messages_]
             child.variables, child.meta_info = dict(self.variables), dict(self.meta_info)

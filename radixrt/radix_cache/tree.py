@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from radixrt.radix_cache.block_index import BlockIndex
 from radixrt.radix_cache.eviction import EvictionPolicy, eviction_policy
 from radixrt.radix_cache.ngram_index import NgramIndex
 from radixrt.radix_cache.pool import KVPool
@@ -102,12 +103,15 @@ class RadixCache:
 
     `ngrams`, when given, indexes every inserted token run for draft lookups (ngram_index.py).
     `eviction`: "lru" (default) or "slru" (segmented: leaves never hit since inserted go first).
+    `blocks`, when set, follows what the tree holds as block hashes (block_index.py: a replica's
+    summary for the cluster router).
     """
 
     def __init__(self, pool: KVPool, ngrams: NgramIndex | None = None, eviction: str = "lru"):
         self.pool = pool
         self.ngrams = ngrams
         self.eviction: EvictionPolicy = eviction_policy(eviction)
+        self.blocks: BlockIndex | None = None
         self._clock = 0
         self._next_id = 0
         self.root = self._new_root("")  # the unsalted tree's root; it is never dropped
@@ -228,6 +232,8 @@ class RadixCache:
                 leaf = self._add_leaf(node, ids[pos:], slots[pos:].clone(), now)
                 if self.ngrams is not None:
                     self.ngrams.add(leaf, ids, pos, salt)
+                if self.blocks is not None:
+                    self.blocks.on_insert(ids, pos, salt)
                 break
             m = _match_len(child.key, ids, pos)
             if m < len(child.key):
@@ -307,6 +313,9 @@ class RadixCache:
             leaf = queue.pop(self.hit_tokens, self._evictable + self._protected)
             victims.append(leaf.value)
             freed += len(leaf.key)
+            if self.blocks is not None:
+                ids, salt = self.path_of(leaf)
+                self.blocks.on_evict(ids, leaf.depth, salt)
             parent = self._remove_leaf(leaf)
             if parent.key and not parent.children and parent.lock_ref == 0:
                 queue.push(parent)
@@ -346,11 +355,24 @@ class RadixCache:
         self.hit_tokens = 0
         if self.ngrams is not None:
             self.ngrams.clear()
+        if self.blocks is not None:
+            self.blocks.clear()
 
     # ---- accounting and debugging ---------------------------------------------------------
 
     def size_info(self) -> CacheSize:
         return CacheSize(self._evictable, self._protected, self._evictable + self._protected)
+
+    def path_of(self, node: TreeNode) -> tuple[list[int], str]:
+        """The token ids from its salt's root to the end of `node`'s edge, and that salt."""
+        keys = []
+        while not isinstance(node, RootNode):
+            keys.append(node.key)
+            node = node.parent
+        return [t for key in reversed(keys) for t in key], node.salt
+
+    def path_ids(self, node: TreeNode) -> list[int]:
+        return self.path_of(node)[0]
 
     def _walk(self) -> Iterator[TreeNode]:
         """Every node but the roots, parents before children."""

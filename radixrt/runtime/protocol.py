@@ -34,6 +34,7 @@ class GenerateRequest(_Msg):
     api_key: str | None = None
     cache_salt: str | None = None  # a cache namespace: requests with other salts share no cached prefix
     pin_s: float | None = None  # keep the prompt cached this many seconds after the request (capped)
+    program_id: str | None = None  # requests of one DSL program: a cluster keeps them on one replica
 
 
 class AbortRequest(_Msg):
@@ -142,6 +143,7 @@ class TokenizedRequest(_Msg):
     stream: bool = False
     cache_salt: str = ""  # the effective salt (the frontend mixes in the API key's); "": unsalted
     pin_s: float = 0.0
+    program_id: str | None = None  # the cluster router's affinity key (the worker ignores it)
 
 
 class Abort(_Msg):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any
@@ -9,6 +10,18 @@ from typing import Any
 from radixrt.lang.chat_template import ChatTemplate
 from radixrt.lang.sampling import NO_LOGPROBS, LogprobOptions
 from radixrt.runtime.protocol import GenerateResult, SamplingParams, ScoreResult
+
+_program = threading.local()
+
+
+def set_current_program(program_id: str | None) -> None:
+    """The program whose steps this thread runs (each program state runs on its own thread)."""
+    _program.id = program_id
+
+
+def current_program() -> str | None:
+    """The id a backend sends with a request, so a cluster keeps a program on one replica."""
+    return getattr(_program, "id", None)
 
 
 class Backend(ABC):

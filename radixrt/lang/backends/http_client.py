@@ -18,6 +18,7 @@ from typing import Any
 import msgspec
 
 from radixrt.errors import Overloaded
+from radixrt.lang.backends.base import current_program
 from radixrt.lang.backends.client import error_from_reply
 from radixrt.runtime import protocol
 from radixrt.runtime.protocol import (
@@ -128,6 +129,8 @@ class HttpClient:
         headers = {"Content-Type": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
+        if program := current_program():
+            headers["X-Radixrt-Program"] = program  # a cluster keeps a program's requests on one replica
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(self.base_url + path, data=data, headers=headers, method=method)
         try:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from radixrt.errors import InvalidRequest
-from radixrt.lang.backends.base import Backend
+from radixrt.lang.backends.base import Backend, current_program
 from radixrt.lang.chat_template import ChatTemplate
 from radixrt.lang.sampling import NO_LOGPROBS, LogprobOptions
 from radixrt.runtime.protocol import (
@@ -91,6 +91,7 @@ class RuntimeEndpoint(Backend):
             stream=on_chunk is not None,
             cache_salt=self.cache_salt,
             pin_s=self.pin_s,
+            program_id=current_program(),
         )
         if on_chunk is None:
             return self.client.call(request)

@@ -38,6 +38,8 @@ from radixrt.runtime.server.tenants import matching_key
 logger = logging.getLogger(__name__)
 
 OPEN_PATHS = frozenset({"/health", "/health_generate"})
+PROGRAM_HEADER = "x-radixrt-program"  # a DSL program's requests share it (a cluster's affinity key)
+MAX_PROGRAM_ID = 128
 MAX_DRAWN_NODES = 2000
 
 
@@ -87,6 +89,9 @@ def create_app(frontend: Frontend, args: ServerArgs, options: HttpOptions | None
     @app.post("/generate")
     async def generate(request: Request) -> Response:
         call = parse_generate(await read_json(request, opts), bearer_key(request))
+        program = request.headers.get(PROGRAM_HEADER)
+        if program:
+            call.requests = [msgspec.structs.replace(r, program_id=program[:MAX_PROGRAM_ID]) for r in call.requests]
         if len(call.requests) > opts.max_prompts:
             message = f"{len(call.requests)} prompts in one request; the limit is {opts.max_prompts}"
             raise InvalidRequest(message, "text")

@@ -20,7 +20,7 @@ import shutil
 import signal
 import socket
 import time
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 import uvicorn
@@ -135,7 +135,7 @@ async def _supervise(worker: WorkerProcess, signals: _Signals, frontend: Fronten
     """Serve until a stop signal (drain, then 0) or a worker death (restart it, or 1)."""
     while True:
         if await _unless_stopped(signals.stop, worker.wait()) is None:
-            await _drain(frontend, worker, signals, args.shutdown_grace)
+            await _drain(frontend, worker.alive, signals, args.shutdown_grace)
             return 0
         message = f"the worker process died (exit status {worker.returncode})"
         if not args.restart_worker:
@@ -153,13 +153,13 @@ async def _supervise(worker: WorkerProcess, signals: _Signals, frontend: Fronten
         logger.warning("worker %d is ready (restart %d)", worker.pid, worker.starts - 1)
 
 
-async def _drain(frontend: Frontend, worker: WorkerProcess, signals: _Signals, grace: float) -> None:
+async def _drain(frontend: Frontend, alive: Callable[[], bool], signals: _Signals, grace: float) -> None:
     """Refuse new requests; give running ones up to `grace` seconds (a second signal ends it)."""
     frontend.refuse("the server is shutting down")
     if frontend.in_flight:
         logger.info("shutting down: waiting up to %.0fs for %d requests", grace, frontend.in_flight)
     deadline = time.monotonic() + grace
-    while frontend.in_flight and worker.alive() and not signals.again.is_set() and time.monotonic() < deadline:
+    while frontend.in_flight and alive() and not signals.again.is_set() and time.monotonic() < deadline:
         await asyncio.sleep(DRAIN_POLL_S)
 
 

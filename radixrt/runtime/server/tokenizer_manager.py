@@ -96,6 +96,7 @@ class TokenizerManager:
                     stream=req.stream,
                     cache_salt=req.cache_salt or "",
                     pin_s=pin_s,
+                    program_id=req.program_id,
                 )
             )
         return subs
