@@ -4,7 +4,8 @@ Used the way llama-cpp-python serves a model (its `Llama` object, which its Open
 server also wraps behind a lock): one KV sequence, requests one at a time in arrival order, and
 its prompt reuse: `Llama.generate` keeps the KV of the longest prefix the new prompt shares with
 the tokens of the previous request, and computes only the rest. Several agents in flight queue
-for that one sequence, as they would on its server; nothing is batched.
+for that one sequence, as they would on its server; nothing is batched. The bench therefore runs
+programs on it one after another (`Session.one_at_a_time`).
 
 - Tokens: llama.cpp's own tokenizer from the GGUF file (for the embedded model it gives the same
   ids as the HF tokenizer on the workloads' text; tested); the chat template comes from the

@@ -74,6 +74,37 @@ def run_workload(
     return run
 
 
+def run_one_at_a_time(
+    workload: Workload, session: Session, *, num_programs: int, interactive: int, seed: int, encode: Callable
+) -> tuple[Run, Run]:
+    """For a system that serves one sequence at a time: flush the cache, run `num_programs`
+    programs one after another, once. Returns the figures of the whole run (its throughput) and
+    those of its first `interactive` programs (a single user's latency: the same programs, in the
+    same order, from the same flushed cache as `run_interactive` runs them)."""
+    batch = workload.build(num_programs, seed)
+    recorder = RecordingBackend(session.backend)
+    session.backend.flush_cache()
+    before = session.backend.get_server_info()
+    program, states, calls_after = timed(batch.program), [], []
+    start = time.perf_counter()
+    for inputs in batch.inputs:
+        states += program.run_batch([inputs], backend=recorder, num_threads=1)
+        calls_after.append(len(recorder.calls()))
+    wall = time.perf_counter() - start
+    after = session.backend.get_server_info()
+    run = _judge(workload, states, batch.inputs, batch.answers)
+    run.figures = _throughput(states, recorder, wall) | _cache(before, after, recorder, encode) | run.figures
+    if "busy_s" in after:
+        run.figures["server_busy"] = (after["busy_s"] - before.get("busy_s", 0.0)) / wall
+    k = min(interactive, len(states))
+    answers = None if batch.answers is None else batch.answers[:k]
+    alone = _judge(workload, states[:k], batch.inputs[:k], answers)
+    latencies = [end - begin for begin, end in (s.ret_value for s in states[:k] if s.ret_value is not None)]
+    output_tokens = sum(c.completion_tokens for c in recorder.calls()[: calls_after[k - 1]]) if k else 0
+    alone.figures |= _latency_figures(k, latencies, output_tokens)
+    return run, alone
+
+
 def run_interactive(workload: Workload, session: Session, *, num_programs: int, seed: int) -> Run:
     """A single user's agent: flush the cache, then run the workload's first `num_programs`
     programs one after another (each alone on the system); per-program latency."""
@@ -90,16 +121,19 @@ def run_interactive(workload: Workload, session: Session, *, num_programs: int, 
     after = session.backend.get_server_info()
     run = _judge(workload, states, batch.inputs, batch.answers)
     output_tokens = sum(c.completion_tokens for c in recorder.calls())
-    run.figures |= {
-        "programs": len(states),
+    run.figures |= _latency_figures(len(states), latencies, output_tokens) | _speculation(before, after)
+    return run
+
+
+def _latency_figures(programs: int, latencies: list[float], output_tokens: int) -> dict[str, Any]:
+    return {
+        "programs": programs,
         "latency_mean_s": statistics.fmean(latencies) if latencies else None,
         "latency_p50_s": metrics.percentile(latencies, 50),
         "latencies_s": latencies,
         "output_tokens": output_tokens,
         "output_tokens_per_s": output_tokens / sum(latencies) if latencies else None,
-        **_speculation(before, after),
     }
-    return run
 
 
 def output_digest(outputs: dict[str, Any] | None) -> str | None:

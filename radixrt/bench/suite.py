@@ -11,7 +11,7 @@ from typing import Any
 
 from radixrt.bench import report
 from radixrt.bench.crosscheck import compare, crosscheck, failure_lines
-from radixrt.bench.runner import Run, run_interactive, run_workload
+from radixrt.bench.runner import Run, run_interactive, run_one_at_a_time, run_workload
 from radixrt.bench.systems import Session, SystemConfig, start
 from radixrt.bench.workloads import WORKLOADS, Workload
 
@@ -63,6 +63,18 @@ def _one_workload(
     outputs: dict[str, list] = {}
     for system, session in sessions.items():
         if not applies(system, workload.name):
+            continue
+        if session.one_at_a_time:
+            with _Progress(log, f"[{system}] {workload.name}: {n} programs one after another"):
+                run, alone = run_one_at_a_time(workload, session, num_programs=n, interactive=k, seed=plan.seed,
+                                               encode=encode)  # fmt: skip
+            entry["systems"][system], outputs[system] = run.figures, run.outputs
+            log(f"[{system}] {workload.name}: " + figures_line(run.figures))
+            if k > 0:
+                entry["interactive"][system] = alone.figures
+                log(
+                    f"[{system}] {workload.name} first {k} alone: mean latency {_seconds(alone.figures['latency_mean_s'])}"
+                )
             continue
         with _Progress(log, f"[{system}] {workload.name}: {n} programs, {plan.parallel} in flight"):
             run = run_workload(workload, session, num_programs=n, parallel=plan.parallel, seed=plan.seed, encode=encode)

@@ -60,8 +60,11 @@ class SystemConfig:
 class Session:
     """A started system: `backend` for programs, `close()` when done."""
 
-    def __init__(self, name: str, backend: Backend, closer: Any = None):
+    def __init__(self, name: str, backend: Backend, closer: Any = None, one_at_a_time: bool = False):
         self.name, self.backend, self._closer = name, backend, closer
+        # NOTE: a system that serves one sequence at a time (llama.cpp) runs programs one after
+        # another: more in flight would only interleave them and break its prompt cache
+        self.one_at_a_time = one_at_a_time
 
     def close(self) -> None:
         self.backend.shutdown()
@@ -134,7 +137,8 @@ def _start_llamacpp(name: str, config: SystemConfig) -> Session:
     from radixrt.bench.llamacpp_backend import LlamaCppBackend
 
     model_dir = _model_dir(config.model)
-    return Session(name, LlamaCppBackend(gguf_path(name, config), model_dir, n_threads=config.threads))
+    backend = LlamaCppBackend(gguf_path(name, config), model_dir, n_threads=config.threads)
+    return Session(name, backend, one_at_a_time=True)
 
 
 def gguf_path(name: str, config: SystemConfig) -> str:

@@ -13,7 +13,7 @@ import torch
 from radixrt.bench import metrics
 from radixrt.bench.cli import main
 from radixrt.bench.recording import Call
-from radixrt.bench.runner import run_interactive, run_workload
+from radixrt.bench.runner import run_interactive, run_one_at_a_time, run_workload
 from radixrt.bench.workloads import WORKLOADS
 from radixrt.runtime.protocol import SamplingParams
 
@@ -59,6 +59,19 @@ def test_programs_run_alone_give_the_batch_outputs_and_a_latency_each(radixrt_se
     assert alone.figures["programs"] == 3 and len(alone.figures["latencies_s"]) == 3
     assert alone.figures["latency_mean_s"] > 0
     assert alone.outputs == batched.outputs[:3]  # the same first programs, greedy
+
+
+def test_one_at_a_time_gives_the_throughput_run_and_its_first_programs_as_the_latency_run(radixrt_session, encode):
+    # what llama.cpp systems run: one pass, programs one after another
+    run, alone = run_one_at_a_time(WORKLOADS["tip_suggestion"], radixrt_session, num_programs=3, interactive=2,
+                                   seed=1, encode=encode)  # fmt: skip
+    assert run.figures["programs"] == run.figures["ok_programs"] == 3 and run.figures["cache_hit_rate"] > 0
+    separate = run_interactive(WORKLOADS["tip_suggestion"], radixrt_session, num_programs=2, seed=1)
+    assert alone.outputs == separate.outputs == run.outputs[:2]  # greedy: the same first programs
+    assert alone.figures["programs"] == 2 and len(alone.figures["latencies_s"]) == 2
+    assert alone.figures["output_tokens"] == separate.figures["output_tokens"]  # its programs' calls only
+    assert 0 < alone.figures["output_tokens"] < run.figures["output_tokens"]
+    assert sum(alone.figures["latencies_s"]) < run.figures["wall_s"]
 
 
 def test_batched_greedy_generation_matches_one_by_one(hf_session):
