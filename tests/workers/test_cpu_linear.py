@@ -114,7 +114,10 @@ def test_measurement_marks_our_kernel_row_invariant_and_checks_everyone():
     # others far slower than the best at a row count are given up there (with AMX, oneDNN can be
     # that much faster than our kernel), but batch-invariant mode needs every row of an invariant one
     assert set(m.seconds["radixrt"]) == set(kernel_tuning.ROWS)
-    assert choose(m).invariant == "radixrt"
+    # the invariant choice is whichever row-invariant candidate was fastest (oneDNN is invariant and
+    # faster than our kernel on some CPUs): one with every row timed, so there always is one
+    chosen = choose(m).invariant
+    assert m.invariant[chosen] and set(m.seconds[chosen]) == set(kernel_tuning.ROWS)
     assert all(set(timed) <= set(kernel_tuning.ROWS) for timed in m.seconds.values())
 
 
