@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from radixrt.workers.layers import cpu_kernels
-from radixrt.workers.layers.attention import TorchAttentionBackend
+from radixrt.workers.layers.attention import AttentionChoice, TorchAttentionBackend
 from radixrt.workers.layers.cpu_kernels import elementwise_implementations, missing_prerequisite
 
 
@@ -37,6 +37,25 @@ def test_the_torch_backend_reports_torch_without_kernels_and_the_kernels_with_th
         "decode_attention": "cpu_kernels",
         "extend_attention": "cpu_kernels",
         "shared_prefix_decode": "cpu_kernels",
+    }
+
+
+def test_the_torch_backend_reports_what_was_measured_and_what_invariant_batches_run():
+    loaded = object()
+    why = {"extend_attention": "measured 1.80x faster", "decode_attention": "measured 2.50x faster"}
+    backend = TorchAttentionBackend(4, 2, 64, None, loaded, True, AttentionChoice("torch", "cpu_kernels", why))
+    assert backend.implementations() == {
+        "decode_attention": "cpu_kernels (measured 2.50x faster)",
+        "extend_attention": "torch (measured 1.80x faster); batch-invariant: cpu_kernels",
+        "shared_prefix_decode": "cpu_kernels",  # whichever decode candidate won
+    }
+    # float32: no prefill kernel to measure, the decode kernel measured slower
+    why = {"decode_attention": "measured 1.30x faster"}
+    backend = TorchAttentionBackend(4, 2, 64, None, loaded, False, AttentionChoice("torch", "torch", why))
+    assert backend.implementations() == {
+        "decode_attention": "torch (measured 1.30x faster); batch-invariant: cpu_kernels",
+        "extend_attention": "torch",
+        "shared_prefix_decode": "off",
     }
 
 

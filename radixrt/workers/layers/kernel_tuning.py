@@ -97,7 +97,7 @@ def cached_measure(instances: list[Instance], candidates: list[str]) -> Measurem
     """`measure`, or what an earlier start on this machine measured for the same shape."""
     weight, bias = instances[0]
     key, shape = machine_key(), shape_key(*weight.shape, weight.dtype, bias is not None)
-    table = _read(cache_file())
+    table = read_table(cache_file())
     entry = table.get(key, {}).get(shape)
     try:
         found = None if entry is None else Measurement.from_json(entry)
@@ -106,7 +106,7 @@ def cached_measure(instances: list[Instance], candidates: list[str]) -> Measurem
     if found is not None and found.tried == tuple(candidates):
         return found
     result = measure(instances, candidates)
-    _write(cache_file(), key, shape, result)
+    save_entry(cache_file(), key, shape, result.to_json(), "linear kernel timings")
     return result
 
 
@@ -194,22 +194,24 @@ def _seconds(run, x: torch.Tensor) -> float:
     return time.perf_counter() - start
 
 
-def _read(path: Path) -> dict:
+def read_table(path: Path) -> dict:
+    """A cache file's {machine key: {shape key: entry}}; empty where it is missing or corrupt."""
     try:
-        return json.loads(path.read_text())
+        table = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
+    return table if isinstance(table, dict) else {}
 
 
-def _write(path: Path, key: str, shape: str, result: Measurement) -> None:
+def save_entry(path: Path, key: str, shape: str, entry: dict, what: str) -> None:
     """Merge one entry into the cache file; atomic, so concurrent starts never see half a file."""
-    table = _read(path)
-    table.setdefault(key, {})[shape] = result.to_json()
+    table = read_table(path)
+    table.setdefault(key, {})[shape] = entry
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".linear_tuning")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}")
         with os.fdopen(fd, "w") as f:
             json.dump(table, f, indent=1, sort_keys=True)
         os.replace(tmp, path)
     except OSError as e:  # a read-only cache only costs the next start a measurement
-        logger.warning("could not save linear kernel timings to %s: %s", path, e)
+        logger.warning("could not save %s to %s: %s", what, path, e)

@@ -6,12 +6,13 @@ import importlib.util
 
 import torch
 
+from radixrt import envs
 from radixrt.workers.layers.attention.base import AttentionBackend, KVBuffers
-from radixrt.workers.layers.attention.torch_backend import TorchAttentionBackend
+from radixrt.workers.layers.attention.torch_backend import TORCH, AttentionChoice, TorchAttentionBackend
 
 BACKENDS = ("auto", "torch", "flashinfer")
 
-__all__ = ["AttentionBackend", "KVBuffers", "TorchAttentionBackend", "create_backend"]
+__all__ = ["AttentionBackend", "AttentionChoice", "KVBuffers", "TorchAttentionBackend", "create_backend"]
 
 
 def create_backend(
@@ -24,7 +25,9 @@ def create_backend(
     dtype: torch.dtype,
     scale: float | None = None,
 ) -> AttentionBackend:
-    """Build backend `name`; "auto" is flashinfer on CUDA when importable, else torch."""
+    """Build backend `name`; "auto" is flashinfer on CUDA when importable, else torch. On the CPU
+    with radixrt's kernels, what the torch backend runs was measured on this CPU (attention_tuning);
+    with RADIXRT_KERNELS=torch there are no kernels and nothing is measured."""
     if name not in BACKENDS:
         raise ValueError(f"unknown attention backend {name!r}; choose from {BACKENDS}")
     device = torch.device(device)
@@ -32,14 +35,21 @@ def create_backend(
         usable = device.type == "cuda" and importlib.util.find_spec("flashinfer") is not None
         name = "flashinfer" if usable else "torch"
     if name == "torch":
-        kernels, extend_kernel = None, False
+        kernels, extend_kernel, choice = None, False, None
         if device.type == "cpu" and dtype in (torch.bfloat16, torch.float32):
-            from radixrt.workers.layers import cpu_kernels
+            from radixrt.workers.layers import attention_tuning, cpu_kernels
 
-            if cpu_kernels.supports_decode(head_dim, num_heads, num_kv_heads):
+            if cpu_kernels.supports_decode(head_dim, num_heads, num_kv_heads) and not envs.torch_reference_only():
                 kernels = cpu_kernels.load()
                 extend_kernel = cpu_kernels.supports_extend(head_dim, dtype)
-        return TorchAttentionBackend(num_heads, num_kv_heads, head_dim, scale, kernels, extend_kernel)
+            if kernels is not None:
+                choice, wrong = attention_tuning.plan(num_heads, num_kv_heads, head_dim, dtype, kernels, extend_kernel)
+                # a kernel that gave wrong results here serves no forward, batch-invariant ones included
+                extend_kernel = extend_kernel and "extend" not in wrong
+                if "decode" in wrong:  # then none of them is trusted
+                    why = {"decode_attention": choice.why["decode_attention"]}
+                    kernels, extend_kernel, choice = None, False, AttentionChoice(TORCH, TORCH, why)
+        return TorchAttentionBackend(num_heads, num_kv_heads, head_dim, scale, kernels, extend_kernel, choice)
     from radixrt.workers.layers.attention import flashinfer_backend
 
     return flashinfer_backend.FlashInferAttentionBackend(num_heads, num_kv_heads, head_dim, dtype, device, scale)

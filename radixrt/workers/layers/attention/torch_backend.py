@@ -12,6 +12,12 @@ on AVX512-BF16 CPUs, all in one call; otherwise one at a time with
 `F.scaled_dot_product_attention`. All index and mask tensors are built once per forward in
 `prepare`, not per layer.
 
+Where the kernels run, which of them a forward uses was measured on this CPU at start
+(`AttentionChoice`, layers/attention_tuning.py): a forward that needs no batch invariance runs
+torch's SDPA instead of `extend_attention` or `decode_attention` where that measured faster (ATen's
+CPU flash attention uses AMX on the Xeons that have it). A batch-invariant forward always runs the
+kernels: their rows do not depend on the batch or on how a prompt was split; SDPA's do.
+
 Causal masking with a cached prefix of length P (E new tokens, S = P + E):
 
     new token j (position P + j) sees kv 0 .. P + j      mask[j, s] = s <= P + j
@@ -19,7 +25,7 @@ Causal masking with a cached prefix of length P (E new tokens, S = P + E):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import accumulate
 from typing import Any
 
@@ -57,6 +63,20 @@ SHARED_TILE = 64  # keys per tile of the C++ bf16 kernels (csrc/bf16_tiles.h)
 SHARED_PREFIX_MIN_REQUESTS = 8
 
 
+KERNEL, TORCH = "cpu_kernels", "torch"
+
+
+@dataclass(frozen=True)
+class AttentionChoice:
+    """What the forwards that need no batch invariance run, for prefill (`extend`) and decode,
+    where the C++ kernel could: KERNEL or TORCH (measured by layers/attention_tuning.py); `why`
+    says how it was decided, per op name of `implementations()` (e.g. "measured 1.80x faster")."""
+
+    extend: str = KERNEL
+    decode: str = KERNEL
+    why: dict[str, str] = field(default_factory=dict)
+
+
 @dataclass
 class _ExtendGroup:
     """Every prefilling request of the batch, for the C++ extend kernel."""
@@ -80,7 +100,8 @@ class _Extend:
 class TorchAttentionBackend(AttentionBackend):
     """See the module docstring; `cpu_kernels` is what `cpu_kernels.load()` returns (the
     `torch.ops.radixrt` namespace), or None for the pure-PyTorch paths; `extend_kernel` says
-    whether its `extend_attention` takes this model's prefills (bf16, AVX512-BF16, head_dim 64/128)."""
+    whether its `extend_attention` takes this model's prefills (bf16, AVX512-BF16, head_dim 64/128);
+    `choice` what forwards that need no batch invariance run (default: the kernels)."""
 
     def __init__(
         self,
@@ -90,42 +111,62 @@ class TorchAttentionBackend(AttentionBackend):
         scale: float | None = None,
         cpu_kernels: Any = None,
         extend_kernel: bool = False,
+        choice: AttentionChoice | None = None,
     ):
         super().__init__(num_heads, num_kv_heads, head_dim, scale)
         self.cpu_kernels = cpu_kernels
         self.extend_kernel = extend_kernel and cpu_kernels is not None
+        self.choice = choice or AttentionChoice()
         self._out_slots: torch.Tensor | None = None
         self._decode: _DecodeGroup | None = None
         self._extend_group: _ExtendGroup | None = None
         self._extends: list[_Extend] = []
 
     def implementations(self) -> dict[str, str]:
-        decode = "cpu_kernels" if self.cpu_kernels is not None else "torch"
-        extend = "cpu_kernels" if self.extend_kernel else "torch"
+        decode = self._describe("decode_attention", self.choice.decode, self.cpu_kernels is not None)
+        extend = self._describe("extend_attention", self.choice.extend, self.extend_kernel)
         # NOTE: shared_prefix_decode runs under the same conditions as extend_attention
-        shared = "cpu_kernels" if self.extend_kernel else "off"
+        shared = KERNEL if self.extend_kernel else "off"
         return {"decode_attention": decode, "extend_attention": extend, "shared_prefix_decode": shared}
+
+    def _describe(self, op: str, used: str, kernel: bool) -> str:
+        """e.g. "torch (measured 1.80x faster); batch-invariant: cpu_kernels"."""
+        used = used if kernel else TORCH
+        why = self.choice.why.get(op)
+        text = used if why is None else f"{used} ({why})"
+        return text if used == KERNEL or not kernel else f"{text}; batch-invariant: {KERNEL}"
 
     def prepare(self, batch: ForwardBatch) -> None:
         self._out_slots = batch.out_slots
         q_starts = [0, *accumulate(batch.extend_lens)]
         kv_starts = [0, *accumulate(batch.seq_lens)]
+        on_cpu = batch.kv_indices.device.type == "cpu"
         decode_ids = [i for i, p in enumerate(batch.prefill) if not p]
         self._decode = None
         if decode_ids:
             all_decode = len(decode_ids) == batch.batch_size
             rows, starts, lens = _decode_rows(batch, decode_ids, q_starts, kv_starts)
-            padded = self.cpu_kernels is None or batch.kv_indices.device.type != "cpu"
-            self._decode = _prepare_decode(batch, starts, lens, None if all_decode else rows, padded)
-            self._decode.shared_prefix = (
+            kernels = self.cpu_kernels is not None and on_cpu
+            # NOTE: shared_prefix_decode keeps its own rule whichever decode candidate measured
+            # faster: the measured batch shares nothing, so it says nothing of this case, where
+            # reading the prefix once is what pays (31% over decode_attention at 18 forks) and the
+            # padded SDPA would gather a copy of every request's whole sequence (not measured against
+            # it). Not in invariant forwards: its partial softmaxes split where other prefixes end.
+            shared = (
                 self.extend_kernel
-                and not padded
-                and not batch.invariant  # its partial softmaxes split where other requests' prefixes end
+                and kernels
+                and not batch.invariant
                 and _shares_a_tile(batch.kv_indices, starts, lens)
             )
+            torch_decode = self.choice.decode == TORCH and not batch.invariant and not shared
+            padded = not kernels or torch_decode
+            self._decode = _prepare_decode(batch, starts, lens, None if all_decode else rows, padded)
+            self._decode.shared_prefix = shared
         prefill_ids = [i for i, p in enumerate(batch.prefill) if p]
         self._extend_group, self._extends = None, []
-        if prefill_ids and self.extend_kernel and batch.kv_indices.device.type == "cpu":
+        # batch-invariant forwards always take the kernel: its rows never depend on the batch
+        extend_kernel = self.extend_kernel and (batch.invariant or self.choice.extend == KERNEL)
+        if prefill_ids and extend_kernel and on_cpu:
             pick = lambda values: torch.tensor([values[i] for i in prefill_ids])  # noqa: E731
             self._extend_group = _ExtendGroup(
                 batch.kv_indices, pick(q_starts), pick(batch.extend_lens), pick(kv_starts), pick(batch.seq_lens)
