@@ -103,7 +103,7 @@ def broken(op: str):
     def wrong(*args):
         return getattr(real, op)(*args) * 1.1
 
-    names = ("decode_attention", "extend_attention", "shared_prefix_decode")
+    names = ("decode_attention", "tiled_decode_attention", "extend_attention", "shared_prefix_decode")
     return types.SimpleNamespace(**{**{name: getattr(real, name) for name in names}, op: wrong})
 
 

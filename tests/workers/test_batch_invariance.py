@@ -1,6 +1,8 @@
 """bf16 on CPU, in a batch-invariant forward: recomputing the last tokens of a cached prompt gives
 the logits its first, uncached prefill got, bit for bit, so a radix-cache hit never changes a greedy
-output; and a request decodes the same logits alone or inside a batch of requests sharing its prefix."""
+output; tokens that were generated one at a time leave the K/V a prefill of them leaves (a program
+that reads its own output back hits the cache without changing an output); and a request decodes the
+same logits alone or inside a batch of requests sharing its prefix."""
 
 from __future__ import annotations
 
@@ -32,6 +34,25 @@ def test_recomputing_a_cached_prompts_tail_gives_its_first_logits(runner, tail, 
     again_slots = slots[: n - tail] + list(range(200, 200 + tail))
     again = runner.forward(ForwardBatch.build([ids[n - tail :]], [again_slots], prefill=[True], invariant=True), pool)
     assert torch.equal(first, again)
+
+
+def test_generated_tokens_leave_the_kv_a_prefill_of_them_leaves(runner):
+    pool = KVPool(256, *runner.kv_shape(), dtype=runner.dtype)
+    gen = torch.Generator().manual_seed(11)
+    prompt = torch.randint(100, 20_000, (40,), generator=gen).tolist()
+    generated = torch.randint(100, 20_000, (6,), generator=gen).tolist()
+    after = torch.randint(100, 20_000, (5,), generator=gen).tolist()  # what the program sends next
+    slots = list(range(1, 41))
+    runner.forward(ForwardBatch.build([prompt], [slots], prefill=[True], invariant=True), pool)
+    for j, token in enumerate(generated):  # decode steps, as a request generating them runs
+        slots = slots + [41 + j]
+        runner.forward(ForwardBatch.build([[token]], [slots], invariant=True), pool)
+    # the next call hits the cache on prompt + generated, and prefills only its new tokens
+    hit = runner.forward(ForwardBatch.build([after], [slots + list(range(100, 105))], prefill=[True], invariant=True), pool)
+    # a cacheless server prefills all of it
+    whole = prompt + generated + after
+    cold = runner.forward(ForwardBatch.build([whole], [list(range(150, 150 + len(whole)))], prefill=[True], invariant=True), pool)
+    assert torch.equal(hit[-1], cold[-1])
 
 
 def test_a_decode_row_is_the_same_alone_and_among_requests_sharing_its_prefix(runner):

@@ -1,5 +1,6 @@
 """The C++ CPU prefill-attention kernel (layers/csrc/extend_attention.cpp, bf16 on AVX512-BF16)
-against a float64 softmax reference, its row independence, and the torch backend's use of it."""
+against a float64 softmax reference, its row independence, and the torch backend's use of it; and
+the decode kernel that rounds as it does (tiled_decode_attention.cpp)."""
 
 from __future__ import annotations
 
@@ -152,5 +153,51 @@ def test_backend_kernel_and_sdpa_paths_agree_on_a_mixed_batch(ops):
         backend.prepare(batch)
         outs.append(backend.attend(q, k, v, 0, pool))
     torch.testing.assert_close(outs[0].float(), outs[1].float(), rtol=2e-2, atol=2e-2)
-    decode_rows = [0, 6]
-    assert torch.equal(outs[0][decode_rows], outs[1][decode_rows])  # the same decode kernel in both
+    # with the extend kernel, decode rows round as it does: as one-row prefills of their tokens
+    pool = type("Pool", (), {"k_buffers": [k_buf.clone()], "v_buffers": [v_buf.clone()]})()
+    TorchAttentionBackend(heads, kv_heads, dim).store_kv(k, v, 0, pool, batch.out_slots)
+    for row, seq in ((0, list(range(1, 41))), (6, list(range(200, 401)))):
+        one = [torch.tensor([x]) for x in (0, 1, 0, len(seq))]
+        alone = ops.extend_attention(q[row : row + 1], pool.k_buffers[0], pool.v_buffers[0], torch.tensor(seq), *one, dim**-0.5)
+        assert torch.equal(outs[0][row], alone[0]), row
+
+
+@pytest.mark.parametrize(("heads", "kv_heads", "dim"), [(9, 3, 64), (8, 2, 128), (4, 4, 64), (16, 1, 64), (6, 1, 128)])
+def test_tiled_decode_rows_get_the_bits_extend_gives_them(ops, heads, kv_heads, dim):
+    """What makes a generated token's K/V equal a prefill's: a decode row through the tiled kernel
+    is bit for bit the last row of a prefill over the same sequence (groups above one block of query
+    vectors included), and close to a float64 softmax."""
+    lens = [1, 63, 64, 65, 300, 129]
+    g = torch.Generator().manual_seed(9)
+    k_pool = torch.randn(1000, kv_heads, dim, generator=g).bfloat16()
+    v_pool = torch.randn(1000, kv_heads, dim, generator=g).bfloat16()
+    q = torch.randn(len(lens), heads, dim, generator=g).bfloat16()
+    slots = torch.randperm(999, generator=g)[: sum(lens)] + 1
+    starts = torch.tensor([0, *torch.tensor(lens).cumsum(0)[:-1].tolist()])
+    out = ops.tiled_decode_attention(q, k_pool, v_pool, slots, starts, torch.tensor(lens), dim**-0.5)
+    assert out.shape == (len(lens), heads * dim) and out.dtype == torch.bfloat16
+    prefill = ops.extend_attention(
+        q, k_pool, v_pool, slots, torch.arange(len(lens)), torch.ones(len(lens), dtype=torch.long), starts,
+        torch.tensor(lens), dim**-0.5,
+    )
+    assert torch.equal(out, prefill)
+    expected = reference(q, k_pool, v_pool, slots, starts, torch.tensor(lens), dim**-0.5)
+    torch.testing.assert_close(out.double(), expected, rtol=1.6e-2, atol=1.2e-2)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda a: {**a, "q": a["q"].float()}, "bfloat16 only"),
+        (lambda a: {**a, "lens": a["lens"][:1]}, "one start and length per row"),
+        (lambda a: {**a, "lens": a["lens"] * 0}, "non-empty range"),
+        (lambda a: {**a, "starts": a["starts"] + 1000}, "non-empty range"),
+        (lambda a: {**a, "slots": a["slots"].int()}, "int64"),
+    ],
+)
+def test_tiled_decode_bad_inputs_raise_clear_errors(ops, change, message):
+    k_pool, v_pool = torch.randn(100, 2, 64).bfloat16(), torch.randn(100, 2, 64).bfloat16()
+    args = dict(q=torch.randn(2, 4, 64).bfloat16(), k_pool=k_pool, v_pool=v_pool, slots=torch.arange(1, 41),
+                starts=torch.tensor([0, 20]), lens=torch.tensor([20, 20]))  # fmt: skip
+    with pytest.raises(RuntimeError, match=message):
+        ops.tiled_decode_attention(*change(args).values(), 0.125)

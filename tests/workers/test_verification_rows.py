@@ -2,8 +2,9 @@
 forward) gives each row the logits that decode steps of those tokens, one at a time, give: bit for
 bit, in a batch-invariant forward. This is what keeps greedy outputs identical with speculation on.
 
-(The prefill path is not that: extend_attention rounds a row differently from decode_attention,
-which is why verification rows run as decode rows.)"""
+(Verification rows run as decode rows. Where the bf16 extend kernel runs, decode rows take its
+arithmetic (tiled_decode_attention), so they equal prefill rows too; elsewhere decode_attention
+rounds differently from a prefill.)"""
 
 from __future__ import annotations
 

@@ -6,7 +6,8 @@ torch attention backend's own `prepare` / `attend` on one layer of a small pool 
           `F.scaled_dot_product_attention` per request (ATen's CPU flash attention: AMX on the
           Xeons that have it), on one request of 512 new tokens over a 512-token cached prefix and
           one of 1,024 new tokens (the two times are added)
-  decode  our `decode_attention` kernel vs one padded SDPA batch, on 16 requests of ~1,024 tokens
+  decode  our decode kernel (`tiled_decode_attention` where the extend kernel runs, else
+          `decode_attention`) vs one padded SDPA batch, on 16 requests of ~1,024 tokens
 Each candidate is first checked against a float64 softmax on a small mixed batch (a wrong one is
 never chosen), then timed: candidates take turns, and the median of their rounds counts. The kernel
 is kept unless torch measured more than 5% faster (`KERNEL_MARGIN`). The result is cached in
@@ -34,7 +35,7 @@ from radixrt.workers.layers.attention.torch_backend import KERNEL, TORCH, Attent
 
 logger = logging.getLogger(__name__)
 
-TUNING_VERSION = 1  # bumped whenever how candidates are measured changes
+TUNING_VERSION = 2  # bumped whenever how candidates are measured changes
 PREFILLS = ((512, 512), (0, 1024))  # (cached prefix, new tokens) of the timed prefill requests
 DECODE_BATCH, DECODE_LEN = 16, 1024
 # the correctness check's batches: (cached prefix, new tokens) per request
@@ -151,7 +152,7 @@ def plan(
 
 def _backend(heads: int, kv_heads: int, dim: int, ops: Any, extend_kernel: bool, op: str, candidate: str):
     choice = AttentionChoice(**{op: candidate})
-    return TorchAttentionBackend(heads, kv_heads, dim, None, ops, extend_kernel and op == "extend", choice)
+    return TorchAttentionBackend(heads, kv_heads, dim, None, ops, extend_kernel, choice)
 
 
 def _check_requests(op: str) -> list[tuple[int, int]]:

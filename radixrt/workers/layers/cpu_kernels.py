@@ -35,6 +35,7 @@ SOURCES = [
         "decode_attention.cpp",
         "extend_attention.cpp",
         "shared_prefix_decode.cpp",
+        "tiled_decode_attention.cpp",
         "rms_norm.cpp",
         "elementwise.cpp",
         "linear.cpp",
