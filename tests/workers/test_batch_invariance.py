@@ -48,10 +48,14 @@ def test_generated_tokens_leave_the_kv_a_prefill_of_them_leaves(runner):
         slots = slots + [41 + j]
         runner.forward(ForwardBatch.build([[token]], [slots], invariant=True), pool)
     # the next call hits the cache on prompt + generated, and prefills only its new tokens
-    hit = runner.forward(ForwardBatch.build([after], [slots + list(range(100, 105))], prefill=[True], invariant=True), pool)
+    hit = runner.forward(
+        ForwardBatch.build([after], [slots + list(range(100, 105))], prefill=[True], invariant=True), pool
+    )
     # a cacheless server prefills all of it
     whole = prompt + generated + after
-    cold = runner.forward(ForwardBatch.build([whole], [list(range(150, 150 + len(whole)))], prefill=[True], invariant=True), pool)
+    cold = runner.forward(
+        ForwardBatch.build([whole], [list(range(150, 150 + len(whole)))], prefill=[True], invariant=True), pool
+    )
     assert torch.equal(hit[-1], cold[-1])
 
 

@@ -158,7 +158,9 @@ def test_backend_kernel_and_sdpa_paths_agree_on_a_mixed_batch(ops):
     TorchAttentionBackend(heads, kv_heads, dim).store_kv(k, v, 0, pool, batch.out_slots)
     for row, seq in ((0, list(range(1, 41))), (6, list(range(200, 401)))):
         one = [torch.tensor([x]) for x in (0, 1, 0, len(seq))]
-        alone = ops.extend_attention(q[row : row + 1], pool.k_buffers[0], pool.v_buffers[0], torch.tensor(seq), *one, dim**-0.5)
+        alone = ops.extend_attention(
+            q[row : row + 1], pool.k_buffers[0], pool.v_buffers[0], torch.tensor(seq), *one, dim**-0.5
+        )
         assert torch.equal(outs[0][row], alone[0]), row
 
 
@@ -177,8 +179,15 @@ def test_tiled_decode_rows_get_the_bits_extend_gives_them(ops, heads, kv_heads, 
     out = ops.tiled_decode_attention(q, k_pool, v_pool, slots, starts, torch.tensor(lens), dim**-0.5)
     assert out.shape == (len(lens), heads * dim) and out.dtype == torch.bfloat16
     prefill = ops.extend_attention(
-        q, k_pool, v_pool, slots, torch.arange(len(lens)), torch.ones(len(lens), dtype=torch.long), starts,
-        torch.tensor(lens), dim**-0.5,
+        q,
+        k_pool,
+        v_pool,
+        slots,
+        torch.arange(len(lens)),
+        torch.ones(len(lens), dtype=torch.long),
+        starts,
+        torch.tensor(lens),
+        dim**-0.5,
     )
     assert torch.equal(out, prefill)
     expected = reference(q, k_pool, v_pool, slots, starts, torch.tensor(lens), dim**-0.5)
