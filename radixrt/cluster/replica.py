@@ -129,7 +129,7 @@ class Replica:
 
         try:
             scheduler = Scheduler(self.args, self.io)
-            scheduler.cache.tree.blocks = self.blocks
+            scheduler.cache.follow_blocks(self.blocks)
             torch.set_num_threads(threads)
             started.put(self.io.outbox.get())  # the WorkerReady the scheduler sent
         except BaseException as exc:  # noqa: BLE001 - handed to __init__, which raises it

@@ -1,56 +1,20 @@
 """`GET /debug/cache`: the radix tree as an SVG drawing.
 
-The worker takes a bounded `snapshot` of its tree (plain data, at most `max_nodes` nodes,
-breadth first so the top of the tree is always shown); the frontend draws it with
-`render_svg`: one box per node, left to right by depth, its width growing with the node's
+The worker takes a bounded `snapshot` of its tree (radix_cache/tree_debug.py: plain data, at most
+`max_nodes` nodes, breadth first so the top of the tree is always shown); the frontend draws it
+with `render_svg`: one box per node, left to right by depth, its width growing with the node's
 tokens, labelled with the start of its text and its hit and lock counts.
 """
 
 from __future__ import annotations
 
 import math
-from collections import deque
 from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
-LABEL_TOKENS = 12  # tokens decoded for a node's label
-LABEL_CHARS = 24
+LABEL_CHARS = 24  # of a node's text drawn in its box
 COL_W, ROW_H, HEADER_H, MARGIN = 240, 34, 30, 10
 BOX_MIN_W, BOX_MAX_W = 40, COL_W - 40
-
-
-def snapshot(tree: Any, tokenizer: Any, max_nodes: int = 500, salt: str = "") -> dict[str, Any]:
-    """`salt`'s tree as plain data: `nodes` (breadth first, root first, each with its parent's index),
-    `total_nodes` and `total_tokens` of that whole tree, and whether nodes were left out."""
-    nodes: list[dict[str, Any]] = []
-    total_nodes = total_tokens = 0
-    queue: deque[tuple[Any, int, int]] = deque([(tree.root_of(salt), -1, 0)])
-    while queue:
-        node, parent, depth = queue.popleft()
-        total_nodes += 1
-        total_tokens += len(node.key)
-        drawn = len(nodes) < max_nodes  # breadth first: a drawn node's parent is drawn too
-        if drawn:
-            nodes.append(_node_entry(node, parent, depth, tokenizer))
-        for _, child in sorted(node.children.items()):
-            queue.append((child, len(nodes) - 1 if drawn else -2, depth + 1))
-    return {"nodes": nodes, "total_nodes": total_nodes - 1, "total_tokens": total_tokens,
-            "truncated": len(nodes) < total_nodes}  # fmt: skip
-
-
-def _node_entry(node: Any, parent: int, depth: int, tokenizer: Any) -> dict[str, Any]:
-    is_root = parent == -1
-    text = "<root>" if is_root else _label(tokenizer, list(node.key[:LABEL_TOKENS]))
-    return {"parent": parent, "depth": depth, "tokens": len(node.key), "text": text,
-            "hits": int(node.hit_count), "lock": int(node.lock_ref)}  # fmt: skip
-
-
-def _label(tokenizer: Any, ids: list[int]) -> str:
-    try:
-        text = tokenizer.decode(ids) if tokenizer is not None else " ".join(map(str, ids))
-    except Exception:  # noqa: BLE001 - a label is best effort
-        text = " ".join(map(str, ids))
-    return text[: LABEL_CHARS * 2]
 
 
 def render_svg(snap: dict[str, Any]) -> str:

@@ -16,8 +16,12 @@ from typing import Any, NamedTuple
 
 import torch
 
+from radixrt.radix_cache import tree_debug
+from radixrt.radix_cache.block_index import BlockIndex
 from radixrt.radix_cache.ngram_index import NgramIndex
 from radixrt.radix_cache.pool import KVPool, ReqToToken
+from radixrt.radix_cache.snapshot import LoadResult, SaveJob, load_snapshot
+from radixrt.radix_cache.snapshot_file import SnapshotReader, SnapshotWriter
 from radixrt.radix_cache.tree import PrefixPeek, RadixCache
 from radixrt.runtime.scheduler.pins import Pins
 from radixrt.runtime.scheduler.req import Req
@@ -217,6 +221,26 @@ class CacheManager:
             "pinned_tokens": pinned,
             "locked_tokens": size.protected - pinned,
         }
+
+    def restore(self, reader: SnapshotReader) -> LoadResult:
+        """Fill the empty tree from a saved snapshot (cache_persistence.py), at start."""
+        return load_snapshot(reader, self.tree)
+
+    def save_job(self, writer: SnapshotWriter, piece_tokens: int) -> SaveJob:
+        """A snapshot of the tree as it is now, written piece by piece (cache_persistence.py)."""
+        return SaveJob(self.tree, writer, piece_tokens)
+
+    def follow_blocks(self, blocks: BlockIndex) -> None:
+        """Keep `blocks` in step with what the tree holds (a cluster replica publishes it)."""
+        self.tree.blocks = blocks
+
+    @property
+    def eviction_name(self) -> str:
+        return self.tree.eviction.name
+
+    def view(self, tokenizer: Any, max_nodes: int, salt: str) -> dict[str, Any]:
+        """A bounded picture of `salt`'s tree as plain data (radix_cache/tree_debug.py)."""
+        return tree_debug.snapshot(self.tree, tokenizer, max_nodes, salt)
 
     # ---- pins --------------------------------------------------------------------------
 

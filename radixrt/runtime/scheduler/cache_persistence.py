@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from radixrt.radix_cache.snapshot import SaveJob, load_snapshot
+from radixrt.radix_cache.snapshot import SaveJob
 from radixrt.radix_cache.snapshot_file import (
     SUFFIX,
     RowLayout,
@@ -81,7 +81,7 @@ class CachePersistence:
             log.warning("cache snapshot not used, starting cold: %s", exc)
             return
         try:
-            result = load_snapshot(reader, self.cache.tree)
+            result = self.cache.restore(reader)
         except TierError as exc:
             log.warning("cache snapshot not used, starting cold: %s", exc)
             return
@@ -164,7 +164,7 @@ class CachePersistence:
             self.counters["cache_save_failures"] += 1
             log.warning("cache save failed, serving goes on: %s", exc)
             return None
-        self._job = SaveJob(self.cache.tree, writer, self.piece_tokens)
+        self._job = self.cache.save_job(writer, self.piece_tokens)
         self._job_changes = changes
         return self._job
 

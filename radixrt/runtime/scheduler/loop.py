@@ -158,9 +158,7 @@ class Scheduler:
         elif isinstance(msg, GetStats):
             self.io.send(StatsOut(stats=self.stats()))
         elif isinstance(msg, DebugCache):
-            from radixrt.runtime.http.cache_svg import snapshot
-
-            tree = snapshot(self.cache.tree, self.outputs.tokenizer, msg.max_nodes, msg.salt)
+            tree = self.cache.view(self.outputs.tokenizer, msg.max_nodes, msg.salt)
             self.io.send(StatsOut(stats={"tree": tree}))
 
     def step(self) -> bool:
@@ -290,7 +288,7 @@ class Scheduler:
             "cache_hit_tokens": self.cache.hit_tokens,
             "prompt_tokens": self.cache.prompt_tokens,
             "cache_by_salt": self.cache.salt_stats(),
-            "eviction_policy": self.cache.tree.eviction.name,
+            "eviction_policy": self.cache.eviction_name,
             "pins": len(self.cache.pins),
             "pinned_tokens": self.cache.pins.tokens(),
             "pins_capped": self.cache.pins.capped,

@@ -6,7 +6,8 @@ import xml.etree.ElementTree as ET
 
 from radixrt.radix_cache.pool import KVPool
 from radixrt.radix_cache.tree import RadixCache
-from radixrt.runtime.http.cache_svg import render_svg, snapshot
+from radixrt.radix_cache.tree_debug import snapshot
+from radixrt.runtime.http.cache_svg import render_svg
 
 SVG = "{http://www.w3.org/2000/svg}"
 
