@@ -24,6 +24,7 @@ continuations by frequency (SuffixDecoding) would need per-continuation counters
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -40,8 +41,10 @@ class NgramIndex:
             raise ValueError(f"max_n and capacity must be >= 1, got {max_n} and {capacity}")
         self.max_n = max_n
         self.capacity = capacity
-        # NOTE: a dict keeps insertion order; re-registering pops first, so the oldest is first
-        self._where: dict[tuple[str, tuple[int, ...]], tuple[TreeNode, int]] = {}
+        # NOTE: oldest registered first. An OrderedDict, not a dict: taking a plain dict's first
+        # item after deleting others scans past their dead slots, which made every insert at
+        # capacity cost O(capacity) (100 tokens: 31 ms instead of 0.2)
+        self._where: OrderedDict[tuple[str, tuple[int, ...]], tuple[TreeNode, int]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._where)
@@ -59,10 +62,10 @@ class NgramIndex:
             node = leaf if end >= start else leaf.parent
             for n in range(1, min(max_n, end + 1) + 1):
                 key = (salt, tuple(ids[end - n + 1 : end + 1]))
-                where.pop(key, None)
                 where[key] = (node, end)
+                where.move_to_end(key)
         while len(where) > self.capacity:
-            del where[next(iter(where))]
+            where.popitem(last=False)
 
     def continuation(self, tail: list[int], k: int, min_n: int = 1, salt: str = "") -> tuple[list[int], int]:
         """Up to `k` tokens that followed the longest suffix of `tail` (at least `min_n` tokens) found
