@@ -15,6 +15,9 @@ goes on into the most recently used child. An evicted node is detached (`parent`
 are stale and dropped when looked up. The index holds at most `capacity` n-grams, the oldest
 registered first out, so its memory is bounded whatever the tree does. n-grams are keyed with the
 salt of the tree they were inserted under, so a lookup never drafts another tenant's tokens.
+Inserts are only queued; the first lookup after them indexes them, in order (a server whose requests
+never draft, such as 1-token answers, spent 5% of its time indexing every insert). The tree's index
+keeps n-grams of 2 or more tokens: the drafter never looks up fewer there.
 
 Ranking: the most recent occurrence wins (one location per n-gram). Agent loops repeat what they
 did last (the same tool-call scaffolding, the current document), recency follows a conversation as it
@@ -24,7 +27,7 @@ continuations by frequency (SuffixDecoding) would need per-continuation counters
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -36,17 +39,22 @@ DEFAULT_MAX_N = 4
 class NgramIndex:
     """n-gram -> (node, depth) of its most recently inserted last token; see the module docstring."""
 
-    def __init__(self, max_n: int = DEFAULT_MAX_N, capacity: int = 1 << 20):
-        if max_n < 1 or capacity < 1:
-            raise ValueError(f"max_n and capacity must be >= 1, got {max_n} and {capacity}")
-        self.max_n = max_n
+    def __init__(self, max_n: int = DEFAULT_MAX_N, capacity: int = 1 << 20, min_n: int = 1):
+        if not 1 <= min_n <= max_n or capacity < 1:
+            raise ValueError(f"need 1 <= min_n <= max_n and capacity >= 1, got {min_n}, {max_n}, {capacity}")
+        self.max_n, self.min_n = max_n, min_n  # n-grams shorter than min_n are never looked up
         self.capacity = capacity
+        # NOTE: inserts are indexed when a lookup comes (in order, so the most recent still wins): a
+        # server where nothing drafts (1-token answers, prompts only) pays nothing for the index
+        self._pending: deque[tuple[TreeNode, tuple[int, ...], int, int, str]] = deque()
+        self._pending_tokens = 0
         # NOTE: oldest registered first. An OrderedDict, not a dict: taking a plain dict's first
         # item after deleting others scans past their dead slots, which made every insert at
         # capacity cost O(capacity) (100 tokens: 31 ms instead of 0.2)
         self._where: OrderedDict[tuple[str, tuple[int, ...]], tuple[TreeNode, int]] = OrderedDict()
 
     def __len__(self) -> int:
+        self._catch_up()
         return len(self._where)
 
     def add(self, leaf: TreeNode, ids: list[int], start: int, salt: str = "") -> None:
@@ -56,21 +64,40 @@ class NgramIndex:
         earlier occurrence that has a continuation); the ones ending at `start - 1` are registered
         again, as their latest continuation is now this leaf.
         """
-        where, max_n = self._where, self.max_n
-        for end in range(max(start - 1, 0), len(ids) - 1):
-            # NOTE: the parent's node for the n-grams ending at start - 1; the read walks down into `leaf`
-            node = leaf if end >= start else leaf.parent
-            for n in range(1, min(max_n, end + 1) + 1):
-                key = (salt, tuple(ids[end - n + 1 : end + 1]))
-                where[key] = (node, end)
-                where.move_to_end(key)
+        base = max(start - self.max_n, 0)  # the earliest token an n-gram registered here starts at
+        self._pending.append((leaf, tuple(ids[base:]), base, start, salt))
+        self._pending_tokens += len(ids) - start
+        while self._pending:  # an insert whose every n-gram newer ones would push out: dropped now
+            _, old, old_base, old_start, _ = self._pending[0]
+            old_tokens = len(old) + old_base - old_start
+            if self._pending_tokens - old_tokens < self.capacity:
+                break
+            self._pending.popleft()
+            self._pending_tokens -= old_tokens
+
+    def _catch_up(self) -> None:
+        where, max_n, min_n = self._where, self.max_n, self.min_n
+        while self._pending:
+            leaf, ids, base, start, salt = self._pending.popleft()
+            self._pending_tokens -= len(ids) + base - start
+            if leaf.parent is None:  # evicted (or flushed) before anyone looked
+                continue
+            for end in range(max(start - 1, 0), len(ids) + base - 1):
+                # NOTE: the parent's node for the n-grams ending at start - 1; the read walks down into `leaf`
+                node = leaf if end >= start else leaf.parent
+                at = end - base
+                for n in range(min_n, min(max_n, end + 1) + 1):
+                    key = (salt, ids[at - n + 1 : at + 1])
+                    where[key] = (node, end)
+                    where.move_to_end(key)
         while len(where) > self.capacity:
             where.popitem(last=False)
 
     def continuation(self, tail: list[int], k: int, min_n: int = 1, salt: str = "") -> tuple[list[int], int]:
         """Up to `k` tokens that followed the longest suffix of `tail` (at least `min_n` tokens) found
         in `salt`'s sequences, and that suffix's length; ([], 0) when none. Changes nothing in the tree."""
-        for n in range(min(self.max_n, len(tail)), min_n - 1, -1):
+        self._catch_up()
+        for n in range(min(self.max_n, len(tail)), max(min_n, self.min_n) - 1, -1):
             key = (salt, tuple(tail[len(tail) - n :]))
             found = self._where.get(key)
             if found is None:
@@ -86,6 +113,8 @@ class NgramIndex:
 
     def clear(self) -> None:
         self._where.clear()
+        self._pending.clear()
+        self._pending_tokens = 0
 
 
 def read_after(node: TreeNode, depth: int, k: int) -> list[int]:

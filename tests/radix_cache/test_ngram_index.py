@@ -114,3 +114,18 @@ def test_every_continuation_agrees_with_a_scan_of_the_cached_sequences():
 def test_bad_sizes_are_refused():
     with pytest.raises(ValueError, match="max_n and capacity"):
         NgramIndex(0)
+
+
+def test_inserts_are_indexed_at_the_first_lookup_and_only_from_min_n_tokens():
+    cache = RadixCache(KVPool(256, num_layers=1, n_kv_heads=1, head_dim=2), NgramIndex(4, 1 << 16, min_n=2))
+    put(cache, [1, 2, 3, 4, 5])
+    assert cache.ngrams._where == {}  # queued: a server whose requests never draft never indexes
+    assert cache.ngrams.continuation([2, 3], 2) == ([4, 5], 2)
+    assert cache.ngrams.continuation([3], 2) == ([], 0)  # 1-grams are not kept
+    assert len(cache.ngrams) == 3 + 2 + 1  # the 2-, 3- and 4-grams something follows
+    put(cache, [7, 8, 9, 10])
+    cache.evict(9)  # both gone, the second before anyone looked: never indexed
+    assert cache.ngrams.continuation([7, 8], 2) == ([], 0)
+    assert len(cache.ngrams) == 6  # the first one's entries, stale until looked up
+    with pytest.raises(ValueError, match="min_n"):
+        NgramIndex(2, 10, min_n=3)

@@ -34,7 +34,7 @@ TREE_MIN_N = 2
 
 def new_ngram_index(kv_slots: int) -> NgramIndex:
     """The tree's index: room for the n-grams of every token the tree can hold."""
-    return NgramIndex(MAX_N, capacity=MAX_N * kv_slots)
+    return NgramIndex(MAX_N, capacity=MAX_N * kv_slots, min_n=TREE_MIN_N)
 
 
 class OwnNgrams:
