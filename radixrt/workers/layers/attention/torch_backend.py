@@ -5,7 +5,7 @@ then attends as a decode step of its token would) are attended together: on the 
 `decode_attention` (layers/csrc/), which reads each request's K/V rows in place from the pool; in
 bf16 on AVX512-BF16 CPUs by `tiled_decode_attention`, which rounds exactly as `extend_attention`
 does (so a generated token's K/V equals what a prefill of it stores, and a cache hit on generated
-text changes no output) and is ~30% faster, or, outside batch-invariant forwards when 8 or more of
+text changes no output) and is as fast or up to 30% faster, or, outside batch-invariant forwards when 8 or more of
 them share a 64-slot tile (wide forks, many conversations after one system prompt), by
 `shared_prefix_decode`, which reads a prefix once for all the requests that share it;
 elsewhere, or where the kernels could not be built, as one padded batch gathered from the pool.

@@ -275,7 +275,41 @@ struct BlockScratch {
   std::vector<const uint32_t*> tiles;
 
   void attend() { attend_block<DIM>(qv, tiles.data(), limit, result, max, sum); }
+
+  // vector r's attention output, normalized and rounded once to bf16
+  void write(int r, at::BFloat16* dst) const {
+    const float inv = 1.f / sum[r];
+    for (int d = 0; d < DIM; ++d) dst[d] = c10::BFloat16(result[r * DIM + d] * inv);
+  }
 };
+
+// What every bf16 tile op checks of q [rows, H, D] and the pools [slots, Hkv, D]; `op` names it.
+inline void check_tile_inputs(const at::Tensor& q, const at::Tensor& k_pool, const at::Tensor& v_pool, const char* op) {
+  TORCH_CHECK(q.device().is_cpu() && k_pool.device().is_cpu() && v_pool.device().is_cpu(), "CPU tensors only");
+  TORCH_CHECK(q.scalar_type() == at::kBFloat16 && k_pool.scalar_type() == at::kBFloat16 &&
+                  v_pool.scalar_type() == at::kBFloat16, op, " takes bfloat16 only");
+  TORCH_CHECK(q.dim() == 3 && q.stride(2) == 1, "q must be [rows, H, D] with contiguous dims");
+  TORCH_CHECK(k_pool.dim() == 3 && k_pool.is_contiguous() && v_pool.is_contiguous() && k_pool.sizes() == v_pool.sizes(),
+              "k and v pools must be contiguous [slots, Hkv, D] of one shape");
+  const int64_t dim = q.size(2);
+  TORCH_CHECK(dim == k_pool.size(2) && q.size(1) % k_pool.size(1) == 0, "head shapes do not match");
+  TORCH_CHECK(dim == 64 || dim == 128, "head_dim ", dim, " is not 64 or 128");
+}
+
+// What the decode ops check of their rows: row b attends over kv_indices[kv_starts[b] : + kv_lens[b]].
+inline void check_decode_rows(const at::Tensor& q, const at::Tensor& kv_indices, const at::Tensor& kv_starts,
+                              const at::Tensor& kv_lens) {
+  for (const auto* t : {&kv_indices, &kv_starts, &kv_lens}) {
+    TORCH_CHECK(t->scalar_type() == at::kLong && t->is_contiguous(), "indices must be contiguous int64");
+  }
+  const int64_t batch = q.size(0);
+  TORCH_CHECK(kv_starts.numel() == batch && kv_lens.numel() == batch, "one start and length per row");
+  const int64_t *starts = kv_starts.data_ptr<int64_t>(), *lens = kv_lens.data_ptr<int64_t>();
+  for (int64_t b = 0; b < batch; ++b) {
+    TORCH_CHECK(lens[b] > 0 && starts[b] >= 0 && starts[b] + lens[b] <= kv_indices.numel(), "row ", b,
+                ": its slots must be a non-empty range of kv_indices");
+  }
+}
 
 // body(index, scratch) for every work item, on torch's threads, each thread taking a contiguous
 // run of items of about equal cost (cost_before: the running sum of the items' costs, from 0) and

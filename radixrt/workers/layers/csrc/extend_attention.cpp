@@ -80,8 +80,7 @@ void extend_all(const uint16_t* q, int64_t q_row, int64_t q_head, const uint16_t
     at::BFloat16* out_request = out + reqs.q_starts[i] * heads * DIM;
     for (int r = 0; r < R && item.block * R + r < vectors; ++r) {
       const int64_t v = item.block * R + r, row = v / group, head = item.h * group + v % group;
-      const float inv = 1.f / block.sum[r];
-      for (int d = 0; d < DIM; ++d) out_request[(row * heads + head) * DIM + d] = c10::BFloat16(block.result[r * DIM + d] * inv);
+      block.write(r, out_request + (row * heads + head) * DIM);
     }
   });
 }
@@ -96,15 +95,8 @@ at::Tensor extend_attention(const at::Tensor& q, const at::Tensor& k_pool, const
                             const at::Tensor& kv_indices, const at::Tensor& q_starts, const at::Tensor& q_lens,
                             const at::Tensor& kv_starts, const at::Tensor& seq_lens, double scale) {
 #if defined(__AVX512BF16__)
-  TORCH_CHECK(q.device().is_cpu() && k_pool.device().is_cpu() && v_pool.device().is_cpu(), "CPU tensors only");
-  TORCH_CHECK(q.scalar_type() == at::kBFloat16 && k_pool.scalar_type() == at::kBFloat16 &&
-                  v_pool.scalar_type() == at::kBFloat16, "extend_attention takes bfloat16 only");
-  TORCH_CHECK(q.dim() == 3 && q.stride(2) == 1, "q must be [T, H, D] with contiguous dims");
-  TORCH_CHECK(k_pool.dim() == 3 && k_pool.is_contiguous() && v_pool.is_contiguous() && k_pool.sizes() == v_pool.sizes(),
-              "k and v pools must be contiguous [slots, Hkv, D] of one shape");
+  radixrt_tiles::check_tile_inputs(q, k_pool, v_pool, "extend_attention");
   const int64_t dim = q.size(2), heads = q.size(1), kv_heads = k_pool.size(1);
-  TORCH_CHECK(dim == k_pool.size(2) && heads % kv_heads == 0, "head shapes do not match");
-  TORCH_CHECK(dim == 64 || dim == 128, "head_dim ", dim, " is not 64 or 128");
   for (const auto* t : {&kv_indices, &q_starts, &q_lens, &kv_starts, &seq_lens}) {
     TORCH_CHECK(t->scalar_type() == at::kLong && t->is_contiguous(), "indices must be contiguous int64");
   }

@@ -214,27 +214,13 @@ at::Tensor shared_prefix_decode(const at::Tensor& q, const at::Tensor& k_pool, c
                                 const at::Tensor& kv_indices, const at::Tensor& kv_starts, const at::Tensor& kv_lens,
                                 double scale, int64_t min_requests) {
 #if defined(__AVX512BF16__)
-  TORCH_CHECK(q.device().is_cpu() && k_pool.device().is_cpu() && v_pool.device().is_cpu(), "CPU tensors only");
-  TORCH_CHECK(q.scalar_type() == at::kBFloat16 && k_pool.scalar_type() == at::kBFloat16 &&
-                  v_pool.scalar_type() == at::kBFloat16, "shared_prefix_decode takes bfloat16 only");
-  TORCH_CHECK(q.dim() == 3 && q.stride(2) == 1, "q must be [B, H, D] with contiguous dims");
-  TORCH_CHECK(k_pool.dim() == 3 && k_pool.is_contiguous() && v_pool.is_contiguous() && k_pool.sizes() == v_pool.sizes(),
-              "k and v pools must be contiguous [slots, Hkv, D] of one shape");
+  radixrt_tiles::check_tile_inputs(q, k_pool, v_pool, "shared_prefix_decode");
+  radixrt_tiles::check_decode_rows(q, kv_indices, kv_starts, kv_lens);
   const int64_t batch = q.size(0), dim = q.size(2), heads = q.size(1), kv_heads = k_pool.size(1);
-  TORCH_CHECK(dim == k_pool.size(2) && heads % kv_heads == 0, "head shapes do not match");
-  TORCH_CHECK(dim == 64 || dim == 128, "head_dim ", dim, " is not 64 or 128");
   TORCH_CHECK(heads / kv_heads <= radixrt_decode::kMaxGroup, "at most ", radixrt_decode::kMaxGroup,
               " query heads per kv head");
   TORCH_CHECK(min_requests >= 2, "min_requests must be at least 2, got ", min_requests);
-  for (const auto* t : {&kv_indices, &kv_starts, &kv_lens}) {
-    TORCH_CHECK(t->scalar_type() == at::kLong && t->is_contiguous(), "indices must be contiguous int64");
-  }
-  TORCH_CHECK(kv_starts.numel() == batch && kv_lens.numel() == batch, "one start and length per row");
   const int64_t *starts = kv_starts.data_ptr<int64_t>(), *lens = kv_lens.data_ptr<int64_t>();
-  for (int64_t b = 0; b < batch; ++b) {
-    TORCH_CHECK(lens[b] > 0 && starts[b] >= 0 && starts[b] + lens[b] <= kv_indices.numel(), "row ", b,
-                ": its slots must be a non-empty range of kv_indices");
-  }
   auto out = at::empty({batch, heads * dim}, q.options());
   const auto rows = at::arange(batch, kv_starts.options());
   const auto ones = at::ones({batch}, kv_starts.options());

@@ -66,11 +66,7 @@ void tiled_decode_all(const uint16_t* q, int64_t q_row, int64_t q_head, const ui
           block.limit[r] = len;
         }
         block.attend();
-        for (int r = 0; r < R && first + r < group; ++r) {
-          const float inv = 1.f / block.sum[r];
-          at::BFloat16* dst = out + (b * heads + h * group + first + r) * DIM;
-          for (int d = 0; d < DIM; ++d) dst[d] = c10::BFloat16(block.result[r * DIM + d] * inv);
-        }
+        for (int r = 0; r < R && first + r < group; ++r) block.write(r, out + (b * heads + h * group + first + r) * DIM);
       }
     }
   });
@@ -84,25 +80,10 @@ at::Tensor tiled_decode_attention(const at::Tensor& q, const at::Tensor& k_pool,
                                   const at::Tensor& kv_indices, const at::Tensor& kv_starts, const at::Tensor& kv_lens,
                                   double scale) {
 #if defined(__AVX512BF16__)
-  TORCH_CHECK(q.device().is_cpu() && k_pool.device().is_cpu() && v_pool.device().is_cpu(), "CPU tensors only");
-  TORCH_CHECK(q.scalar_type() == at::kBFloat16 && k_pool.scalar_type() == at::kBFloat16 &&
-                  v_pool.scalar_type() == at::kBFloat16, "tiled_decode_attention takes bfloat16 only");
-  TORCH_CHECK(q.dim() == 3 && q.stride(2) == 1, "q must be [B, H, D] with contiguous dims");
-  TORCH_CHECK(k_pool.dim() == 3 && k_pool.is_contiguous() && v_pool.is_contiguous() && k_pool.sizes() == v_pool.sizes(),
-              "k and v pools must be contiguous [slots, Hkv, D] of one shape");
-  const int64_t dim = q.size(2), heads = q.size(1), kv_heads = k_pool.size(1);
-  TORCH_CHECK(dim == k_pool.size(2) && heads % kv_heads == 0, "head shapes do not match");
-  TORCH_CHECK(dim == 64 || dim == 128, "head_dim ", dim, " is not 64 or 128");
-  for (const auto* t : {&kv_indices, &kv_starts, &kv_lens}) {
-    TORCH_CHECK(t->scalar_type() == at::kLong && t->is_contiguous(), "indices must be contiguous int64");
-  }
-  const int64_t batch = q.size(0);
-  TORCH_CHECK(kv_starts.numel() == batch && kv_lens.numel() == batch, "one start and length per row");
+  radixrt_tiles::check_tile_inputs(q, k_pool, v_pool, "tiled_decode_attention");
+  radixrt_tiles::check_decode_rows(q, kv_indices, kv_starts, kv_lens);
+  const int64_t batch = q.size(0), dim = q.size(2), heads = q.size(1), kv_heads = k_pool.size(1);
   const int64_t *starts = kv_starts.data_ptr<int64_t>(), *lens = kv_lens.data_ptr<int64_t>();
-  for (int64_t b = 0; b < batch; ++b) {
-    TORCH_CHECK(lens[b] > 0 && starts[b] >= 0 && starts[b] + lens[b] <= kv_indices.numel(), "row ", b,
-                ": its slots must be a non-empty range of kv_indices");
-  }
   auto out = at::empty({batch, heads * dim}, q.options());
   const auto* q_ptr = reinterpret_cast<const uint16_t*>(q.data_ptr<at::BFloat16>());
   const auto* k_ptr = reinterpret_cast<const uint16_t*>(k_pool.data_ptr<at::BFloat16>());
