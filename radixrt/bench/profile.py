@@ -20,9 +20,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="default")
     parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--quantization", default="none", help="none | int8 | gguf")
     parser.add_argument("--rows", type=int, default=8, help="profiler table rows per step")
     args = parser.parse_args(argv)
-    runner = ModelRunner(resolve_model(args.model), dtype=args.dtype, device="cpu")
+    runner = ModelRunner(resolve_model(args.model), dtype=args.dtype, device="cpu", quantization=args.quantization)
     pool = KVPool(70_000, *runner.kv_shape(), dtype=runner.dtype)
     steps = {"prefill, 1,024 new tokens": _prefill(1024), "decode, batch 1, 64-token contexts": _decode(1, 64),
              "decode, batch 16, 512-token contexts": _decode(16, 512),

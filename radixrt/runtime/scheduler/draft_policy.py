@@ -8,14 +8,21 @@ the token it adds comes with probability above its share of a step's time per to
     P(draft token j accepted) > per_row * B / (fixed + per_row * B)  =: row_cost
 
 (the batch makes B tokens in fixed + per_row * B seconds; the row costs per_row). One request alone
-on a CPU pays ~0.1 of a step per extra row; at 32 in flight, rows are most of the step.
+on a CPU pays ~0.1 of a step per extra row; at 32 in flight, rows are most of the step. Until the fit
+is ready a step's fixed cost is taken as PRIOR_FIXED_ROWS rows' work (measured here: 6-13). When the
+batch size stops varying (a full batch of plain decode rows) the fit cannot tell fixed from per-row
+seconds and the last fit stays in use: falling back to a cheap prior there let a full batch draft,
+which made the rows vary again, and the policy oscillated (tree_of_thought at 64 rows drafted at a
+row cost of 0.25 where the fit said 0.95).
 
 Acceptance. Drafts are accepted as a run: token j counts only if tokens 1..j-1 did. `Acceptance`
 keeps a decayed count of accepted draft tokens (hits) and of rejections (misses, one at most per
 verification), so alpha = hits / (hits + misses) estimates P(next draft token accepted | the ones
 before were), and token j is accepted with probability ~alpha**j. A request drafts the j tokens with
 alpha**j > row_cost; when not even one pays it stops, and probes again (a full-length draft) after a
-pause that doubles each time the probe fails.
+pause that doubles each time the probe fails. A probe drafts as many tokens as a request accepting
+PROBE_ALPHA of them would (at least one): the full length where rows are cheap, one token where a
+row costs nearly a token (a full batch), so probing never costs much more than it may find.
 """
 
 from __future__ import annotations
@@ -28,7 +35,8 @@ MAX_PAUSE = 128
 COST_DECAY = 0.98  # per observed step: the fit follows the last ~50 decode steps
 MIN_STEPS = 16  # decode steps observed before the fit is used
 MIN_ROW_SPREAD = 0.5  # standard deviation of the observed row counts the fit needs
-DEFAULT_ROW_COST = 0.25  # until the fit is ready
+PRIOR_FIXED_ROWS = 8.0  # until the fit is ready: a step's fixed cost in rows
+PROBE_ALPHA = 0.9
 
 
 @dataclass
@@ -50,7 +58,9 @@ class Acceptance:
         if self.paused:
             self.paused -= 1
             return 0
-        return max_tokens if self.probe else worth(self.alpha, row_cost, max_tokens)
+        if self.probe:
+            return max(worth(PROBE_ALPHA, row_cost, max_tokens), 1)
+        return worth(self.alpha, row_cost, max_tokens)
 
     def record(self, drafted: int, accepted: int, row_cost: float) -> None:
         """One verification: `accepted` of `drafted` draft tokens matched the model."""
@@ -78,6 +88,7 @@ class StepCost:
     def __init__(self, decay: float = COST_DECAY):
         self.decay = decay
         self.n = self.sx = self.sy = self.sxx = self.sxy = 0.0
+        self.last: tuple[float, float] | None = None  # the latest fit the observations allowed
 
     def observe(self, rows: int, seconds: float) -> None:
         d = self.decay
@@ -100,9 +111,9 @@ class StepCost:
 
     def row_cost(self, batch_rows: int) -> float:
         """What one more row costs, as the acceptance probability its token needs (module docstring)."""
-        fitted = self.fit()
-        if fitted is None:
-            return DEFAULT_ROW_COST
-        fixed, per_row = fitted
+        self.last = self.fit() or self.last
         rows = max(batch_rows, 1)
+        if self.last is None:
+            return rows / (PRIOR_FIXED_ROWS + rows)
+        fixed, per_row = self.last
         return per_row * rows / (fixed + per_row * rows)

@@ -3,15 +3,17 @@ acceptance rate against the measured cost of a verification row), without a mode
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from radixrt.radix_cache.pool import KVPool, ReqToToken
 from radixrt.runtime.config import ServerArgs
 from radixrt.runtime.scheduler.cache_manager import CacheManager
 from radixrt.runtime.scheduler.draft_policy import (
-    DEFAULT_ROW_COST,
     FIRST_PAUSE,
     MAX_PAUSE,
+    PRIOR_FIXED_ROWS,
     Acceptance,
     StepCost,
     worth,
@@ -141,7 +143,7 @@ def test_a_request_drafts_less_when_rows_cost_more():
 
 def test_the_step_cost_fit_recovers_fixed_and_per_row_seconds():
     cost = StepCost()
-    assert cost.row_cost(32) == DEFAULT_ROW_COST  # nothing measured yet
+    assert cost.row_cost(32) == pytest.approx(32 / (32 + PRIOR_FIXED_ROWS))  # nothing measured yet: the prior
     for i in range(40):
         rows = 1 + (i * 7) % 40
         cost.observe(rows, 0.020 + 0.002 * rows)
@@ -155,7 +157,28 @@ def test_the_step_cost_waits_for_steps_of_different_sizes():
     cost = StepCost()
     for _ in range(50):
         cost.observe(4, 0.03)
-    assert cost.fit() is None and cost.row_cost(4) == DEFAULT_ROW_COST
+    assert cost.fit() is None and cost.row_cost(4) == pytest.approx(4 / (4 + PRIOR_FIXED_ROWS))
+
+
+def test_a_full_batch_of_equal_steps_keeps_the_last_fit():
+    """Steps that all have the same rows cannot separate fixed from per-row seconds; the fit made
+    before stays (a cheap fallback would let the full batch draft, and the policy oscillate)."""
+    cost = StepCost()
+    for i in range(40):
+        rows = 1 + (i * 7) % 40
+        cost.observe(rows, 0.005 + 0.002 * rows)
+    before = cost.row_cost(64)
+    assert before == pytest.approx(0.128 / 0.133)
+    noise = random.Random(0)
+    for _ in range(1000):
+        cost.observe(64, (0.005 + 0.002 * 64) * noise.uniform(0.95, 1.05))
+    assert cost.fit() is None and cost.row_cost(64) == pytest.approx(before)
+
+
+def test_probes_shrink_as_rows_get_dearer():
+    assert Acceptance().draft_len(8, 0.1) == 8  # rows cheap: a fresh request probes at full length
+    assert Acceptance().draft_len(8, 0.7) == 3  # 0.9**3 = 0.73 > 0.7
+    assert Acceptance().draft_len(8, 0.95) == 1  # a full batch: one token, never none
 
 
 def test_bad_speculation_flags_are_refused_with_the_field_named():

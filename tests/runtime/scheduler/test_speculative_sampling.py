@@ -20,6 +20,7 @@ from collections import Counter
 import pytest
 import torch
 
+from radixrt.runtime.scheduler.draft_policy import StepCost
 from tests.runtime.sched_harness import Harness
 from tests.runtime.scheduler.test_speculative import mixed_prompts, run_rounds
 from tests.tiny_models import write_tiny_llama
@@ -102,7 +103,10 @@ def test_the_homogeneity_test_sees_a_shifted_distribution():
     assert homogeneity_p_value(base * 4, base * 4) == pytest.approx(1.0)
 
 
-def test_seeded_sampling_draws_the_same_tokens_with_speculation_on_and_off(tiny_model_dir):
+def test_seeded_sampling_draws_the_same_tokens_with_speculation_on_and_off(tiny_model_dir, monkeypatch):
+    # rows priced as cheap as on an idle GPU: every request drafts its full length, past where the
+    # decoys leave its output, so drafts are rejected as well as accepted whatever this CPU measures
+    monkeypatch.setattr(StepCost, "row_cost", lambda self, batch_rows: 0.1)
     requests = [
         {"ids": p, "max_new_tokens": 24, "temperature": 0.8, "top_p": 0.9, "seed": 100 + i}
         for i, p in enumerate(mixed_prompts(seed=8))
