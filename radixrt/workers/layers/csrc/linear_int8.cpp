@@ -82,6 +82,8 @@ void tile_vnni(const uint8_t* w, const Epilogue& e, int64_t r0, const Tile& t, T
     const int64_t p1 = std::min(quads, (g + 1) * GROUP_QUADS);
     if (t.nb == TILE_BLOCKS) {
       for (int64_t p = g * GROUP_QUADS; p < p1; ++p) {
+        radixrt_linear::prefetch_ahead(wb + p);
+        radixrt_linear::prefetch_ahead(wb + quads + p);
         const __m512i w0 = _mm512_loadu_si512(wb + p), w1 = _mm512_loadu_si512(wb + quads + p);
         for (int r = 0; r < ROWS; ++r) {
           const __m512i xv = _mm512_set1_epi32(xp[r][p]);

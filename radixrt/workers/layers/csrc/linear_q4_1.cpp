@@ -90,6 +90,7 @@ void tile_vnni(const uint8_t* w, const QuantizedRows& q, int64_t r0, const Tile&
     for (int i = 0; i < 4; ++i) {
       __m512i lo[NB], hi[NB];
       for (int b = 0; b < NB; ++b) {
+        radixrt_linear::prefetch_ahead(gb[b] + i * 64);
         const __m512i v = _mm512_loadu_si512(gb[b] + i * 64);
         lo[b] = _mm512_and_si512(v, low);
         hi[b] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
@@ -102,6 +103,7 @@ void tile_vnni(const uint8_t* w, const QuantizedRows& q, int64_t r0, const Tile&
     }
     __m512 d[NB], m[NB];
     for (int b = 0; b < NB; ++b) {
+      radixrt_linear::prefetch_ahead(gb[b] + NIBBLE_BYTES);
       d[b] = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(gb[b] + NIBBLE_BYTES)));
       m[b] = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(gb[b] + NIBBLE_BYTES + 2 * BLOCK)));
     }
