@@ -12,6 +12,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from radixrt.radix_cache.pool import KVPool
 from radixrt.workers.forward_batch import ForwardBatch
+from radixrt.workers.layers.quantization import QUANTIZATIONS
 from radixrt.workers.model_runner import ModelRunner
 from radixrt.workers.model_store import resolve_model
 
@@ -20,7 +21,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="default")
     parser.add_argument("--dtype", default="bfloat16")
-    parser.add_argument("--quantization", default="none", help="none | int8 | gguf")
+    parser.add_argument("--quantization", default="none", choices=QUANTIZATIONS)
     parser.add_argument("--rows", type=int, default=8, help="profiler table rows per step")
     args = parser.parse_args(argv)
     runner = ModelRunner(resolve_model(args.model), dtype=args.dtype, device="cpu", quantization=args.quantization)

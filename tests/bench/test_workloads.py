@@ -165,6 +165,14 @@ def test_profile_prints_a_table_per_step(bench_model_dir, capsys):
     assert out.count("Self CPU time total") == len(steps)
 
 
+def test_profile_refuses_an_unknown_quantization(capsys):
+    from radixrt.bench.profile import main as profile_main
+
+    with pytest.raises(SystemExit):
+        profile_main(["--quantization", "q4"])
+    assert "invalid choice: 'q4'" in capsys.readouterr().err
+
+
 def test_cli_writes_json_plot_and_tables(bench_model_dir, tmp_path, capsys):
     out, plot, md = tmp_path / "out.json", tmp_path / "out.png", tmp_path / "out.md"
     code = main(["--workload", "few_shot,hellaswag", "--num-programs", "1", "--interactive", "1",

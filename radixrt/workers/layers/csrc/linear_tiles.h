@@ -28,7 +28,9 @@ inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 // each line once, and the hardware prefetcher alone kept too few lines in flight. Measured on an AMD
 // EPYC at M = 1, 120 linears of the embedded model's shapes read from DRAM, with each stream fetched
 // this far ahead into L2: int8 12.5-12.7 -> 13.7-15.5 GB/s on one thread and 19-23 -> 23-24 GB/s on
-// two; bf16 18.1 -> 18.2-19.0 GB/s on one (16 lines ahead: no gain; 96: less than 48).
+// two; bf16 18.1 -> 18.2-19.0 GB/s on one (16 lines ahead: no gain; 96: less than 48). The distance
+// is this CPU's: elsewhere the bf16 kernel still runs only where it measured faster than ATen and
+// oneDNN (cpu_linear.py); a prefetch is a hint and never changes a result.
 constexpr int64_t PREFETCH_LINES = 48;
 
 inline void prefetch_ahead(const void* line) {
