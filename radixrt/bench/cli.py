@@ -33,6 +33,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="programs run one at a time for the single-user latency (default: per workload; 0: skip)")  # fmt: skip
     p.add_argument("--parallel", type=int, default=32, help="programs in flight at once (run_batch threads)")
     p.add_argument("--quick", action="store_true", help="fewer programs per workload, SGLang's lengths (< 30 min)")
+    p.add_argument("--rounds", type=_positive, default=1,
+                   help="run each workload this many times per system, alternating the systems' order; "
+                   "ratios are the rounds' medians, with their range")  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--model", default="default", help="model folder or 'default' (the embedded SmolLM2-135M)")
     p.add_argument("--gguf", default=None, help="the GGUF file the llamacpp system runs (default: the embedded one)")
@@ -45,6 +48,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.workloads = list(WORKLOADS) if args.workload == "all" else _names(args.workload, WORKLOADS, p, "workload")
     args.system_names = _names(args.systems, SYSTEMS, p, "system")
     return args
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def _names(text: str, known: Any, parser: argparse.ArgumentParser, what: str) -> list[str]:
@@ -74,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     config = SystemConfig(model=args.model, max_batch=args.max_batch, threads=results["machine"]["torch_threads"],
                           gguf=args.gguf)  # fmt: skip
     plan = Plan(args.workloads, [s for s in args.system_names if s not in skipped], args.quick, args.num_programs,
-                args.interactive, args.parallel, args.seed)  # fmt: skip
+                args.interactive, args.parallel, args.seed, args.rounds)  # fmt: skip
     results["workloads"] = run_suite(config, plan, lambda text: tokenizer.encode(text, add_special_tokens=True), _log)
     if not args.no_micro:
         results["micro"] = _micro(args)
@@ -104,20 +114,26 @@ def _micro(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
-    keys = ("quick", "num_programs", "interactive", "parallel", "seed", "model", "gguf", "max_batch", "system_names",
-            "workloads")  # fmt: skip
+    keys = ("quick", "num_programs", "interactive", "parallel", "seed", "rounds", "model", "gguf", "max_batch",
+            "system_names", "workloads")  # fmt: skip
     return {k: getattr(args, k) for k in keys} | {"command": "python -m radixrt.bench " + " ".join(sys.argv[1:])}
 
 
 def _print_summary(results: dict[str, Any]) -> None:
     for name, entry in results["workloads"].items():
-        parts = [f"{other}: {r['programs_per_s']:.2f}x" for other, r in entry["ratios"].items() if r["programs_per_s"]]
+        spans = entry.get("ratio_ranges", {})
+        parts = [f"{other}: {r['programs_per_s']:.2f}x" + _span(spans.get(other, {}).get("programs_per_s"))
+                 for other, r in entry["ratios"].items() if r["programs_per_s"]]  # fmt: skip
         if parts:
             _log(f"[ratio] {name} programs/s " + ", ".join(parts))
         for other, pair in entry["crosscheck"]["pairs"].items():
             _log(
                 f"[crosscheck] {name} {other}: {pair['identical_programs']}/{pair['programs']} programs identical to radixrt"
             )
+
+
+def _span(low_high: list[float] | None) -> str:
+    return f" ({low_high[0]:.2f}-{low_high[1]:.2f} over the rounds)" if low_high else ""
 
 
 def _write(results: dict[str, Any], args: argparse.Namespace) -> None:

@@ -3,7 +3,9 @@
 
 JSON shape: {"workloads": {NAME: {"greedy": bool, "systems": {SYSTEM: figures}, "interactive":
 {SYSTEM: figures}, "ratios": {SYSTEM: {...}}, "crosscheck": {...}}}, "micro": {...},
-"machine": {...}, "settings": {...}, "skipped_systems": {SYSTEM: reason}}.
+"machine": {...}, "settings": {...}, "skipped_systems": {SYSTEM: reason}}. With --rounds > 1 a
+workload also holds "ratio_ranges": {SYSTEM: {KEY: [low, high]}} and "rounds": [{"systems",
+"interactive", "ratios"}, ...], and its "ratios" are the rounds' medians.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import json
 import math
 import os
 import platform
+import statistics
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +46,27 @@ def ratios(systems: dict[str, dict[str, Any]], interactive: dict[str, dict[str, 
             "interactive_output_tokens_per_s": _interactive_tokens(interactive, other),
         }
     return out
+
+
+def median_ratios(per_round: list[dict[str, dict]]) -> dict[str, dict]:
+    """Each ratio's median over the rounds that measured it (one round: its own ratios)."""
+    return _over_rounds(per_round, statistics.median)
+
+
+def ratio_ranges(per_round: list[dict[str, dict]]) -> dict[str, dict]:
+    """Each ratio's [lowest, highest] over the rounds."""
+    return _over_rounds(per_round, lambda values: [min(values), max(values)])
+
+
+def _over_rounds(per_round: list[dict[str, dict]], combine: Callable[[list[float]], Any]) -> dict[str, dict]:
+    out: dict[str, dict] = {}
+    for ratios in per_round:
+        for other, keyed in ratios.items():
+            for key, value in keyed.items():
+                out.setdefault(other, {}).setdefault(key, [])
+                if value is not None:
+                    out[other][key].append(value)
+    return {other: {k: combine(v) if v else None for k, v in keyed.items()} for other, keyed in out.items()}
 
 
 def _interactive(interactive: dict[str, dict[str, Any]], other: str) -> float | None:

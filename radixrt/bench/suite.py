@@ -1,12 +1,13 @@
 """Every workload on every system: start all systems, then run each workload on each in turn
-(many programs in flight, then one at a time), then cross-check the outputs."""
+(many programs in flight, then one at a time), then cross-check the outputs; with several rounds,
+each round runs every system again in the reverse order of the round before."""
 
 from __future__ import annotations
 
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from radixrt.bench import report
@@ -30,6 +31,7 @@ class Plan:
     interactive: int | None
     parallel: int
     seed: int
+    rounds: int = 1
 
 
 def run_suite(config: SystemConfig, plan: Plan, encode: Callable[[str], list[int]], log: Callable[[str], None]) -> dict:
@@ -54,44 +56,83 @@ def applies(system: str, workload: str) -> bool:
     return system != "radixrt-nojump" or workload in NOJUMP_WORKLOADS
 
 
+def round_orders(systems: list[str], rounds: int) -> list[list[str]]:
+    """The systems' order in each round: forward, then backward, and so on (A B, B A, A B ...),
+    so that a machine speeding up or slowing down during a workload favours no system."""
+    return [list(systems) if r % 2 == 0 else list(reversed(systems)) for r in range(rounds)]
+
+
+@dataclass
+class _Round:
+    systems: dict[str, dict] = field(default_factory=dict)
+    interactive: dict[str, dict] = field(default_factory=dict)
+    outputs: dict[str, list] = field(default_factory=dict)
+    alone_vs_batched: dict | None = None
+
+
 def _one_workload(
     workload: Workload, sessions: dict[str, Session], plan: Plan, encode: Callable, log: Callable
 ) -> dict:
+    """With `plan.rounds` > 1 every system runs the workload once per round, in alternating order;
+    the figures are the first round's, each ratio the median of the rounds' own ratios (each
+    round's systems ran minutes apart, so machine drift between rounds cancels), with its range."""
+    names = [s for s in sessions if applies(s, workload.name)]
+    rounds = []
+    for r, order in enumerate(round_orders(names, plan.rounds)):
+        if plan.rounds > 1:
+            log(f"[round {r + 1}/{plan.rounds}] {workload.name}: {', '.join(order)}")
+        rounds.append(_one_round(workload, {s: sessions[s] for s in order}, plan, encode, log))
+    first = rounds[0]
+    entry: dict[str, Any] = {"greedy": workload.greedy, "systems": _ordered(first.systems, names),
+                             "interactive": _ordered(first.interactive, names)}  # fmt: skip
+    if first.alone_vs_batched is not None:
+        entry["alone_vs_batched"] = first.alone_vs_batched
+    per_round = [report.ratios(r.systems, r.interactive) for r in rounds]
+    entry["ratios"] = report.median_ratios(per_round)
+    if len(rounds) > 1:
+        entry["ratio_ranges"] = report.ratio_ranges(per_round)
+        entry["rounds"] = [{"systems": r.systems, "interactive": r.interactive, "ratios": ratios}
+                           for r, ratios in zip(rounds, per_round)]  # fmt: skip
+    checks = [crosscheck(r.outputs, workload.greedy) for r in rounds]
+    entry["crosscheck"] = next((c for c in checks if c["failed"]), checks[0]) | {"rounds": len(checks)}
+    for line in failure_lines(workload.name, entry["crosscheck"]):
+        log(line)
+    return entry
+
+
+def _ordered(figures: dict[str, dict], names: list[str]) -> dict[str, dict]:
+    return {name: figures[name] for name in names if name in figures}
+
+
+def _one_round(workload: Workload, sessions: dict[str, Session], plan: Plan, encode: Callable, log: Callable) -> _Round:
     n = plan.num_programs or (workload.quick_programs if plan.quick else workload.full_programs)
     k = workload.interactive_programs if plan.interactive is None else plan.interactive
-    entry: dict[str, Any] = {"greedy": workload.greedy, "systems": {}, "interactive": {}}
-    outputs: dict[str, list] = {}
+    out = _Round()
     for system, session in sessions.items():
-        if not applies(system, workload.name):
-            continue
         if session.one_at_a_time:
             with _Progress(log, f"[{system}] {workload.name}: {n} programs one after another"):
                 run, alone = run_one_at_a_time(workload, session, num_programs=n, interactive=k, seed=plan.seed,
                                                encode=encode)  # fmt: skip
-            entry["systems"][system], outputs[system] = run.figures, run.outputs
+            out.systems[system], out.outputs[system] = run.figures, run.outputs
             log(f"[{system}] {workload.name}: " + figures_line(run.figures))
             if k > 0:
-                entry["interactive"][system] = alone.figures
+                out.interactive[system] = alone.figures
                 log(
                     f"[{system}] {workload.name} first {k} alone: mean latency {_seconds(alone.figures['latency_mean_s'])}"
                 )
             continue
         with _Progress(log, f"[{system}] {workload.name}: {n} programs, {plan.parallel} in flight"):
             run = run_workload(workload, session, num_programs=n, parallel=plan.parallel, seed=plan.seed, encode=encode)
-        entry["systems"][system], outputs[system] = run.figures, run.outputs
+        out.systems[system], out.outputs[system] = run.figures, run.outputs
         log(f"[{system}] {workload.name}: " + figures_line(run.figures))
         if k > 0:
             with _Progress(log, f"[{system}] {workload.name}: {k} programs one at a time"):
                 alone = run_interactive(workload, session, num_programs=min(k, n), seed=plan.seed)
-            entry["interactive"][system] = alone.figures
+            out.interactive[system] = alone.figures
             log(f"[{system}] {workload.name} one at a time: mean latency {_seconds(alone.figures['latency_mean_s'])}")
             if system == report.BASE:
-                entry["alone_vs_batched"] = _alone_vs_batched(alone, run, workload.greedy)
-    entry["ratios"] = report.ratios(entry["systems"], entry["interactive"])
-    entry["crosscheck"] = crosscheck(outputs, workload.greedy)
-    for line in failure_lines(workload.name, entry["crosscheck"]):
-        log(line)
-    return entry
+                out.alone_vs_batched = _alone_vs_batched(alone, run, workload.greedy)
+    return out
 
 
 def _alone_vs_batched(alone: Run, batched: Run, greedy: bool) -> dict | None:

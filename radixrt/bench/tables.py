@@ -52,6 +52,8 @@ def machine_line(results: dict[str, Any], source: str | None = None) -> str:
         else ""
     )
     mode = "--quick" if s.get("quick") else "full size"
+    if s.get("rounds", 1) > 1:
+        mode += f", {s['rounds']} rounds (ratios: the rounds' median, their range in brackets)"
     where = f"; results: `{source}`" if source else ""
     return (f"*{m.get('cpu', '?')}, {m.get('cores', '?')} cores, ISA {' '.join(m.get('isa', [])) or '?'}; "
             f"{m.get('torch_threads', '?')} threads for every system{llama}; {mode}, seed {s.get('seed', '?')}, "
@@ -78,14 +80,14 @@ def _throughput(results: dict[str, Any]) -> list[str]:
 
 
 def _interactive(results: dict[str, Any]) -> list[str]:
-    rows = [(name, system, entry["interactive"][system], entry.get("ratios", {}).get(system, {}))
+    rows = [(name, system, entry["interactive"][system], entry)
             for name, entry in results["workloads"].items() for system in _systems(entry, "interactive")]  # fmt: skip
     lines = [
         "| workload | system | programs | mean latency s | p50 s | radixrt faster by |",
         "|---|---|---:|---:|---:|---:|",
     ]
-    for name, system, f, r in rows:
-        speedup = "-" if system == BASE else _times(r.get("interactive_speedup"))
+    for name, system, f, entry in rows:
+        speedup = "-" if system == BASE else _ratio(entry, system, "interactive_speedup")
         lines.append(
             f"| {name} | {system} | {f['programs']} | {_num(f['latency_mean_s'])} | {_num(f['latency_p50_s'])} | {speedup} |"
         )
@@ -104,8 +106,7 @@ def _ratios(results: dict[str, Any]) -> list[str]:
     )
     for name, entry in results["workloads"].items():
         for other in sorted(entry.get("ratios", {}), key=system_order):
-            r = entry["ratios"][other]
-            lines.append(f"| {name} | {other} | " + " | ".join(_times(r.get(k)) for k in keys) + " |")
+            lines.append(f"| {name} | {other} | " + " | ".join(_ratio(entry, other, k) for k in keys) + " |")
     return lines
 
 
@@ -136,8 +137,9 @@ def _speculation(results: dict[str, Any]) -> list[str]:
         if "spec_draft_tokens" not in ours or ratios is None:
             continue
         alone = entry.get("interactive", {}).get(BASE, {})
-        lines.append(f"| {name} | {_acceptance(ours)} | {_acceptance(alone)} | {_times(ratios.get('output_tokens_per_s'))} "
-                     f"| {_times(ratios.get('interactive_output_tokens_per_s'))} |")  # fmt: skip
+        lines.append(f"| {name} | {_acceptance(ours)} | {_acceptance(alone)} "
+                     f"| {_ratio(entry, 'radixrt-nospec', 'output_tokens_per_s')} "
+                     f"| {_ratio(entry, 'radixrt-nospec', 'interactive_output_tokens_per_s')} |")  # fmt: skip
     return lines if len(lines) > 2 else []
 
 
@@ -199,6 +201,13 @@ def _quantized(results: dict[str, Any], mode: str) -> list[str]:
     for name, ours, bf16 in rows:
         lines.append(f"| {name} | {ours:.0f} | {bf16:.0f} | {_times(ours / bf16 if bf16 else None)} |")
     return lines
+
+
+def _ratio(entry: dict[str, Any], other: str, key: str) -> str:
+    """A ratio, and with several rounds its range: `1.08x (1.02-1.12)`."""
+    cell = _times((entry.get("ratios", {}).get(other) or {}).get(key))
+    span = (entry.get("ratio_ranges", {}).get(other) or {}).get(key)
+    return f"{cell} ({span[0]:.2f}-{span[1]:.2f})" if span and cell != "-" else cell
 
 
 def _difference(d: dict[str, Any] | None) -> str:
