@@ -24,7 +24,7 @@ needs_extend = pytest.mark.skipif(not BF16_INVARIANT, reason="needs the C++ bf16
 
 
 @pytest.fixture
-def cache(tmp_path, monkeypatch):
+def cache(tmp_path, monkeypatch, quiet_cpus):
     monkeypatch.setenv("RADIXRT_KERNEL_CACHE", str(tmp_path))  # the compiled kernels stay loaded
     return tmp_path
 

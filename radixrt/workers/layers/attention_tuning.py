@@ -12,7 +12,8 @@ Each candidate is first checked against a float64 softmax on a small mixed batch
 never chosen), then timed: candidates take turns, and the median of their rounds counts. The kernel
 is kept unless torch measured more than 5% faster (`KERNEL_MARGIN`). The result is cached in
 `$RADIXRT_KERNEL_CACHE/attention_tuning.json` under the key of kernel_tuning.machine_key() (CPU,
-flags, compiled kernels, torch's version, threads) and the shape, so later starts measure nothing.
+flags, compiled kernels, torch's version, threads) and the shape, so later starts measure nothing
+(unless other processes took the CPUs while it was timed: other_load.py).
 About 0.2 s for the embedded model's shape (bf16) on 2 AMD EPYC cores.
 """
 
@@ -32,6 +33,7 @@ import torch
 from radixrt.workers.forward_batch import ForwardBatch
 from radixrt.workers.layers import cpu_kernels, kernel_tuning
 from radixrt.workers.layers.attention.torch_backend import KERNEL, TORCH, AttentionChoice, TorchAttentionBackend
+from radixrt.workers.layers.other_load import OtherLoad
 
 logger = logging.getLogger(__name__)
 
@@ -133,9 +135,11 @@ def cached_measure(
     if found is not None and found.tried == candidates(extend_kernel):
         return found
     start = time.perf_counter()
-    result = measure(num_heads, num_kv_heads, head_dim, dtype, ops, extend_kernel)
+    with OtherLoad() as load:
+        result = measure(num_heads, num_kv_heads, head_dim, dtype, ops, extend_kernel)
     logger.debug("measured attention kernels in %.2f s: %s", time.perf_counter() - start, result.seconds)
-    kernel_tuning.save_entry(cache_file(), key, shape, result.to_json(), "attention kernel timings")
+    if kernel_tuning.undisturbed(load, "attention kernel timings"):
+        kernel_tuning.save_entry(cache_file(), key, shape, result.to_json(), "attention kernel timings")
     return result
 
 

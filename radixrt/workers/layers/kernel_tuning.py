@@ -9,7 +9,8 @@ For one weight shape and dtype, each candidate (layers/linear_candidates.py) is
     cache), so that weights come from memory as they do in a forward, not from a warm cache.
 The measurements are cached in `$RADIXRT_KERNEL_CACHE/linear_tuning.json` under a key naming the
 CPU, its flags, the compiled kernels, torch's version and the thread count, so later starts on the
-same machine measure nothing.
+same machine measure nothing; timings taken while other processes took the CPUs (other_load.py)
+serve their own start only and are never cached.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from pathlib import Path
 import torch
 
 from radixrt.workers.layers import cpu_kernels, linear_candidates
+from radixrt.workers.layers.other_load import OtherLoad
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +37,7 @@ ROWS = (1, 4, 16, 64, 256)  # decode batches and a prefill chunk
 INVARIANCE_ROWS = (2, 3, 5, 8, 9, 17, 48, 64, 100, 256)
 ROUNDS = 5
 MIN_SAMPLE_S = 2e-3  # calls are repeated until a sample lasts this long
-TUNING_VERSION = 3  # bumped whenever how candidates are measured changes
+TUNING_VERSION = 4  # bumped whenever how candidates are measured changes (4: disturbed timings are not kept)
 GIVE_UP_FACTOR = 4.0  # a candidate this much slower than the best at its first sample is dropped
 
 
@@ -105,9 +107,28 @@ def cached_measure(instances: list[Instance], candidates: list[str]) -> Measurem
         found = None  # written by another version: measure again
     if found is not None and found.tried == tuple(candidates):
         return found
-    result = measure(instances, candidates)
-    save_entry(cache_file(), key, shape, result.to_json(), "linear kernel timings")
+    with OtherLoad() as load:
+        result = measure(instances, candidates)
+    if undisturbed(load, "linear kernel timings"):
+        save_entry(cache_file(), key, shape, result.to_json(), "linear kernel timings")
     return result
+
+
+_warned: set[str] = set()
+
+
+def undisturbed(load: OtherLoad, what: str) -> bool:
+    """Whether timings taken under `load` may be cached; where others took the CPUs meanwhile they
+    serve this start only (a warning says so, once per kind), and the next start measures again."""
+    reading = load.reading
+    if reading is None or not reading.disturbed:
+        return True
+    if what not in _warned:
+        _warned.add(what)
+        logger.warning("%s were taken while other processes used %.0f%% of this process's CPUs: they serve this "
+                       "start only and are not cached; a start on a quiet machine measures again", what,
+                       100 * reading.share)  # fmt: skip
+    return False
 
 
 def _runner(name: str, state: object, bias: torch.Tensor | None):
