@@ -17,6 +17,7 @@ from radixrt.workers.gguf_weights import serve_gguf_tensors
 from radixrt.workers.layers.attention import KVBuffers, create_backend
 from radixrt.workers.layers.cpu_kernels import cpu_flags, elementwise_implementations
 from radixrt.workers.layers.cpu_linear import LinearPlan
+from radixrt.workers.layers.module_calls import pin_children
 from radixrt.workers.layers.quantization import QUANTIZATIONS
 from radixrt.workers.malloc import keep_freed_blocks
 from radixrt.workers.model_config import ModelConfig
@@ -77,6 +78,7 @@ class ModelRunner:
             # the candidates chosen per M each hold the weights in their own layout
             one_layout = 3 * weight_bytes > _available_ram() // 2
             self.linears = self.model.use_cpu_linears(one_layout)
+        pin_children(self.model)  # the model's structure is final
         cfg = self.model_config
         self.backend = create_backend(
             attention_backend,

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from radixrt.workers.layers import kernel_tuning, linear_candidates
+from radixrt.workers.layers.module_calls import DirectCall
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ class InvarianceSwitch:
     on: bool = False
 
 
-class CpuLinear(nn.Module):
+class CpuLinear(DirectCall, nn.Module):
     """y = x @ W.T + b through the chosen candidates, each holding the weight in its own layout."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, choice: LinearChoice, switch: InvarianceSwitch):

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from radixrt.workers.layers import cpu_kernels
+from radixrt.workers.layers.module_calls import DirectCall
 from radixrt.workers.layers.quantization import GROUP, quantize_rows
 
 Q8_0, Q4_1 = gguf.GGMLQuantizationType.Q8_0, gguf.GGMLQuantizationType.Q4_1
@@ -61,7 +62,7 @@ def reference_group_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Te
     return (y if bias is None else y + bias.double()).to(x.dtype)
 
 
-class GGUFLinear(nn.Module):
+class GGUFLinear(DirectCall, nn.Module):
     """y = x @ W.T + b with W a GGUF Q8_0 or Q4_1 tensor, `raw` its [N, row bytes] uint8 rows."""
 
     def __init__(

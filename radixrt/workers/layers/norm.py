@@ -7,9 +7,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from radixrt.workers.layers import cpu_kernels
+from radixrt.workers.layers.module_calls import DirectCall
 
 
-class RMSNorm(nn.Module):
+class RMSNorm(DirectCall, nn.Module):
     """`x / rms(x) * weight`, computed in float32 and cast back (as in HF llama)."""
 
     def __init__(self, hidden_size: int, eps: float = 1e-6, dtype: torch.dtype | None = None):

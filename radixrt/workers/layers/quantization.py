@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from radixrt.workers.layers import cpu_kernels
+from radixrt.workers.layers.module_calls import DirectCall
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ def int8_backend(device: torch.device) -> str:
     return "cpu_kernels" if cpu_kernels.load() is not None else "torch"
 
 
-class Int8Linear(nn.Module):
+class Int8Linear(DirectCall, nn.Module):
     """y = (x @ Q.T) * scale + b."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, backend: str):

@@ -14,6 +14,7 @@ from torch import nn
 from radixrt.workers.forward_batch import ForwardBatch
 from radixrt.workers.layers import cpu_kernels, cpu_linear, quantization
 from radixrt.workers.layers.attention.base import AttentionBackend, KVBuffers
+from radixrt.workers.layers.module_calls import DirectCall
 from radixrt.workers.layers.norm import RMSNorm
 from radixrt.workers.layers.rotary import RotaryEmbedding
 from radixrt.workers.model_config import ModelConfig
@@ -31,7 +32,7 @@ def fuse_linears(*linears: nn.Linear) -> nn.Linear:
     return fused
 
 
-class LlamaAttention(nn.Module):
+class LlamaAttention(DirectCall, nn.Module):
     def __init__(self, config: ModelConfig, dtype: torch.dtype):
         super().__init__()
         hidden, bias = config.hidden_size, config.attention_bias
@@ -59,16 +60,15 @@ class LlamaAttention(nn.Module):
         kv_pool: KVBuffers,
         backend: AttentionBackend,
     ) -> torch.Tensor:
-        tokens, heads, kv_heads, dim = x.shape[0], self.num_heads, self.num_kv_heads, self.head_dim
-        qkv = self.qkv_proj(x)  # [T, (H + 2 Hkv) * D]
-        qk = qkv[:, : (heads + kv_heads) * dim].view(tokens, heads + kv_heads, dim)
-        RotaryEmbedding.apply_(qk, cos, sin)
-        v = qkv[:, (heads + kv_heads) * dim :].view(tokens, kv_heads, dim)
-        out = backend.attend(qk[:, :heads], qk[:, heads:], v, layer_id, kv_pool)  # [T, H * D]
+        heads, kv_heads = self.num_heads, self.num_kv_heads
+        qkv = self.qkv_proj(x).view(x.shape[0], heads + 2 * kv_heads, self.head_dim)  # [T, H + 2 Hkv, D]
+        RotaryEmbedding.apply_(qkv[:, : heads + kv_heads], cos, sin)
+        q, k, v = qkv.split((heads, kv_heads, kv_heads), dim=1)
+        out = backend.attend(q, k, v, layer_id, kv_pool)  # [T, H * D]
         return self.o_proj(out)
 
 
-class LlamaMLP(nn.Module):
+class LlamaMLP(DirectCall, nn.Module):
     def __init__(self, config: ModelConfig, dtype: torch.dtype):
         super().__init__()
         hidden, inter = config.hidden_size, config.intermediate_size
@@ -91,7 +91,7 @@ class LlamaMLP(nn.Module):
         return self.down_proj(F.silu(gate).mul_(up))
 
 
-class LlamaDecoderLayer(nn.Module):
+class LlamaDecoderLayer(DirectCall, nn.Module):
     def __init__(self, config: ModelConfig, dtype: torch.dtype):
         super().__init__()
         self.self_attn = LlamaAttention(config, dtype)
