@@ -25,7 +25,8 @@ DESCRIPTION = "Agentic DSL workloads (SGLang's benchmark programs) on radixrt an
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m radixrt.bench", description=DESCRIPTION)
-    p.add_argument("--workload", default="all", help=f"all, or a comma list of: {', '.join(WORKLOADS)}")
+    p.add_argument("--workload", default="all",
+                   help=f"all, none (the micro-benchmarks only), or a comma list of: {', '.join(WORKLOADS)}")  # fmt: skip
     p.add_argument("--systems", default=",".join(DEFAULT_SYSTEMS),
                    help=f"comma list of: {', '.join(SYSTEMS)} (radixrt-nojump runs json_decode only)")  # fmt: skip
     p.add_argument("--num-programs", type=int, default=None, help="programs per workload (default: per workload)")
@@ -45,7 +46,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--plot", default=None, help="write a PNG chart here")
     p.add_argument("--markdown", default=None, help="write the tables (as in BENCHMARKS.md) here")
     args = p.parse_args(argv)
-    args.workloads = list(WORKLOADS) if args.workload == "all" else _names(args.workload, WORKLOADS, p, "workload")
+    if args.workload == "none" and args.no_micro:
+        p.error("--workload none with --no-micro runs nothing")
+    named = {"all": list(WORKLOADS), "none": []}
+    args.workloads = named[args.workload] if args.workload in named else _names(args.workload, WORKLOADS, p, "workload")
     args.system_names = _names(args.systems, SYSTEMS, p, "system")
     return args
 
@@ -101,6 +105,12 @@ def _micro(args: argparse.Namespace) -> dict[str, Any]:
     micro = run_micro(args.model, repeats=3 if args.quick else 5, seed=args.seed)
     _log(f"[micro] prefill {micro['prefill_tokens_per_s']:.0f} tok/s; decode tok/s "
          + " ".join(f"b{b}={v:.0f}" for b, v in micro["decode_tokens_per_s"].items()))  # fmt: skip
+    for mode in ("int8", "gguf"):
+        if mode in micro:
+            _log(
+                f"[micro] {mode} / bf16, same rounds: "
+                + ", ".join(f"{k} {v:.2f}x" for k, v in micro[mode]["vs_bf16"].items())
+            )
     if "transformers" in args.system_names:
         _log("[micro] the same prefill / decode on transformers ...")
         from radixrt.bench.micro_transformers import micro_ratios, run_micro_transformers

@@ -59,15 +59,36 @@ def run_micro(model: str = "default", dtype: str = "bfloat16", repeats: int = 3,
         results["unconstrained_decode_tokens_per_s"] = _plain_rate(engine, max(1, round(tokens / JSON_BATCH)))
     with _engine(model, dtype, disable_jump_forward=True) as engine:
         results["json_nojump_decode_tokens_per_s"] = _json_rate(engine)[1]
-    for quantization in _quantizations(model):
-        with _engine(model, dtype, quantization=quantization) as engine:
-            engine.generate(input_ids=_ids(rng, vocab, 32), sampling_params={"max_new_tokens": 2})  # warm-up
-            results[quantization] = {
-                "prefill_tokens_per_s": _prefill(engine, rng, vocab, repeats),
-                "decode_tokens_per_s": {
-                    str(b): _decode(engine, rng, vocab, b, repeats) for b in QUANTIZED_DECODE_BATCHES
-                },
-            }
+    results.update(_quantized(model, dtype, rng, vocab, repeats))
+    return results
+
+
+def _quantized(model: str, dtype: str, rng: random.Random, vocab: int, rounds: int) -> dict[str, Any]:
+    """Each quantization's prefill and decode against bf16 measured in the same round: a round runs
+    a bf16 engine, then one engine per quantization, each measured once; a ratio is the median of
+    the rounds' ratios, with their range. (Two engines alive in one process would slow each other:
+    two OpenMP pools; rounds keep a machine's drift over minutes out of the ratios.)"""
+    modes = ("none", *_quantizations(model))
+    rates: dict[str, list[dict[str, float]]] = {m: [] for m in modes}
+    for _ in range(rounds):
+        for mode in modes:
+            with _engine(model, dtype, quantization=mode) as engine:
+                engine.generate(input_ids=_ids(rng, vocab, 32), sampling_params={"max_new_tokens": 2})  # warm-up
+                measured = {"prefill": _prefill(engine, rng, vocab, 1)}
+                measured |= {f"decode_{b}": _decode(engine, rng, vocab, b, 1) for b in QUANTIZED_DECODE_BATCHES}
+                rates[mode].append(measured)
+    results = {}
+    for mode in modes[1:]:
+        per_round = {k: [q[k] / b[k] for q, b in zip(rates[mode], rates["none"])] for k in rates[mode][0]}
+        median = lambda k, of=rates[mode]: statistics.median(r[k] for r in of)  # noqa: E731
+        results[mode] = {
+            "rounds": rounds,
+            "prefill_tokens_per_s": median("prefill"),
+            "decode_tokens_per_s": {str(b): median(f"decode_{b}") for b in QUANTIZED_DECODE_BATCHES},
+            "bf16_same_rounds": {k: median(k, rates["none"]) for k in rates["none"][0]},
+            "vs_bf16": {k: statistics.median(v) for k, v in per_round.items()},
+            "vs_bf16_range": {k: [min(v), max(v)] for k, v in per_round.items()},
+        }
     return results
 
 

@@ -195,11 +195,22 @@ def _quantized(results: dict[str, Any], mode: str) -> list[str]:
     q = m.get(mode)
     if not q:
         return []
+    if "vs_bf16" in q:  # measured in alternating rounds: bf16 figures and ratios of the same rounds
+        bf16, ratios, ranges = q["bf16_same_rounds"], q["vs_bf16"], q["vs_bf16_range"]
+        rows = [("prefill, 1,024-token prompt", q["prefill_tokens_per_s"], bf16["prefill"], ratios["prefill"],
+                 ranges["prefill"])]  # fmt: skip
+        rows += [(f"decode, batch {b}", v, bf16[f"decode_{b}"], ratios[f"decode_{b}"], ranges[f"decode_{b}"])
+                 for b, v in q["decode_tokens_per_s"].items()]  # fmt: skip
+        lines = [f"| engine micro-benchmark ({q['rounds']} rounds) | {mode} tokens/s | bf16 tokens/s | ratio (range) |",
+                 "|---|---:|---:|---:|"]  # fmt: skip
+        for name, ours, theirs, ratio, (low, high) in rows:
+            lines.append(f"| {name} | {ours:.0f} | {theirs:.0f} | {_times(ratio)} ({low:.2f}-{high:.2f}) |")
+        return lines
     rows = [("prefill, 1,024-token prompt", q["prefill_tokens_per_s"], m["prefill_tokens_per_s"])]
     rows += [(f"decode, batch {b}", v, m["decode_tokens_per_s"].get(b)) for b, v in q["decode_tokens_per_s"].items()]
     lines = [f"| engine micro-benchmark | {mode} tokens/s | bf16 tokens/s | ratio |", "|---|---:|---:|---:|"]
-    for name, ours, bf16 in rows:
-        lines.append(f"| {name} | {ours:.0f} | {bf16:.0f} | {_times(ours / bf16 if bf16 else None)} |")
+    for name, ours, theirs in rows:
+        lines.append(f"| {name} | {ours:.0f} | {theirs:.0f} | {_times(ours / theirs if theirs else None)} |")
     return lines
 
 

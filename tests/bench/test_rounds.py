@@ -100,3 +100,12 @@ def test_rounds_must_be_positive(capsys):
     with pytest.raises(SystemExit):
         parse_args(["--rounds", "0"])
     assert "must be at least 1" in capsys.readouterr().err
+
+
+def test_workload_none_runs_the_micro_benchmarks_only():
+    assert parse_args(["--workload", "none"]).workloads == []
+    assert parse_args(["--workload", "react,json_decode"]).workloads == ["react", "json_decode"]
+    with pytest.raises(SystemExit):
+        parse_args(["--workload", "none", "--no-micro"])
+    with pytest.raises(SystemExit):
+        parse_args(["--workload", "nope"])

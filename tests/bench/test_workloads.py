@@ -127,6 +127,12 @@ def test_micro_benchmarks_report_every_figure(bench_model_dir):
              micro["json_nojump_decode_tokens_per_s"], micro["unconstrained_decode_tokens_per_s"]]  # fmt: skip
     assert all(r > 0 for r in rates)
     assert micro["json_mean_output_tokens"] >= 1
+    int8 = micro["int8"]  # against a bf16 engine of the same round
+    assert int8["rounds"] == 1 and set(int8["vs_bf16"]) == {"prefill", "decode_1", "decode_16"}
+    assert int8["vs_bf16"]["decode_1"] == pytest.approx(
+        int8["decode_tokens_per_s"]["1"] / int8["bf16_same_rounds"]["decode_1"]
+    )
+    assert int8["vs_bf16_range"]["prefill"] == [int8["vs_bf16"]["prefill"]] * 2
 
 
 def test_transformers_micro_baseline_measures_the_same_figures_and_ratios(bench_model_dir):
