@@ -14,7 +14,10 @@ from typing import Any
 PREFILL_TOKENS = 1024
 DECODE_BATCHES = (1, 16, 64)
 QUANTIZED_DECODE_BATCHES = (1, 16)  # where weight bytes bound a step
-DECODE_STEPS = (4, 36)  # decode rate from the difference of two lengths: prefill cancels out
+# decode rate from the difference of two lengths (prefill cancels out); at small batches a longer
+# difference, so that one measurement lasts ~1 s and a few slow steps of a shared machine weigh less
+DECODE_STEPS = {1: (4, 132), 16: (4, 68), 64: (4, 36)}
+
 JSON_BATCH = 8
 KINDS = ["city", "town", "village"]
 SCHEMA = {  # an enum, patterns, bounded integers and a nested object: jump-forward skips the fixed keys
@@ -39,6 +42,10 @@ _JSON_PROMPTS = [
     f"Describe town number {i} as a JSON record with its name, kind, location and population.\n"
     for i in range(JSON_BATCH)
 ]
+
+
+def decode_steps(batch: int) -> tuple[int, int]:
+    return DECODE_STEPS.get(batch, DECODE_STEPS[max(DECODE_STEPS)])
 
 
 def run_micro(model: str = "default", dtype: str = "bfloat16", repeats: int = 3, seed: int = 0) -> dict[str, Any]:
@@ -126,18 +133,18 @@ def _prefill(engine: Any, rng: random.Random, vocab: int, repeats: int) -> float
 
 
 def _decode(engine: Any, rng: random.Random, vocab: int, batch: int, repeats: int) -> float:
-    """Median over `repeats` pairs of runs of DECODE_STEPS tokens: the rate comes from each pair's
-    difference, so the prefill cancels out."""
-    rates = []
+    """Median over `repeats` pairs of runs of `decode_steps(batch)` tokens: the rate comes from each
+    pair's difference, so the prefill cancels out."""
+    rates, lengths = [], decode_steps(batch)
     for _ in range(repeats):
         times = []
-        for steps in DECODE_STEPS:
+        for steps in lengths:
             prompts = [_ids(rng, vocab, 16) for _ in range(batch)]
             params = {"max_new_tokens": steps, "ignore_eos": True, "temperature": 0.0}
             start = time.perf_counter()
             engine.generate(input_ids=prompts, sampling_params=params)
             times.append(time.perf_counter() - start)
-        rates.append(batch * (DECODE_STEPS[1] - DECODE_STEPS[0]) / max(times[1] - times[0], 1e-9))
+        rates.append(batch * (lengths[1] - lengths[0]) / max(times[1] - times[0], 1e-9))
     return statistics.median(rates)
 
 

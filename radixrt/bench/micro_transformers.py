@@ -8,7 +8,7 @@ import statistics
 import time
 from typing import Any
 
-from radixrt.bench.micro import DECODE_BATCHES, DECODE_STEPS, PREFILL_TOKENS
+from radixrt.bench.micro import DECODE_BATCHES, PREFILL_TOKENS, decode_steps
 
 
 def run_micro_transformers(
@@ -41,15 +41,15 @@ def run_micro_transformers(
 
 
 def _decode_rate(hf: Any, prompts: Any, batch: int) -> float:
-    """Greedy `generate` of 4 and 36 forced tokens on equal-length prompts (no padding); the rate
-    comes from the difference, so the prefill cancels out, as in radixrt's measurement."""
-    times = []
-    for steps in DECODE_STEPS:
+    """Greedy `generate` of `decode_steps(batch)` forced tokens on equal-length prompts (no padding);
+    the rate comes from the difference, so the prefill cancels out, as in radixrt's measurement."""
+    times, lengths = [], decode_steps(batch)
+    for steps in lengths:
         start = time.perf_counter()
         hf.generate(prompts, attention_mask=prompts.new_ones(prompts.shape), max_new_tokens=steps,
                     min_new_tokens=steps, do_sample=False, pad_token_id=0)  # fmt: skip
         times.append(time.perf_counter() - start)
-    return batch * (DECODE_STEPS[1] - DECODE_STEPS[0]) / max(times[1] - times[0], 1e-9)
+    return batch * (lengths[1] - lengths[0]) / max(times[1] - times[0], 1e-9)
 
 
 def micro_ratios(radixrt: dict[str, Any], baseline: dict[str, Any]) -> dict[str, float]:
