@@ -39,7 +39,7 @@ def markdown(results: dict[str, Any], source: str | None = None) -> str:
     parts = []
     for title, table in sections:
         lines = table(results)
-        if lines:
+        if len(lines) > 2:  # rows below the header (a micro-benchmarks-only run has no workload rows)
             parts.append("\n".join([f"#### {title}", "", caption, "", *lines]))
     return "\n\n".join(parts) + "\n"
 

@@ -115,5 +115,6 @@ def test_quantized_table_gives_the_ratios_of_the_same_rounds(results):
     }
     text = markdown(results)
     assert "| engine micro-benchmark (3 rounds) | int8 tokens/s | bf16 tokens/s | ratio (range) |" in text
+    assert "#### Throughput" in text and "#### Throughput" not in markdown({**results, "workloads": {}})
     assert "| decode, batch 1 | 120 | 80 | 1.52x (1.41-1.66) |" in text
     assert "| prefill, 1,024-token prompt | 600 | 700 | 0.86x (0.80-0.90) |" in text
