@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from concurrent import futures
 from typing import Any
 
 from radixrt.runtime.config import ServerArgs
@@ -11,6 +12,7 @@ from radixrt.runtime.scheduler.in_process_io import InProcessIO
 from radixrt.runtime.scheduler.loop import Scheduler
 
 _rids = itertools.count()
+GRAMMAR_WAIT_S = 120  # a cold compile on a loaded 2-core machine took seconds, longer than 10,000 idle steps
 
 
 class Harness:
@@ -42,9 +44,13 @@ class Harness:
             self.drain()
             if check_every_step:
                 self.sched.cache.check(self.sched.running)
-            if not busy and not self.sched.running and not any(r.grammar_future for r in self.sched.waiting):
-                if not self.sched.waiting:
-                    return
+            if busy or self.sched.running:
+                continue
+            compiling = [r.grammar_future for r in self.sched.waiting if r.grammar_future is not None]
+            if compiling:  # nothing to run until a grammar compiles: wait for it, not a step count
+                futures.wait(compiling, timeout=GRAMMAR_WAIT_S, return_when=futures.FIRST_COMPLETED)
+            elif not self.sched.waiting:
+                return
         raise AssertionError("scheduler did not finish")
 
     def drain(self) -> None:
