@@ -10,14 +10,22 @@ a larger share the faster the linears (int8) and the smaller the model.
 from __future__ import annotations
 
 from torch import nn
+from torch.nn.modules import module as torch_module
 
 
 class DirectCall:
-    """Mixin placed before nn.Module: `module(x)` runs `forward` directly. Forward hooks and
-    pre-hooks are not run (radixrt registers none)."""
+    """Mixin placed before nn.Module: `module(x)` runs `forward` directly while no forward hook is
+    registered on it or globally; with one (a user capturing activations, a profiler), the call
+    goes through nn.Module's `__call__` and the hooks run as usual."""
 
     def __call__(self, *args, **kwargs):
+        if self._forward_hooks or self._forward_pre_hooks or _global_forward_hooks():
+            return nn.Module.__call__(self, *args, **kwargs)
         return self.forward(*args, **kwargs)
+
+
+def _global_forward_hooks() -> bool:
+    return bool(torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks)
 
 
 def pin_children(model: nn.Module) -> None:
