@@ -14,9 +14,11 @@ import torch
 from radixrt import envs
 from radixrt.workers.forward_batch import ForwardBatch
 from radixrt.workers.gguf_weights import serve_gguf_tensors
+from radixrt.workers.layers import cpu_kernels
 from radixrt.workers.layers.attention import KVBuffers, create_backend
 from radixrt.workers.layers.cpu_kernels import cpu_flags, elementwise_implementations
 from radixrt.workers.layers.cpu_linear import LinearPlan
+from radixrt.workers.layers.fused_decode import FusedDecodeLayers
 from radixrt.workers.layers.module_calls import pin_children
 from radixrt.workers.layers.quantization import QUANTIZATIONS
 from radixrt.workers.malloc import keep_freed_blocks
@@ -94,6 +96,10 @@ class ModelRunner:
             **elementwise_implementations(self.device, self.dtype),
             "linear": linear_summary or self.linears.summary(),
         }
+        ops = cpu_kernels.load() if self.kernels["rms_norm"] == "cpu_kernels" else None
+        if ops is not None:
+            self.model.fused_decode = FusedDecodeLayers(self.model.model.layers, ops)
+        self.kernels["decode_layer"] = "cpu_kernels" if ops is not None else "off"
 
     def kv_shape(self) -> tuple[int, int, int]:
         """(num_layers, n_kv_heads, head_dim) of the KV pool this model needs."""

@@ -23,6 +23,7 @@ NO_KERNELS = {
     "rms_norm": "torch",
     "silu_and_mul": "torch",
     "rotary": "torch",
+    "decode_layer": "off",
 }
 MEASURED_DECODE = (
     r"cpu_kernels \(measured [0-9.]+x (faster|slower, kept within 5%)\)"
@@ -49,7 +50,7 @@ def test_with_a_compiler_stats_show_the_cpu_kernels_where_they_apply(tiny_model_
     assert re.fullmatch(MEASURED_DECODE, kernels.pop("decode_attention"))
     # float32: prefill attention is torch's SDPA, and shared-prefix decode (bf16 only) is off
     assert kernels == {**{k: v for k, v in NO_KERNELS.items() if k != "decode_attention"}, "rms_norm": "cpu_kernels",
-                       "silu_and_mul": "cpu_kernels", "rotary": "cpu_kernels"}  # fmt: skip
+                       "silu_and_mul": "cpu_kernels", "rotary": "cpu_kernels", "decode_layer": "cpu_kernels"}  # fmt: skip
 
 
 @pytest.mark.parametrize(

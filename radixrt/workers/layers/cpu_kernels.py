@@ -5,7 +5,8 @@ and `extend_attention` (the torch attention backend's decode and prefill steps),
 `rms_norm` / `add_rms_norm_` (layers/norm.py), `silu_and_mul` (the llama MLP), `rotary_` (layers/rotary.py)
 `pack_linear_weight` / `packed_linear` (one of the linear candidates, layers/linear_candidates.py) and
 `pack_int8_weight` / `int8_linear` (weight-only int8 linears, layers/quantization.py, and GGUF's
-Q8_0) and `pack_q4_1_weight` / `q4_1_linear` (GGUF's Q4_1, layers/gguf_linear.py).
+Q8_0) and `pack_q4_1_weight` / `q4_1_linear` (GGUF's Q4_1, layers/gguf_linear.py),
+and `decode_layer` (a decoder layer of a decode step as one op, layers/fused_decode.py).
 `python -m radixrt.workers.layers.cpu_kernels` builds them ahead of time (`make test` and
 `make demo` do); a process that finds no C++ compiler logs why once and runs the PyTorch code
 they replace.
@@ -41,6 +42,7 @@ SOURCES = [
         "linear.cpp",
         "linear_int8.cpp",
         "linear_q4_1.cpp",
+        "decode_layer.cpp",
     )
 ]
 CFLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fopenmp"]  # OpenMP: at::parallel_for runs on torch's threads

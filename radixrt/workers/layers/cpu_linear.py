@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from radixrt.workers.layers import kernel_tuning, linear_candidates
+from radixrt.workers.layers import fused_decode, kernel_tuning, linear_candidates
 from radixrt.workers.layers.module_calls import DirectCall
 
 logger = logging.getLogger(__name__)
@@ -78,6 +78,17 @@ class CpuLinear(DirectCall, nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         name = self.choice.for_rows(x.shape[0], self.switch.on)
         return linear_candidates.RUN[name](x, self.states[name], self.bias)
+
+    def fused_linear(self, rows: int, invariant: bool) -> fused_decode.FusedLinear:
+        """What `forward` would run for `rows` rows, as decode_layer's argument."""
+        name = self.choice.for_rows(rows, invariant)
+        state = self.states[name]
+        weights = state[0] if name == "radixrt" else state
+        n, k = self.out_features, self.in_features
+        return _FUSED_KINDS[name], n, k, (weights, None, self.bias, None)
+
+
+_FUSED_KINDS = {"aten": fused_decode.ATEN, "onednn": fused_decode.ONEDNN, "radixrt": fused_decode.PACKED}
 
 
 @dataclass

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from radixrt.workers.layers import cpu_kernels
+from radixrt.workers.layers import cpu_kernels, fused_decode
 from radixrt.workers.layers.module_calls import DirectCall
 from radixrt.workers.layers.quantization import GROUP, quantize_rows
 
@@ -100,6 +100,14 @@ class GGUFLinear(DirectCall, nn.Module):
         if self.tensor_type == Q4_1:
             return ops.q4_1_linear(x, self.packed, n, k, self.bias)
         return ops.int8_linear(x, self.packed, None, n, k, self.bias, self.group_scale)
+
+    def fused_linear(self, rows: int, invariant: bool) -> fused_decode.FusedLinear | None:
+        if self.backend != "cpu_kernels":
+            return None
+        n, k = self.out_features, self.in_features
+        if self.tensor_type == Q4_1:
+            return fused_decode.Q4_1, n, k, (self.packed, None, self.bias, None)
+        return fused_decode.INT8, n, k, (self.packed, None, self.bias, self.group_scale)
 
     def extra_repr(self) -> str:
         return f"{self.tensor_type.name}, in_features={self.in_features}, out_features={self.out_features}"

@@ -19,12 +19,12 @@ class DirectCall:
     goes through nn.Module's `__call__` and the hooks run as usual."""
 
     def __call__(self, *args, **kwargs):
-        if self._forward_hooks or self._forward_pre_hooks or _global_forward_hooks():
+        if self._forward_hooks or self._forward_pre_hooks or global_forward_hooks():
             return nn.Module.__call__(self, *args, **kwargs)
         return self.forward(*args, **kwargs)
 
 
-def _global_forward_hooks() -> bool:
+def global_forward_hooks() -> bool:
     return bool(torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks)
 
 

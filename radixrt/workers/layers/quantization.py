@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from radixrt.workers.layers import cpu_kernels
+from radixrt.workers.layers import cpu_kernels, fused_decode
 from radixrt.workers.layers.module_calls import DirectCall
 
 logger = logging.getLogger(__name__)
@@ -106,6 +106,11 @@ class Int8Linear(DirectCall, nn.Module):
             y = torch._weight_int8pack_mm(x, self.q, self.scale)
             return y if self.bias is None else y + self.bias
         return reference_int8_linear(x, self.q, self.scale, self.bias)
+
+    def fused_linear(self, rows: int, invariant: bool) -> fused_decode.FusedLinear | None:
+        if self.backend != "cpu_kernels":
+            return None
+        return fused_decode.INT8, self.out_features, self.in_features, (self.q, self.scale, self.bias, None)
 
 
 def quantize_linears(model: nn.Module, device: torch.device) -> str:

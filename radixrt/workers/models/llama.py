@@ -14,6 +14,7 @@ from torch import nn
 from radixrt.workers.forward_batch import ForwardBatch
 from radixrt.workers.layers import cpu_kernels, cpu_linear, quantization
 from radixrt.workers.layers.attention.base import AttentionBackend, KVBuffers
+from radixrt.workers.layers.fused_decode import FusedDecodeLayers
 from radixrt.workers.layers.module_calls import DirectCall
 from radixrt.workers.layers.norm import RMSNorm
 from radixrt.workers.layers.rotary import RotaryEmbedding
@@ -141,6 +142,7 @@ class LlamaForCausalLM(nn.Module):
             config.head_dim, config.max_position_embeddings, config.rope_theta, config.rope_scaling
         )
         self._head_module = False  # the LM head is a module of its own (tied or not)
+        self.fused_decode: FusedDecodeLayers | None = None  # one C++ op per layer at decode (the runner sets it)
 
     def fuse_projections(self) -> None:
         """Fuse q/k/v and gate/up after the HF-named weights are loaded (once)."""
@@ -184,9 +186,16 @@ class LlamaForCausalLM(nn.Module):
         backend.prepare(batch)
         hidden = self.model.embed_tokens(batch.input_ids)  # [T, hidden]
         cos, sin = self.rotary.lookup(batch.positions, hidden.dtype)
-        residual = None
-        for layer_id, layer in enumerate(self.model.layers):
-            hidden, residual = layer(hidden, residual, cos, sin, layer_id, kv_pool, backend)
+        fused = None
+        if self.fused_decode is not None:
+            args = backend.decode_kernel_args()
+            fused = self.fused_decode.run(batch.num_tokens, batch.invariant, hidden, cos, sin, kv_pool, args)
+        if fused is not None:
+            hidden, residual = fused
+        else:
+            residual = None
+            for layer_id, layer in enumerate(self.model.layers):
+                hidden, residual = layer(hidden, residual, cos, sin, layer_id, kv_pool, backend)
         rows = batch.logits_indices
         hidden = self.model.norm.add_and_norm(hidden[rows], residual[rows])  # [R, hidden]
         if self._head_module:

@@ -173,6 +173,7 @@ def test_stats_name_what_runs_each_op_in_the_worker(http):
         "rms_norm": built,
         "silu_and_mul": built,
         "rotary": built,
+        "decode_layer": "cpu_kernels" if built == "cpu_kernels" else "off",
     }
 
 

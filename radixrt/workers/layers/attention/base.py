@@ -9,7 +9,7 @@ the new tokens' K/V into the pool and attends every new token over its request's
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import torch
 
@@ -21,6 +21,19 @@ class KVBuffers(Protocol):
 
     k_buffers: list[torch.Tensor]
     v_buffers: list[torch.Tensor]
+
+
+class DecodeKernelArgs(NamedTuple):
+    """A forward whose rows all decode on the C++ kernels: what `decode_layer` needs to store each
+    row's K/V and attend it (layers/fused_decode.py). Row r attends over
+    kv_indices[starts[r] : starts[r] + lens[r]]."""
+
+    out_slots: torch.Tensor
+    kv_indices: torch.Tensor
+    starts: torch.Tensor
+    lens: torch.Tensor
+    scale: float
+    tiled: bool  # tiled_decode_attention (bf16, rounds as extend_attention does), else decode_attention
 
 
 class AttentionBackend(ABC):
@@ -53,6 +66,11 @@ class AttentionBackend(ABC):
     def implementations(self) -> dict[str, str]:
         """What runs `decode_attention`, `extend_attention` and `shared_prefix_decode`: "cpu_kernels"
         (radixrt's C++), "torch", "flashinfer", or "off" for an optional kernel this backend never uses."""
+
+    def decode_kernel_args(self) -> DecodeKernelArgs | None:
+        """After `prepare`: the prepared batch's decode rows for `decode_layer`, where every row
+        decodes on the C++ decode kernels; None otherwise (and for backends without them)."""
+        return None
 
     @staticmethod
     def store_kv(k: torch.Tensor, v: torch.Tensor, layer_id: int, kv_pool: KVBuffers, out_slots: torch.Tensor) -> None:

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from radixrt.workers.forward_batch import ForwardBatch
-from radixrt.workers.layers.attention.base import AttentionBackend, KVBuffers
+from radixrt.workers.layers.attention.base import AttentionBackend, DecodeKernelArgs, KVBuffers
 
 
 @dataclass
@@ -175,6 +175,12 @@ class TorchAttentionBackend(AttentionBackend):
             )
         else:
             self._extends = [_prepare_extend(batch, i, q_starts[i], kv_starts[i]) for i in prefill_ids]
+
+    def decode_kernel_args(self) -> DecodeKernelArgs | None:
+        g = self._decode
+        if g is None or g.rows is not None or g.shared_prefix or g.slots is not None or self.cpu_kernels is None:
+            return None
+        return DecodeKernelArgs(self._out_slots, g.kv_indices, g.starts, g.lens, self.scale, self.extend_kernel)
 
     def attend(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer_id: int, kv_pool: KVBuffers

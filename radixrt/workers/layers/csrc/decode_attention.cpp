@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "decode_rows.h"
+#include "ops.h"
 
 namespace {
 

@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "ops.h"
 #include "simd.h"
 
 namespace {

@@ -23,6 +23,7 @@
 #include <cstring>
 
 #include "linear_tiles.h"
+#include "ops.h"
 #include "simd.h"
 
 namespace {
@@ -155,6 +156,8 @@ void linear_impl(const at::Tensor& x, const at::Tensor& packed, const float* bia
   });
 }
 
+}  // namespace
+
 at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& packed, int64_t n, int64_t k, const c10::optional<at::Tensor>& bias) {
   TORCH_CHECK(x.dim() == 2 && x.device().is_cpu(), "x must be a 2-d CPU tensor");
   TORCH_CHECK(x.scalar_type() == packed.scalar_type(), "x is ", x.scalar_type(), " but the weights are ", packed.scalar_type());
@@ -175,8 +178,6 @@ at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& packed, int64_t 
   }
   return y;
 }
-
-}  // namespace
 
 TORCH_LIBRARY_FRAGMENT(radixrt, m) {
   m.def("pack_linear_weight(Tensor weight) -> Tensor");

@@ -29,6 +29,7 @@
 
 #include "linear_tiles.h"
 #include "quantized_rows.h"
+#include "ops.h"
 #include "simd.h"
 
 namespace {
@@ -193,6 +194,8 @@ void int8_impl(const at::Tensor& x, const at::Tensor& packed, const Epilogue& sc
   });
 }
 
+}  // namespace
+
 at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& packed, const c10::optional<at::Tensor>& scale, int64_t n,
                        int64_t k, const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& group_scale) {
   const at::Tensor xc = radixrt_quant::checked_rows(x, k);
@@ -220,8 +223,6 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& packed, const c10:
   }
   return y;
 }
-
-}  // namespace
 
 TORCH_LIBRARY_FRAGMENT(radixrt, m) {
   m.def("pack_int8_weight(Tensor q) -> Tensor");

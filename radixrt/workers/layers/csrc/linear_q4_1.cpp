@@ -23,6 +23,7 @@
 #include <cstring>
 
 #include "linear_tiles.h"
+#include "ops.h"
 #include "quantized_rows.h"
 #include "simd.h"
 
@@ -176,6 +177,8 @@ void q4_1_impl(const at::Tensor& x, const at::Tensor& packed, const float* bias,
   });
 }
 
+}  // namespace
+
 at::Tensor q4_1_linear(const at::Tensor& x, const at::Tensor& packed, int64_t n, int64_t k,
                        const c10::optional<at::Tensor>& bias) {
   const at::Tensor xc = radixrt_quant::checked_rows(x, k);
@@ -193,8 +196,6 @@ at::Tensor q4_1_linear(const at::Tensor& x, const at::Tensor& packed, int64_t n,
   }
   return y;
 }
-
-}  // namespace
 
 TORCH_LIBRARY_FRAGMENT(radixrt, m) {
   m.def("pack_q4_1_weight(Tensor raw, int k) -> Tensor");

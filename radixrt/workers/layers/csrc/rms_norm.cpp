@@ -12,6 +12,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "ops.h"
+
 namespace {
 
 constexpr int64_t kLanes = 16;

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "bf16_tiles.h"
+#include "ops.h"
 
 #if defined(__AVX512BF16__)
 

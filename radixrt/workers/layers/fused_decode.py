@@ -1,0 +1,101 @@
+"""Decode steps with one C++ op per decoder layer (`decode_layer`, csrc/decode_layer.cpp).
+
+A batch-1 decode step of a 30-layer model makes ~330 kernel calls; from Python each costs its
+module call, the dispatcher and a few views on top of the kernel: ~2 ms of a 6-8 ms int8 step on
+an AMD EPYC. `decode_layer` runs a layer's kernels one after the other from C++, on the same
+inputs, so its output is bit for bit the modules' output. The model takes this path for a forward
+whose rows all decode on the C++ attention kernels, where each of the layer's linears has a
+kernel `decode_layer` can run and no module has a forward hook; otherwise the modules run.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from radixrt.workers.layers.module_calls import global_forward_hooks
+
+if TYPE_CHECKING:
+    from radixrt.workers.layers.attention.base import DecodeKernelArgs
+
+# a linear's kind, as csrc/decode_layer.cpp reads it
+INT8, Q4_1, PACKED, ATEN, ONEDNN, TORCH = range(6)
+
+# (kind, n, k, (weights, scale, bias, group_scale)): what a linear module hands decode_layer
+FusedLinear = tuple[int, int, int, tuple[torch.Tensor | None, ...]]
+
+
+class FusedDecodeLayers:
+    """The decoder layers' arguments for `decode_layer`, gathered once per row count and
+    invariance (a CpuLinear's kernel depends on both)."""
+
+    def __init__(self, layers: nn.ModuleList, ops: Any):
+        self.layers = list(layers)
+        self.ops = ops
+        self.modules = [m for layer in self.layers for m in layer.modules()]
+        self._args: dict[tuple[int, bool], list[tuple] | None] = {}
+
+    def run(
+        self,
+        num_tokens: int,
+        invariant: bool,
+        hidden: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        kv_pool: Any,
+        attention: DecodeKernelArgs | None,
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Every layer over `hidden` (the embeddings); returns (last MLP output, residual), or None
+        where this forward cannot take the path (`attention`: the backend's `decode_kernel_args()`)."""
+        if attention is None or cos.dtype != hidden.dtype or self._hooked():
+            return None
+        layer_args = self._layer_args(num_tokens, invariant)
+        if layer_args is None:
+            return None
+        residual = None
+        k_buffers, v_buffers = kv_pool.k_buffers, kv_pool.v_buffers
+        rows, tiled = attention[:-1], attention.tiled
+        for layer_id, (norms, linears, heads) in enumerate(layer_args):
+            k_buf, v_buf = k_buffers[layer_id], v_buffers[layer_id]
+            hidden, residual = self.ops.decode_layer(
+                hidden, residual, *norms, *linears, cos, sin, k_buf, v_buf, *rows, *heads, tiled
+            )
+        return hidden, residual
+
+    def _hooked(self) -> bool:
+        return global_forward_hooks() or any(m._forward_hooks or m._forward_pre_hooks for m in self.modules)
+
+    def _layer_args(self, rows: int, invariant: bool) -> list[tuple] | None:
+        key = (rows, invariant)
+        if key not in self._args:
+            self._args[key] = self._gather(rows, invariant)
+        return self._args[key]
+
+    def _gather(self, rows: int, invariant: bool) -> list[tuple] | None:
+        gathered = []
+        for layer in self.layers:
+            attn, mlp = layer.self_attn, layer.mlp
+            specs = [
+                _fused_linear(linear, rows, invariant)
+                for linear in (attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj)
+            ]
+            if any(spec is None for spec in specs):
+                return None
+            norm, post = layer.input_layernorm, layer.post_attention_layernorm
+            if norm.eps != post.eps:
+                return None
+            tensors = [t for spec in specs for t in spec[3]]
+            info = [value for spec in specs for value in spec[:3]]
+            gathered.append(
+                ((norm.weight, post.weight, norm.eps), (tensors, info), (attn.num_heads, attn.num_kv_heads))
+            )
+        return gathered
+
+
+def _fused_linear(linear: nn.Module, rows: int, invariant: bool) -> FusedLinear | None:
+    if type(linear) is nn.Linear:  # e.g. a GGUF tensor of a type served widened
+        return TORCH, linear.out_features, linear.in_features, (linear.weight, None, linear.bias, None)
+    spec = getattr(linear, "fused_linear", None)
+    return None if spec is None else spec(rows, invariant)

@@ -1,0 +1,184 @@
+"""Decode steps through one C++ op per decoder layer (layers/fused_decode.py): the logits and the
+K/V written are bit for bit the modules' (bf16 and float32, int8, GGUF Q8_0 / Q4_1 with biases and
+a widened linear; one or several rows per request; batch-invariant forwards), and the modules run
+wherever the op cannot: prefill rows, forward hooks, a linear without a kernel there."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from radixrt.radix_cache.pool import KVPool
+from radixrt.workers.forward_batch import ForwardBatch
+from radixrt.workers.gguf_import import import_gguf
+from radixrt.workers.layers import cpu_kernels
+from radixrt.workers.model_runner import ModelRunner
+from tests.tiny_models import write_tiny_llama
+from tests.workers.test_gguf_import import write_gguf
+from tests.workers.test_gguf_weights import TYPES, tokenizer_meta  # noqa: F401  (a fixture)
+
+pytestmark = pytest.mark.skipif(cpu_kernels.load() is None, reason="the C++ kernels did not build here")
+
+CONTEXT = 40
+
+
+class CountingOps:
+    """torch.ops.radixrt with its decode_layer calls counted."""
+
+    def __init__(self, ops):
+        self.ops, self.calls = ops, 0
+
+    def decode_layer(self, *args):
+        self.calls += 1
+        return self.ops.decode_layer(*args)
+
+
+def filled_pool(runner: ModelRunner) -> KVPool:
+    pool = KVPool(400, *runner.kv_shape(), dtype=runner.dtype)
+    gen = torch.Generator().manual_seed(0)
+    for buf in [*pool.k_buffers, *pool.v_buffers]:
+        buf.copy_(torch.randn(buf.shape, generator=gen))
+    return pool
+
+
+def decode_batch(rows_per_request: list[int], invariant: bool = False) -> ForwardBatch:
+    """Request i has CONTEXT + 7 i cached tokens and decodes rows_per_request[i] rows (more than
+    one: draft tokens being verified), logits for every row."""
+    new_ids, slots, start = [], [], 1
+    for i, rows in enumerate(rows_per_request):
+        length = CONTEXT + 7 * i + rows
+        slots.append(list(range(start, start + length)))
+        new_ids.append([100 + 37 * i + j for j in range(rows)])
+        start += length
+    logit_rows = [list(range(rows)) for rows in rows_per_request]
+    prefill = [False] * len(rows_per_request)
+    return ForwardBatch.build(new_ids, slots, logit_rows, prefill=prefill, invariant=invariant)
+
+
+def both_ways(runner: ModelRunner, batch: ForwardBatch) -> tuple[int, torch.Tensor, torch.Tensor, KVPool, KVPool]:
+    """(decode_layer calls, logits through the fused path, through the modules, and their pools)."""
+    fused = runner.model.fused_decode
+    assert fused is not None
+    spy = fused.ops = CountingOps(fused.ops)
+    try:
+        fused_pool, module_pool = filled_pool(runner), filled_pool(runner)
+        got = runner.forward(batch, fused_pool)
+        runner.model.fused_decode = None
+        expected = runner.forward(batch, module_pool)
+    finally:
+        runner.model.fused_decode = fused
+        fused.ops = spy.ops
+    return spy.calls, got, expected, fused_pool, module_pool
+
+
+def assert_same(got: torch.Tensor, expected: torch.Tensor, pool_a: KVPool, pool_b: KVPool) -> None:
+    assert torch.equal(got, expected)
+    for a, b in zip([*pool_a.k_buffers, *pool_a.v_buffers], [*pool_b.k_buffers, *pool_b.v_buffers], strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.fixture(scope="module")
+def head64_dir(tmp_path_factory, embedded_model_dir):
+    """head_dim 64: the tiled bf16 decode kernel where the CPU has AVX512-BF16."""
+    out = tmp_path_factory.mktemp("tiny-head64")
+    return write_tiny_llama(out, embedded_model_dir, hidden_size=128, num_attention_heads=2, num_key_value_heads=1)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+@pytest.mark.parametrize("quantization", ["none", "int8"])
+@pytest.mark.parametrize("model", ["head16", "head64"])
+def test_fused_decode_steps_equal_the_modules_bit_for_bit(model, quantization, dtype, tiny_model_dir, head64_dir):
+    folder = tiny_model_dir if model == "head16" else head64_dir
+    runner = ModelRunner(folder, dtype=dtype, device="cpu", quantization=quantization)
+    assert runner.kernels["decode_layer"] == "cpu_kernels"
+    layers = runner.model_config.num_hidden_layers
+    for rows, invariant in (([1], False), ([1, 1, 1], False), ([3, 1], False), ([1, 1], True)):
+        calls, got, expected, pool_a, pool_b = both_ways(runner, decode_batch(rows, invariant))
+        assert calls == layers, (rows, invariant)
+        assert_same(got, expected, pool_a, pool_b)
+        assert got.shape[0] == sum(rows)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_gguf_tensors_biases_and_a_widened_linear_take_the_fused_path(dtype, tokenizer_meta, tmp_path):  # noqa: F811
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    config = Qwen2Config(vocab_size=49152, hidden_size=64, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)  # fmt: skip
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()  # q/k/v biases
+    path = write_gguf(tmp_path / "tiny.gguf", model, "qwen2", tokenizer_meta, "qwen2", TYPES)  # Q8_0 and Q4_1
+    folder = import_gguf(path, tmp_path / "folder", progress=False)
+    runner = ModelRunner(folder, dtype=dtype, device="cpu", quantization="gguf")
+    assert type(runner.model.model.layers[1].self_attn.qkv_proj) is nn.Linear  # widened (mixed types)
+    calls, got, expected, pool_a, pool_b = both_ways(runner, decode_batch([1, 2]))
+    assert calls == 2
+    assert_same(got, expected, pool_a, pool_b)
+
+
+@pytest.fixture(scope="module")
+def tiny_runner(tiny_model_dir):
+    return ModelRunner(tiny_model_dir, dtype="bfloat16", device="cpu")
+
+
+def test_prefill_and_mixed_batches_run_the_modules(tiny_runner):
+    prefill = ForwardBatch.build([[5, 6, 7, 8]], [list(range(1, 5))])
+    decode_and_prefill = ForwardBatch.build([[5], [6, 7, 8]], [list(range(1, 30)), list(range(30, 40))])
+    for batch in (prefill, decode_and_prefill):
+        calls, got, expected, pool_a, pool_b = both_ways(tiny_runner, batch)
+        assert calls == 0
+        assert_same(got, expected, pool_a, pool_b)
+
+
+def test_forward_hooks_run_and_turn_the_fused_path_off(tiny_runner):
+    seen = []
+    mlp = tiny_runner.model.model.layers[1].mlp
+    handle = mlp.register_forward_hook(lambda _module, _args, out: seen.append(out.shape))
+    try:
+        calls, got, expected, *_ = both_ways(tiny_runner, decode_batch([1]))
+    finally:
+        handle.remove()
+    assert calls == 0 and seen == [(1, 64), (1, 64)]  # the hook ran in both forwards
+    assert torch.equal(got, expected)
+    with nn.modules.module.register_module_forward_pre_hook(lambda _module, _args: None):
+        assert both_ways(tiny_runner, decode_batch([1]))[0] == 0
+    assert both_ways(tiny_runner, decode_batch([1]))[0] == 2  # hooks gone: fused again
+
+
+class Wrapped(nn.Module):
+    """A linear the fused op knows nothing of."""
+
+    def __init__(self, linear: nn.Module):
+        super().__init__()
+        self.linear = linear
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x)
+
+
+def test_a_linear_without_a_kernel_there_keeps_the_modules(tiny_model_dir):
+    runner = ModelRunner(tiny_model_dir, dtype="float32", device="cpu")
+    attn = runner.model.model.layers[0].self_attn
+    attn.o_proj = Wrapped(attn.o_proj)
+    calls, got, expected, pool_a, pool_b = both_ways(runner, decode_batch([1, 1]))
+    assert calls == 0
+    assert_same(got, expected, pool_a, pool_b)
+
+
+def test_bad_decode_layer_arguments_are_refused_clearly(tiny_runner):
+    ops = cpu_kernels.load()
+    args = tiny_runner.model.fused_decode._layer_args(1, False)[0]
+    (norm, post, eps), (tensors, info), heads = args
+    hidden = torch.zeros(1, 64, dtype=torch.bfloat16)
+    pool = filled_pool(tiny_runner)
+    cos = sin = torch.ones(1, 8, dtype=torch.bfloat16)
+    rows = (torch.tensor([3]), torch.arange(1, 4), torch.tensor([0]), torch.tensor([3]), 0.25)
+    kv = (pool.k_buffers[0], pool.v_buffers[0])
+    with pytest.raises(RuntimeError, match="four linears"):
+        ops.decode_layer(hidden, None, norm, post, eps, tensors[:12], info[:9], cos, sin, *kv, *rows, *heads, False)
+    bad_kind = [99, *info[1:]]
+    with pytest.raises(RuntimeError, match="unknown kind 99"):
+        ops.decode_layer(hidden, None, norm, post, eps, tensors, bad_kind, cos, sin, *kv, *rows, *heads, False)
+    out, residual = ops.decode_layer(hidden, None, norm, post, eps, tensors, info, cos, sin, *kv, *rows, *heads, False)
+    assert out.shape == (1, 64) and residual is not None
