@@ -12,8 +12,8 @@ from torch import nn
 from radixrt.radix_cache.pool import KVPool
 from radixrt.workers.forward_batch import ForwardBatch
 from radixrt.workers.gguf_import import import_gguf
-from radixrt.workers.layers import cpu_kernels
-from radixrt.workers.model_runner import ModelRunner
+from radixrt.workers.layers import cpu_kernels, cpu_linear, linear_candidates
+from radixrt.workers.model_runner import DTYPES, ModelRunner
 from tests.tiny_models import write_tiny_llama
 from tests.workers.test_gguf_import import write_gguf
 from tests.workers.test_gguf_weights import TYPES, tokenizer_meta  # noqa: F401  (a fixture)
@@ -98,6 +98,19 @@ def test_fused_decode_steps_equal_the_modules_bit_for_bit(model, quantization, d
         assert calls == layers, (rows, invariant)
         assert_same(got, expected, pool_a, pool_b)
         assert got.shape[0] == sum(rows)
+
+
+CANDIDATES = [(c, d) for d in ("bfloat16", "float32") for c in linear_candidates.available(DTYPES[d])]
+
+
+@pytest.mark.parametrize(("candidate", "dtype"), CANDIDATES)
+def test_each_linear_candidate_runs_in_the_fused_op_as_in_its_module(candidate, dtype, tiny_model_dir, monkeypatch):
+    monkeypatch.setattr(cpu_linear, "choose", lambda _measured: cpu_linear.LinearChoice({1: candidate}, None))
+    runner = ModelRunner(tiny_model_dir, dtype=dtype, device="cpu")
+    assert runner.model.model.layers[0].mlp.down_proj.choice.fast == {1: candidate}
+    calls, got, expected, pool_a, pool_b = both_ways(runner, decode_batch([1, 2]))
+    assert calls == 2
+    assert_same(got, expected, pool_a, pool_b)
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])

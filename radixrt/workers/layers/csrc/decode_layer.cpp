@@ -133,3 +133,5 @@ TORCH_LIBRARY_FRAGMENT(radixrt, m) {
 }
 
 TORCH_LIBRARY_IMPL(radixrt, CPU, m) { m.impl("decode_layer", &decode_layer); }
+// a oneDNN-reordered weight is an MkldnnCPU tensor: an argument list holding one dispatches there
+TORCH_LIBRARY_IMPL(radixrt, MkldnnCPU, m) { m.impl("decode_layer", &decode_layer); }
