@@ -29,12 +29,20 @@ FusedLinear = tuple[int, int, int, tuple[torch.Tensor | None, ...]]
 
 class FusedDecodeLayers:
     """The decoder layers' arguments for `decode_layer`, gathered once per row count and
-    invariance (a CpuLinear's kernel depends on both)."""
+    invariance (a CpuLinear's kernel depends on both). Built once the model's structure is final
+    (the runner does, as for `pin_children`): a module replaced later is not seen."""
 
     def __init__(self, layers: nn.ModuleList, ops: Any):
         self.layers = list(layers)
         self.ops = ops
-        self.modules = [m for layer in self.layers for m in layer.modules()]
+        # NOTE: registering a hook adds it to these dicts (never replaced): one any() over them is
+        # ~5 us a step where reading them through every module took ~0.25 ms
+        self._hook_dicts = [
+            hooks
+            for layer in self.layers
+            for m in layer.modules()
+            for hooks in (m._forward_hooks, m._forward_pre_hooks)
+        ]
         self._args: dict[tuple[int, bool], list[tuple] | None] = {}
 
     def run(
@@ -65,7 +73,7 @@ class FusedDecodeLayers:
         return hidden, residual
 
     def _hooked(self) -> bool:
-        return global_forward_hooks() or any(m._forward_hooks or m._forward_pre_hooks for m in self.modules)
+        return global_forward_hooks() or any(self._hook_dicts)
 
     def _layer_args(self, rows: int, invariant: bool) -> list[tuple] | None:
         key = (rows, invariant)
