@@ -204,3 +204,17 @@ def test_llamacpp_systems_are_skipped_with_a_reason_without_llama_cpp_python():
     assert set(missing) == {"llamacpp", "llamacpp-bf16"}
     assert "make bench" in missing["llamacpp"]
     assert missing_systems(["llamacpp"], llama_cpp=True) == {}
+
+
+def test_fused_decode_bench_times_both_paths_and_checks_their_logits(bench_model_dir, tmp_path, capsys):
+    from radixrt.bench import fused_decode
+
+    if fused_decode.ModelRunner(bench_model_dir, device="cpu").model.fused_decode is None:
+        pytest.skip("no C++ kernels here: no fused path")  # the kernels build wherever the suite runs
+    out = tmp_path / "fused.json"
+    fused_decode.main(["--model", str(bench_model_dir), "--quantization", "none,int8", "--json", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["quantization"], r["batch"]) for r in rows] == [(q, b) for q in ("none", "int8") for b in (1, 16, 64)]
+    assert all(r["same_logits"] and r["fused_ms"] > 0 and r["modules_ms"] > 0 for r in rows)
+    table = capsys.readouterr().out
+    assert table.count("| yes |") == 6 and "| int8 | 64 |" in table

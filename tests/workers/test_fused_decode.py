@@ -13,6 +13,7 @@ from radixrt.radix_cache.pool import KVPool
 from radixrt.workers.forward_batch import ForwardBatch
 from radixrt.workers.gguf_import import import_gguf
 from radixrt.workers.layers import cpu_kernels, cpu_linear, linear_candidates
+from radixrt.workers.layers.attention.torch_backend import TORCH, AttentionChoice
 from radixrt.workers.model_runner import DTYPES, ModelRunner
 from tests.tiny_models import write_tiny_llama
 from tests.workers.test_gguf_import import write_gguf
@@ -32,6 +33,14 @@ class CountingOps:
     def decode_layer(self, *args):
         self.calls += 1
         return self.ops.decode_layer(*args)
+
+
+def kernel_runner(folder, **options) -> ModelRunner:
+    """A CPU runner whose decode attention runs the C++ kernels in every forward (where torch's
+    SDPA measured faster, only batch-invariant forwards do: tested below)."""
+    runner = ModelRunner(folder, device="cpu", **options)
+    runner.backend.choice = AttentionChoice()
+    return runner
 
 
 def filled_pool(runner: ModelRunner) -> KVPool:
@@ -90,7 +99,7 @@ def head64_dir(tmp_path_factory, embedded_model_dir):
 @pytest.mark.parametrize("model", ["head16", "head64"])
 def test_fused_decode_steps_equal_the_modules_bit_for_bit(model, quantization, dtype, tiny_model_dir, head64_dir):
     folder = tiny_model_dir if model == "head16" else head64_dir
-    runner = ModelRunner(folder, dtype=dtype, device="cpu", quantization=quantization)
+    runner = kernel_runner(folder, dtype=dtype, quantization=quantization)
     assert runner.kernels["decode_layer"] == "cpu_kernels"
     layers = runner.model_config.num_hidden_layers
     for rows, invariant in (([1], False), ([1, 1, 1], False), ([3, 1], False), ([1, 1], True)):
@@ -106,7 +115,7 @@ CANDIDATES = [(c, d) for d in ("bfloat16", "float32") for c in linear_candidates
 @pytest.mark.parametrize(("candidate", "dtype"), CANDIDATES)
 def test_each_linear_candidate_runs_in_the_fused_op_as_in_its_module(candidate, dtype, tiny_model_dir, monkeypatch):
     monkeypatch.setattr(cpu_linear, "choose", lambda _measured: cpu_linear.LinearChoice({1: candidate}, None))
-    runner = ModelRunner(tiny_model_dir, dtype=dtype, device="cpu")
+    runner = kernel_runner(tiny_model_dir, dtype=dtype)
     assert runner.model.model.layers[0].mlp.down_proj.choice.fast == {1: candidate}
     calls, got, expected, pool_a, pool_b = both_ways(runner, decode_batch([1, 2]))
     assert calls == 2
@@ -123,7 +132,7 @@ def test_gguf_tensors_biases_and_a_widened_linear_take_the_fused_path(dtype, tok
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()  # q/k/v biases
     path = write_gguf(tmp_path / "tiny.gguf", model, "qwen2", tokenizer_meta, "qwen2", TYPES)  # Q8_0 and Q4_1
     folder = import_gguf(path, tmp_path / "folder", progress=False)
-    runner = ModelRunner(folder, dtype=dtype, device="cpu", quantization="gguf")
+    runner = kernel_runner(folder, dtype=dtype, quantization="gguf")
     assert type(runner.model.model.layers[1].self_attn.qkv_proj) is nn.Linear  # widened (mixed types)
     calls, got, expected, pool_a, pool_b = both_ways(runner, decode_batch([1, 2]))
     assert calls == 2
@@ -132,7 +141,7 @@ def test_gguf_tensors_biases_and_a_widened_linear_take_the_fused_path(dtype, tok
 
 @pytest.fixture(scope="module")
 def tiny_runner(tiny_model_dir):
-    return ModelRunner(tiny_model_dir, dtype="bfloat16", device="cpu")
+    return kernel_runner(tiny_model_dir, dtype="bfloat16")
 
 
 def test_prefill_and_mixed_batches_run_the_modules(tiny_runner):
@@ -141,6 +150,15 @@ def test_prefill_and_mixed_batches_run_the_modules(tiny_runner):
     for batch in (prefill, decode_and_prefill):
         calls, got, expected, pool_a, pool_b = both_ways(tiny_runner, batch)
         assert calls == 0
+        assert_same(got, expected, pool_a, pool_b)
+
+
+def test_where_torch_attention_was_chosen_only_invariant_decode_forwards_fuse(tiny_model_dir):
+    runner = kernel_runner(tiny_model_dir, dtype="float32")
+    runner.backend.choice = AttentionChoice(decode=TORCH)  # as where SDPA measured faster
+    for invariant, fused_calls in ((False, 0), (True, 2)):  # invariant forwards keep the kernels
+        calls, got, expected, pool_a, pool_b = both_ways(runner, decode_batch([1, 2], invariant))
+        assert calls == fused_calls
         assert_same(got, expected, pool_a, pool_b)
 
 
@@ -171,7 +189,7 @@ class Wrapped(nn.Module):
 
 
 def test_a_linear_without_a_kernel_there_keeps_the_modules(tiny_model_dir):
-    runner = ModelRunner(tiny_model_dir, dtype="float32", device="cpu")
+    runner = kernel_runner(tiny_model_dir, dtype="float32")
     attn = runner.model.model.layers[0].self_attn
     attn.o_proj = Wrapped(attn.o_proj)
     calls, got, expected, pool_a, pool_b = both_ways(runner, decode_batch([1, 1]))
