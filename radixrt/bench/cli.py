@@ -91,14 +91,14 @@ def main(argv: list[str] | None = None) -> int:
                 args.interactive, args.parallel, args.seed, args.rounds)  # fmt: skip
     results["workloads"] = run_suite(config, plan, lambda text: tokenizer.encode(text, add_special_tokens=True), _log)
     if not args.no_micro:
-        results["micro"] = _micro(args)
+        results["micro"] = _micro(args, config, skipped)
     results["machine"]["load_average_end"] = list(os.getloadavg())
     _print_summary(results)
     _write(results, args)
     return _exit_status(results)
 
 
-def _micro(args: argparse.Namespace) -> dict[str, Any]:
+def _micro(args: argparse.Namespace, config: SystemConfig, skipped: dict[str, str]) -> dict[str, Any]:
     _log("[micro] prefill / decode / json decode on radixrt.Engine ...")
     from radixrt.bench.micro import run_micro
 
@@ -120,6 +120,15 @@ def _micro(args: argparse.Namespace) -> dict[str, Any]:
         _log(
             "[micro] radixrt / transformers: " + ", ".join(f"{k} {v:.2f}x" for k, v in micro["vs_transformers"].items())
         )
+    if "llamacpp" in args.system_names and "llamacpp" not in skipped:
+        _log("[micro] prefill / batch-1 decode on llama.cpp ...")
+        from radixrt.bench.micro_llamacpp import llamacpp_ratios, run_micro_llamacpp
+        from radixrt.bench.systems import gguf_path
+
+        gguf = gguf_path("llamacpp", config)
+        micro["llamacpp"] = run_micro_llamacpp(gguf, config.threads, repeats=3 if args.quick else 5, seed=args.seed)
+        micro["vs_llamacpp"] = llamacpp_ratios(micro, micro["llamacpp"])
+        _log("[micro] radixrt / llama.cpp: " + ", ".join(f"{k} {v:.2f}x" for k, v in micro["vs_llamacpp"].items()))
     return micro
 
 

@@ -35,6 +35,7 @@ def markdown(results: dict[str, Any], source: str | None = None) -> str:
         ("Engine micro-benchmarks", _micro),
         ("Weight-only int8 against bf16 (same run)", _int8),
         ("The GGUF file's own quantized tensors (`--quantization gguf`) against bf16 (same run)", _gguf),
+        ("radixrt against llama.cpp on its GGUF file (same run)", _llamacpp),
     ]
     parts = []
     for title, table in sections:
@@ -211,6 +212,23 @@ def _quantized(results: dict[str, Any], mode: str) -> list[str]:
     lines = [f"| engine micro-benchmark | {mode} tokens/s | bf16 tokens/s | ratio |", "|---|---:|---:|---:|"]
     for name, ours, theirs in rows:
         lines.append(f"| {name} | {ours:.0f} | {theirs:.0f} | {_times(ours / theirs if theirs else None)} |")
+    return lines
+
+
+def _llamacpp(results: dict[str, Any]) -> list[str]:
+    m = results.get("micro") or {}
+    llama = m.get("llamacpp")
+    if not llama:
+        return []
+    modes = [("bf16", m)] + [(mode, m[mode]) for mode in ("int8", "gguf") if mode in m]
+    head = "".join(f" radixrt {name} tokens/s | ratio |" for name, _ in modes)
+    lines = [f"| engine micro-benchmark | llama.cpp tokens/s ({llama['gguf']}) |{head}",
+             "|---|---:|" + "---:|---:|" * len(modes)]  # fmt: skip
+    for name, get in (("prefill, 1,024-token prompt", lambda r: r["prefill_tokens_per_s"]),
+                      ("decode, batch 1", lambda r: r["decode_tokens_per_s"]["1"])):  # fmt: skip
+        theirs = get(llama)
+        cells = "".join(f" {get(r):.0f} | {_times(get(r) / theirs)} |" for _, r in modes)
+        lines.append(f"| {name} | {theirs:.0f} |{cells}")
     return lines
 
 

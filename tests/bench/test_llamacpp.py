@@ -94,3 +94,12 @@ def test_workload_programs_finish_on_llama_cpp(name, llama, encode):
     assert run.figures["problems"] == [] and run.figures["ok_programs"] == 2
     assert run.figures["prompt_tokens"] == run.figures["trace_prompt_tokens"]  # the same tokens as radixrt
     assert 0.0 <= run.figures["cache_hit_rate"] <= run.figures["optimal_hit_rate"] + 0.02
+
+
+def test_the_micro_benchmark_measures_llama_cpps_prefill_and_batch_1_decode(bench_model_dir, tmp_path):
+    from radixrt.bench.micro_llamacpp import run_micro_llamacpp
+
+    path = export_gguf(bench_model_dir, tmp_path / "tiny.f32.gguf", dtype="f32", template=embedded_gguf())
+    measured = run_micro_llamacpp(path, n_threads=2, repeats=1)
+    assert measured["gguf"] == "tiny.f32.gguf"
+    assert measured["prefill_tokens_per_s"] > 0 and measured["decode_tokens_per_s"]["1"] > 0

@@ -118,3 +118,34 @@ def test_quantized_table_gives_the_ratios_of_the_same_rounds(results):
     assert "#### Throughput" in text and "#### Throughput" not in markdown({**results, "workloads": {}})
     assert "| decode, batch 1 | 120 | 80 | 1.52x (1.41-1.66) |" in text
     assert "| prefill, 1,024-token prompt | 600 | 700 | 0.86x (0.80-0.90) |" in text
+
+
+def test_llamacpp_table_compares_each_weight_format_with_llama_cpp(results):
+    results["micro"] = {
+        "prefill_tokens_per_s": 1000.0,
+        "decode_tokens_per_s": {"1": 80.0, "16": 400.0, "64": 900.0},
+        "json_batch": 8,
+        "json_decode_tokens_per_s": 300.0,
+        "json_nojump_decode_tokens_per_s": 200.0,
+        "unconstrained_decode_tokens_per_s": 250.0,
+        "int8": {"prefill_tokens_per_s": 900.0, "decode_tokens_per_s": {"1": 120.0, "16": 500.0}},
+        "llamacpp": {"gguf": "model.Q4_1.gguf", "prefill_tokens_per_s": 500.0, "decode_tokens_per_s": {"1": 60.0}},
+    }
+    text = markdown(results)
+    assert "#### radixrt against llama.cpp on its GGUF file (same run)" in text
+    header = "| engine micro-benchmark | llama.cpp tokens/s (model.Q4_1.gguf) | radixrt bf16 tokens/s | ratio | radixrt int8 tokens/s | ratio |"
+    assert header in text
+    assert "| prefill, 1,024-token prompt | 500 | 1000 | 2.00x | 900 | 1.80x |" in text
+    assert "| decode, batch 1 | 60 | 80 | 1.33x | 120 | 2.00x |" in text
+    del results["micro"]["llamacpp"]
+    assert "llama.cpp on its GGUF file" not in markdown(results)
+
+
+def test_llamacpp_ratios_are_radixrts_rates_over_llama_cpps():
+    from radixrt.bench.micro_llamacpp import llamacpp_ratios
+
+    micro = {"prefill_tokens_per_s": 1000.0, "decode_tokens_per_s": {"1": 90.0, "16": 700.0},
+             "gguf": {"prefill_tokens_per_s": 750.0, "decode_tokens_per_s": {"1": 150.0, "16": 800.0}}}  # fmt: skip
+    llama = {"prefill_tokens_per_s": 500.0, "decode_tokens_per_s": {"1": 60.0}}
+    assert llamacpp_ratios(micro, llama) == {"prefill": 2.0, "decode_batch_1": 1.5, "gguf_prefill": 1.5,
+                                             "gguf_decode_batch_1": 2.5}  # fmt: skip
