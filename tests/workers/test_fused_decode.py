@@ -13,7 +13,12 @@ from radixrt.radix_cache.pool import KVPool
 from radixrt.workers.forward_batch import ForwardBatch
 from radixrt.workers.gguf_import import import_gguf
 from radixrt.workers.layers import cpu_kernels, cpu_linear, linear_candidates
-from radixrt.workers.layers.attention.torch_backend import TORCH, AttentionChoice
+from radixrt.workers.layers.attention.torch_backend import (
+    SHARED_PREFIX_MIN_REQUESTS,
+    SHARED_TILE,
+    TORCH,
+    AttentionChoice,
+)
 from radixrt.workers.model_runner import DTYPES, ModelRunner
 from tests.tiny_models import write_tiny_llama
 from tests.workers.test_gguf_import import write_gguf
@@ -153,6 +158,19 @@ def test_prefill_and_mixed_batches_run_the_modules(tiny_runner):
         assert_same(got, expected, pool_a, pool_b)
 
 
+def test_requests_sharing_a_prefix_fuse_on_the_shared_prefix_kernel(head64_dir):
+    runner = kernel_runner(head64_dir, dtype="bfloat16")
+    prefix = list(range(1, 1 + 2 * SHARED_TILE))  # two tiles every request shares
+    slots = [prefix + list(range(150 + 25 * i, 150 + 25 * i + 5 + i)) for i in range(SHARED_PREFIX_MIN_REQUESTS)]
+    batch = ForwardBatch.build([[300 + i] for i in range(len(slots))], slots)
+    runner.backend.prepare(batch)
+    shared = runner.backend._decode.shared_prefix  # bf16 head_dim 64 on AVX512-BF16 CPUs; elsewhere no kernel
+    assert shared == runner.backend.extend_kernel
+    calls, got, expected, pool_a, pool_b = both_ways(runner, batch)
+    assert calls == 2
+    assert_same(got, expected, pool_a, pool_b)
+
+
 def test_where_torch_attention_was_chosen_only_invariant_decode_forwards_fuse(tiny_model_dir):
     runner = kernel_runner(tiny_model_dir, dtype="float32")
     runner.backend.choice = AttentionChoice(decode=TORCH)  # as where SDPA measured faster
@@ -207,9 +225,11 @@ def test_bad_decode_layer_arguments_are_refused_clearly(tiny_runner):
     rows = (torch.tensor([3]), torch.arange(1, 4), torch.tensor([0]), torch.tensor([3]), 0.25)
     kv = (pool.k_buffers[0], pool.v_buffers[0])
     with pytest.raises(RuntimeError, match="four linears"):
-        ops.decode_layer(hidden, None, norm, post, eps, tensors[:12], info[:9], cos, sin, *kv, *rows, *heads, False)
+        ops.decode_layer(hidden, None, norm, post, eps, tensors[:12], info[:9], cos, sin, *kv, *rows, *heads, 0, 8)
     bad_kind = [99, *info[1:]]
     with pytest.raises(RuntimeError, match="unknown kind 99"):
-        ops.decode_layer(hidden, None, norm, post, eps, tensors, bad_kind, cos, sin, *kv, *rows, *heads, False)
-    out, residual = ops.decode_layer(hidden, None, norm, post, eps, tensors, info, cos, sin, *kv, *rows, *heads, False)
+        ops.decode_layer(hidden, None, norm, post, eps, tensors, bad_kind, cos, sin, *kv, *rows, *heads, 0, 8)
+    with pytest.raises(RuntimeError, match="unknown attention kernel 7"):
+        ops.decode_layer(hidden, None, norm, post, eps, tensors, info, cos, sin, *kv, *rows, *heads, 7, 8)
+    out, residual = ops.decode_layer(hidden, None, norm, post, eps, tensors, info, cos, sin, *kv, *rows, *heads, 0, 8)
     assert out.shape == (1, 64) and residual is not None

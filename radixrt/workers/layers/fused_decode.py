@@ -4,8 +4,9 @@ A batch-1 decode step of a 30-layer model makes ~330 kernel calls; from Python e
 module call, the dispatcher and a few views on top of the kernel: ~2 ms of a 6-8 ms int8 step on
 an AMD EPYC. `decode_layer` runs a layer's kernels one after the other from C++, on the same
 inputs, so its output is bit for bit the modules' output. The model takes this path for a forward
-whose rows all decode on the C++ attention kernels, where each of the layer's linears has a
-kernel `decode_layer` can run and no module has a forward hook; otherwise the modules run.
+whose rows all decode on the C++ attention kernels (`shared_prefix_decode` included), where each of
+the layer's linears has a kernel `decode_layer` can run and no module has a forward hook; otherwise
+the modules run.
 """
 
 from __future__ import annotations
@@ -64,11 +65,11 @@ class FusedDecodeLayers:
             return None
         residual = None
         k_buffers, v_buffers = kv_pool.k_buffers, kv_pool.v_buffers
-        rows, tiled = attention[:-1], attention.tiled
+        rows, kernel = attention[:5], attention[5:]
         for layer_id, (norms, linears, heads) in enumerate(layer_args):
             k_buf, v_buf = k_buffers[layer_id], v_buffers[layer_id]
             hidden, residual = self.ops.decode_layer(
-                hidden, residual, *norms, *linears, cos, sin, k_buf, v_buf, *rows, *heads, tiled
+                hidden, residual, *norms, *linears, cos, sin, k_buf, v_buf, *rows, *heads, *kernel
             )
         return hidden, residual
 

@@ -33,7 +33,12 @@ class DecodeKernelArgs(NamedTuple):
     starts: torch.Tensor
     lens: torch.Tensor
     scale: float
-    tiled: bool  # tiled_decode_attention (bf16, rounds as extend_attention does), else decode_attention
+    kernel: int  # DECODE, TILED (rounds as extend_attention does) or SHARED_PREFIX (csrc/decode_layer.cpp)
+    shared_min_requests: int  # shared_prefix_decode's threshold
+
+
+# DecodeKernelArgs.kernel: decode_attention, tiled_decode_attention, shared_prefix_decode
+DECODE, TILED, SHARED_PREFIX = range(3)
 
 
 class AttentionBackend(ABC):

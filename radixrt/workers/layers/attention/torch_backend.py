@@ -35,7 +35,14 @@ import torch
 import torch.nn.functional as F
 
 from radixrt.workers.forward_batch import ForwardBatch
-from radixrt.workers.layers.attention.base import AttentionBackend, DecodeKernelArgs, KVBuffers
+from radixrt.workers.layers.attention.base import (
+    DECODE,
+    SHARED_PREFIX,
+    TILED,
+    AttentionBackend,
+    DecodeKernelArgs,
+    KVBuffers,
+)
 
 
 @dataclass
@@ -178,9 +185,12 @@ class TorchAttentionBackend(AttentionBackend):
 
     def decode_kernel_args(self) -> DecodeKernelArgs | None:
         g = self._decode
-        if g is None or g.rows is not None or g.shared_prefix or g.slots is not None or self.cpu_kernels is None:
+        if g is None or g.rows is not None or g.slots is not None or self.cpu_kernels is None:
             return None
-        return DecodeKernelArgs(self._out_slots, g.kv_indices, g.starts, g.lens, self.scale, self.extend_kernel)
+        kernel = SHARED_PREFIX if g.shared_prefix else TILED if self.extend_kernel else DECODE  # as _attend_decode
+        return DecodeKernelArgs(
+            self._out_slots, g.kv_indices, g.starts, g.lens, self.scale, kernel, SHARED_PREFIX_MIN_REQUESTS
+        )
 
     def attend(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer_id: int, kv_pool: KVBuffers

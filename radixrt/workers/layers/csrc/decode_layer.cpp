@@ -27,6 +27,7 @@
 namespace {
 
 enum LinearKind : int64_t { INT8 = 0, Q4_1 = 1, PACKED = 2, ATEN = 3, ONEDNN = 4, TORCH = 5 };
+enum Attention : int64_t { DECODE = 0, TILED = 1, SHARED_PREFIX = 2 };  // which decode kernel attends
 constexpr int64_t kLinears = 4;  // qkv, o, gate_up, down
 constexpr int64_t kTensorsPerLinear = 4;
 constexpr int64_t kIntsPerLinear = 3;
@@ -97,7 +98,8 @@ std::tuple<at::Tensor, at::Tensor> decode_layer(const at::Tensor& hidden, const 
                                                 const at::Tensor& sin, at::Tensor& k_pool, at::Tensor& v_pool,
                                                 const at::Tensor& out_slots, const at::Tensor& kv_indices,
                                                 const at::Tensor& kv_starts, const at::Tensor& kv_lens, double scale,
-                                                int64_t heads, int64_t kv_heads, bool tiled) {
+                                                int64_t heads, int64_t kv_heads, int64_t attention,
+                                                int64_t shared_min_requests) {
   TORCH_CHECK(static_cast<int64_t>(linear_tensors.size()) == kLinears * kTensorsPerLinear &&
                   static_cast<int64_t>(linear_info.size()) == kLinears * kIntsPerLinear,
               "decode_layer takes four linears (qkv, o, gate_up, down)");
@@ -114,8 +116,20 @@ std::tuple<at::Tensor, at::Tensor> decode_layer(const at::Tensor& hidden, const 
   k_pool.index_copy_(0, out_slots, qkv.narrow(1, heads, kv_heads));
   v_pool.index_copy_(0, out_slots, qkv.narrow(1, heads + kv_heads, kv_heads));
   const at::Tensor q = qkv.narrow(1, 0, heads);
-  const at::Tensor attended = tiled ? tiled_decode_attention(q, k_pool, v_pool, kv_indices, kv_starts, kv_lens, scale)
-                                    : decode_attention(q, k_pool, v_pool, kv_indices, kv_starts, kv_lens, scale);
+  at::Tensor attended;
+  switch (attention) {
+    case DECODE:
+      attended = decode_attention(q, k_pool, v_pool, kv_indices, kv_starts, kv_lens, scale);
+      break;
+    case TILED:
+      attended = tiled_decode_attention(q, k_pool, v_pool, kv_indices, kv_starts, kv_lens, scale);
+      break;
+    case SHARED_PREFIX:
+      attended = shared_prefix_decode(q, k_pool, v_pool, kv_indices, kv_starts, kv_lens, scale, shared_min_requests);
+      break;
+    default:
+      TORCH_CHECK(false, "unknown attention kernel ", attention);
+  }
 
   h = add_rms_norm_(res, linears.run(1, attended), post_norm, eps);
   const at::Tensor mlp_out = linears.run(3, silu_and_mul(linears.run(2, h)));
@@ -129,7 +143,7 @@ TORCH_LIBRARY_FRAGMENT(radixrt, m) {
       "decode_layer(Tensor hidden, Tensor(a!)? residual, Tensor input_norm, Tensor post_norm, float eps, "
       "Tensor?[] linear_tensors, int[] linear_info, Tensor cos, Tensor sin, Tensor(b!) k_pool, Tensor(c!) v_pool, "
       "Tensor out_slots, Tensor kv_indices, Tensor kv_starts, Tensor kv_lens, float scale, int heads, int kv_heads, "
-      "bool tiled) -> (Tensor, Tensor)");
+      "int attention, int shared_min_requests) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(radixrt, CPU, m) { m.impl("decode_layer", &decode_layer); }

@@ -16,6 +16,9 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k_pool, const
 at::Tensor tiled_decode_attention(const at::Tensor& q, const at::Tensor& k_pool, const at::Tensor& v_pool,
                                   const at::Tensor& kv_indices, const at::Tensor& kv_starts, const at::Tensor& kv_lens,
                                   double scale);
+at::Tensor shared_prefix_decode(const at::Tensor& q, const at::Tensor& k_pool, const at::Tensor& v_pool,
+                                const at::Tensor& kv_indices, const at::Tensor& kv_starts, const at::Tensor& kv_lens,
+                                double scale, int64_t min_requests);
 at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& packed, int64_t n, int64_t k,
                          const c10::optional<at::Tensor>& bias);
 at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& packed, const c10::optional<at::Tensor>& scale, int64_t n,

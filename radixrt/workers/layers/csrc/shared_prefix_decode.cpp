@@ -28,6 +28,7 @@
 
 #include "bf16_tiles.h"
 #include "decode_rows.h"
+#include "ops.h"
 
 #if defined(__AVX512BF16__)
 
