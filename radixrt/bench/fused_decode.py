@@ -21,10 +21,12 @@ from radixrt.radix_cache.pool import KVPool
 from radixrt.workers.model_runner import ModelRunner
 from radixrt.workers.model_store import resolve_model
 
-BATCHES = {1: (64, 100), 16: (512, 20), 64: (64, 10)}  # batch -> (context tokens, steps per path)
+# (batch, context tokens, tokens of it all requests share, steps per path); the last: many
+# conversations after one system prompt, attended by shared_prefix_decode where it runs
+CASES = [(1, 64, 0, 100), (16, 512, 0, 20), (64, 64, 0, 10), (32, 300, 1000, 10)]
 
 
-def run(model: str, quantizations: list[str], batches: dict[int, tuple[int, int]]) -> list[dict[str, Any]]:
+def run(model: str, quantizations: list[str], cases: list[tuple[int, int, int, int]]) -> list[dict[str, Any]]:
     rows = []
     for quantization in quantizations:
         runner = ModelRunner(resolve_model(model), dtype="bfloat16", device="cpu", quantization=quantization)
@@ -32,8 +34,8 @@ def run(model: str, quantizations: list[str], batches: dict[int, tuple[int, int]
         if fused is None:
             raise SystemExit("the C++ kernels are not available here: no fused decode path to compare")
         pool = KVPool(70_000, *runner.kv_shape(), dtype=runner.dtype)
-        for batch_size, (context, steps) in batches.items():
-            batch = _decode(batch_size, context)
+        for batch_size, context, shared, steps in cases:
+            batch = _decode(batch_size, context, shared)
             seconds: dict[bool, list[float]] = {True: [], False: []}
             logits: dict[bool, torch.Tensor] = {}
             for _ in range(steps):
@@ -44,9 +46,10 @@ def run(model: str, quantizations: list[str], batches: dict[int, tuple[int, int]
                     seconds[on].append(time.perf_counter() - start)
             runner.model.fused_decode = fused
             fused_ms, modules_ms = (statistics.median(seconds[on]) * 1e3 for on in (True, False))
-            row = {"quantization": quantization, "batch": batch_size, "steps": steps, "fused_ms": fused_ms,
-                   "modules_ms": modules_ms, "same_logits": torch.equal(logits[True], logits[False])}  # fmt: skip
-            print(f"[fused_decode] {quantization} batch {batch_size}: {fused_ms:.2f} ms fused, "
+            row = {"quantization": quantization, "batch": batch_size, "context": context, "shared_prefix": shared,
+                   "steps": steps, "fused_ms": fused_ms, "modules_ms": modules_ms,
+                   "same_logits": torch.equal(logits[True], logits[False])}  # fmt: skip
+            print(f"[fused_decode] {quantization} batch {batch_size} (+{shared} shared): {fused_ms:.2f} ms fused, "
                   f"{modules_ms:.2f} ms modules ({modules_ms / fused_ms:.3f}x)", file=sys.stderr, flush=True)  # fmt: skip
             rows.append(row)
     return rows
@@ -54,14 +57,16 @@ def run(model: str, quantizations: list[str], batches: dict[int, tuple[int, int]
 
 def markdown(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| weights | batch | step, one op per layer | step, layer modules | saved | speed-up | same logits |",
+        "| weights | batch (context tokens) | step, one op per layer | step, layer modules | saved | speed-up | same logits |",
         "|---|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         name = "bf16" if r["quantization"] == "none" else r["quantization"]
         saved = r["modules_ms"] - r["fused_ms"]
+        shared = r.get("shared_prefix", 0)
+        batch = f"{r['batch']} ({r.get('context', '?')}" + (f", after {shared:,} shared)" if shared else ")")
         lines.append(
-            f"| {name} | {r['batch']} | {r['fused_ms']:.2f} ms | {r['modules_ms']:.2f} ms | {saved:.2f} ms "
+            f"| {name} | {batch} | {r['fused_ms']:.2f} ms | {r['modules_ms']:.2f} ms | {saved:.2f} ms "
             f"| {r['modules_ms'] / r['fused_ms']:.2f}x | {'yes' if r['same_logits'] else 'NO'} |"
         )
     return "\n".join(lines)
@@ -73,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quantization", default="none,int8,gguf", help="comma list of none, int8, gguf")
     parser.add_argument("--json", dest="json_out", help="write the rows here")
     args = parser.parse_args(argv)
-    rows = run(args.model, args.quantization.split(","), BATCHES)
+    rows = run(args.model, args.quantization.split(","), CASES)
     if args.json_out:
         meta = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "threads": torch.get_num_threads(), "model": args.model}
         Path(args.json_out).write_text(json.dumps({**meta, "rows": rows}, indent=1) + "\n")

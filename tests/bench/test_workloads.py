@@ -214,7 +214,13 @@ def test_fused_decode_bench_times_both_paths_and_checks_their_logits(bench_model
     out = tmp_path / "fused.json"
     fused_decode.main(["--model", str(bench_model_dir), "--quantization", "none,int8", "--json", str(out)])
     rows = json.loads(out.read_text())["rows"]
-    assert [(r["quantization"], r["batch"]) for r in rows] == [(q, b) for q in ("none", "int8") for b in (1, 16, 64)]
+    assert [(r["quantization"], r["batch"]) for r in rows] == [
+        (q, b) for q in ("none", "int8") for b in (1, 16, 64, 32)
+    ]
     assert all(r["same_logits"] and r["fused_ms"] > 0 and r["modules_ms"] > 0 for r in rows)
     table = capsys.readouterr().out
-    assert table.count("| yes |") == 6 and "| int8 | 64 |" in table
+    assert (
+        table.count("| yes |") == 8
+        and "| int8 | 64 (64) |" in table
+        and "| bf16 | 32 (300, after 1,000 shared) |" in table
+    )
