@@ -63,14 +63,15 @@ class FusedDecodeLayers:
         layer_args = self._layer_args(num_tokens, invariant)
         if layer_args is None:
             return None
+        a = attention
+        rows = (a.out_slots, a.kv_indices, a.starts, a.lens, a.scale)
         residual = None
-        k_buffers, v_buffers = kv_pool.k_buffers, kv_pool.v_buffers
-        rows, kernel = attention[:5], attention[5:]
         for layer_id, (norms, linears, heads) in enumerate(layer_args):
-            k_buf, v_buf = k_buffers[layer_id], v_buffers[layer_id]
+            k_buf, v_buf = kv_pool.k_buffers[layer_id], kv_pool.v_buffers[layer_id]
             hidden, residual = self.ops.decode_layer(
-                hidden, residual, *norms, *linears, cos, sin, k_buf, v_buf, *rows, *heads, *kernel
-            )
+                hidden, residual, *norms, *linears, cos, sin, k_buf, v_buf, *rows, *heads, a.kernel,
+                a.shared_min_requests,
+            )  # fmt: skip
         return hidden, residual
 
     def _hooked(self) -> bool:
