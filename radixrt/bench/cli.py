@@ -17,7 +17,7 @@ from typing import Any
 
 from radixrt.bench import report
 from radixrt.bench.suite import Plan, run_suite
-from radixrt.bench.systems import DEFAULT_SYSTEMS, SYSTEMS, SystemConfig, missing_systems
+from radixrt.bench.systems import DEFAULT_SYSTEMS, NEEDS_GGUF, SYSTEMS, SystemConfig, missing_systems, needs_gguf_file
 from radixrt.bench.workloads import WORKLOADS
 
 DESCRIPTION = "Agentic DSL workloads (SGLang's benchmark programs) on radixrt and its peers; engine micro-benchmarks."
@@ -51,6 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     named = {"all": list(WORKLOADS), "none": []}
     args.workloads = named[args.workload] if args.workload in named else _names(args.workload, WORKLOADS, p, "workload")
     args.system_names = _names(args.systems, SYSTEMS, p, "system")
+    if "llamacpp" in args.system_names and needs_gguf_file(args.model, args.gguf):
+        p.error(NEEDS_GGUF)  # now, not when the system starts (after the other systems' runs)
     return args
 
 

@@ -18,6 +18,7 @@ import torch
 
 from radixrt.bench.profile import _decode
 from radixrt.radix_cache.pool import KVPool
+from radixrt.workers.layers.quantization import QUANTIZATIONS
 from radixrt.workers.model_runner import ModelRunner
 from radixrt.workers.model_store import resolve_model
 
@@ -78,7 +79,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quantization", default="none,int8,gguf", help="comma list of none, int8, gguf")
     parser.add_argument("--json", dest="json_out", help="write the rows here")
     args = parser.parse_args(argv)
-    rows = run(args.model, args.quantization.split(","), CASES)
+    quantizations = [q.strip() for q in args.quantization.split(",") if q.strip()]
+    unknown = [q for q in quantizations if q not in QUANTIZATIONS]
+    if unknown or not quantizations:
+        parser.error(f"unknown quantization {unknown or args.quantization!r}; choose from {', '.join(QUANTIZATIONS)}")
+    rows = run(args.model, quantizations, CASES)
     if args.json_out:
         meta = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "threads": torch.get_num_threads(), "model": args.model}
         Path(args.json_out).write_text(json.dumps({**meta, "rows": rows}, indent=1) + "\n")

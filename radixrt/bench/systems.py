@@ -141,6 +141,14 @@ def _start_llamacpp(name: str, config: SystemConfig) -> Session:
     return Session(name, backend, one_at_a_time=True)
 
 
+NEEDS_GGUF = "the llamacpp system needs --gguf FILE for a model other than the embedded one"
+
+
+def needs_gguf_file(model: str, gguf: str | None) -> bool:
+    """Whether the llamacpp system lacks a GGUF file to run: only the embedded model ships its own."""
+    return gguf is None and model not in ("default", "SmolLM2-135M-Instruct")
+
+
 def gguf_path(name: str, config: SystemConfig) -> str:
     """The GGUF file llamacpp system `name` runs (exported on first use for bf16 / f16)."""
     from radixrt.bench.gguf_export import exported_gguf
@@ -148,8 +156,8 @@ def gguf_path(name: str, config: SystemConfig) -> str:
 
     dtype = LLAMACPP_SYSTEMS[name]
     if dtype is None:
-        if config.gguf is None and config.model not in ("default", "SmolLM2-135M-Instruct"):
-            raise ValueError("the llamacpp system needs --gguf FILE for a model other than the embedded one")
+        if needs_gguf_file(config.model, config.gguf):
+            raise ValueError(NEEDS_GGUF)
         return config.gguf or str(embedded_gguf())
     template = config.gguf or str(embedded_gguf())  # tokenizer and chat-template fields
     return str(exported_gguf(_model_dir(config.model), dtype, template=template, cache_dir=cache_root() / "gguf"))

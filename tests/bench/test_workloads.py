@@ -16,6 +16,7 @@ from radixrt.bench.recording import Call
 from radixrt.bench.runner import run_interactive, run_one_at_a_time, run_workload
 from radixrt.bench.workloads import WORKLOADS
 from radixrt.runtime.protocol import SamplingParams
+from radixrt.workers.layers import cpu_kernels
 
 PROGRAMS = 2
 
@@ -206,11 +207,10 @@ def test_llamacpp_systems_are_skipped_with_a_reason_without_llama_cpp_python():
     assert missing_systems(["llamacpp"], llama_cpp=True) == {}
 
 
+@pytest.mark.skipif(cpu_kernels.load() is None, reason="the C++ kernels did not build here: no fused path")
 def test_fused_decode_bench_times_both_paths_and_checks_their_logits(bench_model_dir, tmp_path, capsys):
     from radixrt.bench import fused_decode
 
-    if fused_decode.ModelRunner(bench_model_dir, device="cpu").model.fused_decode is None:
-        pytest.skip("no C++ kernels here: no fused path")  # the kernels build wherever the suite runs
     out = tmp_path / "fused.json"
     fused_decode.main(["--model", str(bench_model_dir), "--quantization", "none,int8", "--json", str(out)])
     rows = json.loads(out.read_text())["rows"]
@@ -224,3 +224,17 @@ def test_fused_decode_bench_times_both_paths_and_checks_their_logits(bench_model
         and "| int8 | 64 (64) |" in table
         and "| bf16 | 32 (300, after 1,000 shared) |" in table
     )
+
+
+def test_fused_decode_bench_refuses_an_unknown_quantization(capsys):
+    from radixrt.bench import fused_decode
+
+    with pytest.raises(SystemExit):
+        fused_decode.main(["--quantization", "none,q4"])
+    assert "unknown quantization ['q4']" in capsys.readouterr().err
+
+
+def test_the_llamacpp_system_without_a_gguf_file_is_refused_before_anything_runs(bench_model_dir, capsys):
+    with pytest.raises(SystemExit):
+        main(["--workload", "none", "--systems", "radixrt,llamacpp", "--model", str(bench_model_dir)])
+    assert "the llamacpp system needs --gguf FILE" in capsys.readouterr().err

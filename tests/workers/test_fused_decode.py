@@ -229,6 +229,11 @@ def test_bad_decode_layer_arguments_are_refused_clearly(tiny_runner):
     bad_kind = [99, *info[1:]]
     with pytest.raises(RuntimeError, match="unknown kind 99"):
         ops.decode_layer(hidden, None, norm, post, eps, tensors, bad_kind, cos, sin, *kv, *rows, *heads, 0, 8)
+    with pytest.raises(RuntimeError, match="linear 0 has no weights"):
+        ops.decode_layer(hidden, None, norm, post, eps, [None, *tensors[1:]], info, cos, sin, *kv, *rows, *heads, 0, 8)
+    with pytest.raises(RuntimeError, match=r"k_pool must be \[slots, kv_heads, head_dim\]"):
+        flat = (kv[0].flatten(1), kv[1])
+        ops.decode_layer(hidden, None, norm, post, eps, tensors, info, cos, sin, *flat, *rows, *heads, 0, 8)
     with pytest.raises(RuntimeError, match="unknown attention kernel 7"):
         ops.decode_layer(hidden, None, norm, post, eps, tensors, info, cos, sin, *kv, *rows, *heads, 7, 8)
     out, residual = ops.decode_layer(hidden, None, norm, post, eps, tensors, info, cos, sin, *kv, *rows, *heads, 0, 8)
