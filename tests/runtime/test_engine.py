@@ -110,7 +110,7 @@ def test_a_model_that_fails_to_load_raises_in_the_caller():
 @pytest.fixture(scope="module")
 def bf16_engine():
     if not BF16_INVARIANT:
-        pytest.skip("needs the C++ bf16 prefill attention (AVX512-BF16)")
+        pytest.skip("needs radixrt's C++ CPU kernels")
     eng = radixrt.Engine(model="default", dtype="bfloat16", kv_slots=8192)
     yield eng
     eng.shutdown()

@@ -56,7 +56,7 @@ def chat_prompts(embedded_model_dir) -> list[list[int]]:
     return [tokenizer.encode(t, add_special_tokens=False) for t in texts]
 
 
-@pytest.mark.skipif(not BF16_INVARIANT, reason="needs the C++ bf16 prefill attention (AVX512-BF16)")
+@pytest.mark.skipif(not BF16_INVARIANT, reason="needs radixrt's C++ CPU kernels")
 @pytest.mark.parametrize("alone", [False, True])
 def test_bf16_greedy_outputs_of_the_embedded_model_are_identical_with_speculation_on_and_off(
     embedded_model_dir, chat_prompts, alone

@@ -16,11 +16,10 @@ from radixrt.workers.layers import attention_tuning, cpu_kernels
 from radixrt.workers.layers.attention import AttentionChoice, TorchAttentionBackend, create_backend
 from radixrt.workers.layers.attention.torch_backend import KERNEL, TORCH
 from radixrt.workers.model_runner import ModelRunner
-from tests.cpu import BF16_INVARIANT
 
 pytestmark = pytest.mark.skipif(cpu_kernels.load() is None, reason="needs radixrt's C++ CPU kernels")
 EXTEND = cpu_kernels.supports_extend(64, torch.bfloat16)  # this CPU runs the bf16 prefill kernel
-needs_extend = pytest.mark.skipif(not BF16_INVARIANT, reason="needs the C++ bf16 prefill attention (AVX512-BF16)")
+needs_extend = pytest.mark.skipif(not EXTEND, reason="needs the C++ bf16 prefill attention (AVX512-BF16)")
 
 
 @pytest.fixture
@@ -161,8 +160,6 @@ def attend(backend: TorchAttentionBackend, batch: ForwardBatch, dtype: torch.dty
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_invariant_batches_use_the_kernels_whatever_was_measured(dtype):
     extend = dtype == torch.bfloat16 and EXTEND
-    if dtype == torch.bfloat16 and not BF16_INVARIANT:
-        pytest.skip("needs the C++ bf16 prefill attention (AVX512-BF16)")
     ops = cpu_kernels.load()
     kernels = TorchAttentionBackend(9, 3, 64, None, ops, extend, AttentionChoice(KERNEL, KERNEL))
     torch_won = TorchAttentionBackend(9, 3, 64, None, ops, extend, AttentionChoice(TORCH, TORCH))
@@ -170,6 +167,9 @@ def test_invariant_batches_use_the_kernels_whatever_was_measured(dtype):
     expected = attend(kernels, mixed_batch(invariant=True), dtype)
     assert torch.equal(attend(torch_won, mixed_batch(invariant=True), dtype), expected)
     assert torch_won._decode.slots is None and (torch_won._extend_group is not None) == extend
+    # without the extend kernel, the prompt rows are attended as decode rows, not by SDPA
+    assert torch_won._decode.has_prompt_rows != extend and not torch_won._extends
+    assert torch_won.decode_kernel_args() is None  # and never by the op per layer
     # a plain forward runs torch's SDPA for both, close to the kernels
     plain = attend(torch_won, mixed_batch(invariant=False), dtype)
     assert torch_won._decode.slots is not None and torch_won._extend_group is None and torch_won._extends

@@ -106,6 +106,13 @@ def test_every_candidate_on_this_cpu_matches_the_reference(dtype):
             assert (got.double() - expected).abs().max().item() <= tolerance(dtype, expected), (name, m)
 
 
+def test_onednn_is_no_bf16_candidate_where_it_has_no_bf16_path(monkeypatch):
+    # on AVX2-only CPUs oneDNN's bf16 weight reorder raises; it must not be tried there
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False, raising=False)
+    assert "onednn" not in linear_candidates.available(torch.bfloat16)
+    assert "aten" in linear_candidates.available(torch.bfloat16)
+
+
 def test_measurement_marks_our_kernel_row_invariant_and_checks_everyone():
     w = torch.randn(64, 64, dtype=torch.bfloat16) * 0.1
     m = kernel_tuning.measure([(w, None)], linear_candidates.available(torch.bfloat16))

@@ -59,7 +59,7 @@ def tiny_f32(tiny_model_dir):
 @pytest.fixture(scope="module")
 def embedded_bf16(embedded_model_dir):
     if not BF16_INVARIANT:
-        pytest.skip("needs the C++ bf16 prefill attention (AVX512-BF16)")
+        pytest.skip("needs radixrt's C++ CPU kernels")
     return ModelRunner(embedded_model_dir, dtype="bfloat16", device="cpu", attention_backend="torch")
 
 

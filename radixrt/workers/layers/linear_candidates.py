@@ -68,6 +68,13 @@ PREPARE: dict[str, Callable[[torch.Tensor], Any]] = {
 RUN: dict[str, Run] = {"aten": _aten_run, "onednn": _onednn_run, "radixrt": _radixrt_run}
 
 
+def _onednn_bf16_here() -> bool:
+    """oneDNN's bf16 linear needs AVX512BW/VL/DQ, AVX-NE-CONVERT or AMX: on an AVX2-only CPU its
+    weight reorder raises instead."""
+    probe = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return bool(probe()) if probe is not None else True
+
+
 def available(dtype: torch.dtype) -> list[str]:
     """The candidates that run a CPU linear in `dtype` here."""
     names = ["aten"]
@@ -75,6 +82,7 @@ def available(dtype: torch.dtype) -> list[str]:
         dtype == torch.bfloat16
         and torch.backends.mkldnn.is_available()
         and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+        and _onednn_bf16_here()
     ):
         names.append("onednn")
     if dtype in (torch.bfloat16, torch.float32) and cpu_kernels.load() is not None:

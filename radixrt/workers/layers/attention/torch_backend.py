@@ -11,7 +11,8 @@ them share a 64-slot tile (wide forks, many conversations after one system promp
 elsewhere, or where the kernels could not be built, as one padded batch gathered from the pool.
 Prefilling requests (new prompt tokens, even just one) are attended by `extend_attention` in bf16
 on AVX512-BF16 CPUs, all in one call; otherwise one at a time with
-`F.scaled_dot_product_attention`. All index and mask tensors are built once per forward in
+`F.scaled_dot_product_attention`, except in batch-invariant forwards, which attend every prompt row
+as a decode row (`decode_attention`, each row over its own prefix). All index and mask tensors are built once per forward in
 `prepare`, not per layer.
 
 Where the kernels run, which of them a forward uses was measured on this CPU at start
@@ -54,6 +55,7 @@ class _DecodeGroup:
     starts: torch.Tensor  # [B] int64
     lens: torch.Tensor  # [B] int64
     shared_prefix: bool = False  # enough requests share K/V tiles: the shared_prefix_decode kernel
+    has_prompt_rows: bool = False  # prompt rows attended as decode rows (batch-invariant, no extend kernel)
     # for the padded batch (no kernel)
     slots: torch.Tensor | None = None  # [B * L] kv slot of each (request, kv position), padded with slot 0
     mask: torch.Tensor | None = None  # [B, 1, 1, L] bool, False on padding; None when nothing is padded
@@ -150,12 +152,17 @@ class TorchAttentionBackend(AttentionBackend):
         q_starts = [0, *accumulate(batch.extend_lens)]
         kv_starts = [0, *accumulate(batch.seq_lens)]
         on_cpu = batch.kv_indices.device.type == "cpu"
-        decode_ids = [i for i, p in enumerate(batch.prefill) if not p]
+        kernels = self.cpu_kernels is not None and on_cpu
+        # Where extend_attention does not run (float32; CPUs without AVX512-BF16), a batch-invariant
+        # forward attends its prompt rows as decode rows: row j of a prompt by decode_attention over
+        # the first P + j + 1 slots, the loop a decode step of that token runs, whatever the batch
+        # and however the prompt was split (SDPA's rows depend on both).
+        rows_as_decode = batch.invariant and kernels and not self.extend_kernel
+        decode_ids = [i for i, p in enumerate(batch.prefill) if not p or rows_as_decode]
         self._decode = None
         if decode_ids:
             all_decode = len(decode_ids) == batch.batch_size
             rows, starts, lens = _decode_rows(batch, decode_ids, q_starts, kv_starts)
-            kernels = self.cpu_kernels is not None and on_cpu
             # NOTE: shared_prefix_decode keeps its own rule whichever decode candidate measured
             # faster: the measured batch shares nothing, so it says nothing of this case, where
             # reading the prefix once is what pays (31% over decode_attention at 18 forks) and the
@@ -171,7 +178,8 @@ class TorchAttentionBackend(AttentionBackend):
             padded = not kernels or torch_decode
             self._decode = _prepare_decode(batch, starts, lens, None if all_decode else rows, padded)
             self._decode.shared_prefix = shared
-        prefill_ids = [i for i, p in enumerate(batch.prefill) if p]
+            self._decode.has_prompt_rows = rows_as_decode and any(batch.prefill)
+        prefill_ids = [i for i, p in enumerate(batch.prefill) if p and not rows_as_decode]
         self._extend_group, self._extends = None, []
         # batch-invariant forwards always take the kernel: its rows never depend on the batch
         extend_kernel = self.extend_kernel and (batch.invariant or self.choice.extend == KERNEL)
@@ -185,7 +193,7 @@ class TorchAttentionBackend(AttentionBackend):
 
     def decode_kernel_args(self) -> DecodeKernelArgs | None:
         g = self._decode
-        if g is None or g.rows is not None or g.slots is not None or self.cpu_kernels is None:
+        if g is None or g.rows is not None or g.slots is not None or g.has_prompt_rows or self.cpu_kernels is None:
             return None
         kernel = SHARED_PREFIX if g.shared_prefix else TILED if self.extend_kernel else DECODE  # as _attend_decode
         return DecodeKernelArgs(

@@ -12,13 +12,14 @@
 #include <limits>
 #include <vector>
 
-#if defined(__AVX512F__)
+#if defined(__AVX2__)
 #include <immintrin.h>
 #endif
 
 namespace radixrt_decode {
 
-// 16 float32 lanes: one AVX-512 register, or a plain array the compiler vectorizes as it can.
+// 16 float32 lanes: one AVX-512 register, two AVX2 ones, or a plain array the compiler vectorizes
+// as it can.
 #if defined(__AVX512F__)
 struct Vec16 {
   __m512 v;
@@ -42,6 +43,39 @@ struct Vec16 {
     const __m128 low = _mm_add_ps(_mm512_castps512_ps128(lanes), _mm512_extractf32x4_ps(lanes, 1));
     const __m128 high = _mm_add_ps(_mm512_extractf32x4_ps(lanes, 2), _mm512_extractf32x4_ps(lanes, 3));
     _mm_storeu_ps(out, _mm_add_ps(low, high));
+  }
+};
+#elif defined(__AVX2__)
+struct Vec16 {  // two AVX2 registers
+  __m256 lo, hi;
+  static Vec16 zero() { return {_mm256_setzero_ps(), _mm256_setzero_ps()}; }
+  static Vec16 broadcast(float x) { return {_mm256_set1_ps(x), _mm256_set1_ps(x)}; }
+  static Vec16 load(const float* p) { return {_mm256_loadu_ps(p), _mm256_loadu_ps(p + 8)}; }
+  static Vec16 load(const at::BFloat16* p) {
+    const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    return {widen(_mm256_castsi256_si128(bits)), widen(_mm256_extracti128_si256(bits, 1))};
+  }
+  static __m256 widen(__m128i bf16) { return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(bf16), 16)); }
+  void fma(Vec16 a, Vec16 b) {  // this += a * b
+    lo = _mm256_fmadd_ps(a.lo, b.lo, lo);
+    hi = _mm256_fmadd_ps(a.hi, b.hi, hi);
+  }
+  float sum() const {
+    float out[4];
+    const Vec16 d[4] = {*this, zero(), zero(), zero()};
+    sum4(d, out);
+    return out[0];
+  }
+  void store(float* p) const {
+    _mm256_storeu_ps(p, lo);
+    _mm256_storeu_ps(p + 8, hi);
+  }
+  // out[j] = d[j].sum() for j < 4: halves added, neighbours added pairwise twice, then the 128-bit lanes
+  static void sum4(const Vec16* d, float* out) {
+    __m256 s[4];
+    for (int j = 0; j < 4; ++j) s[j] = _mm256_add_ps(d[j].lo, d[j].hi);
+    const __m256 all = _mm256_hadd_ps(_mm256_hadd_ps(s[0], s[1]), _mm256_hadd_ps(s[2], s[3]));
+    _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(all), _mm256_extractf128_ps(all, 1)));
   }
 };
 #else

@@ -110,6 +110,75 @@ void tile_f32(const float* x, int64_t ldx, const float* w, const Tile& t, float*
 }
 #endif
 
+#if defined(__AVX2__) && !defined(__AVX512F__)
+// AVX2 (no AVX-512): rows r0 .. r0 + ROWS of block b, 8 columns a register, one FMA per weight and
+// row in K's order (bf16 pairs widened to float32 by shifting: the even element, then the odd).
+template <typename T, int ROWS>
+void tile_avx2(const T* x, int64_t ldx, const T* w, const Tile& t, int64_t b, T* y, int64_t ldy) {
+  constexpr bool bf16 = std::is_same_v<T, at::BFloat16>;
+  const int64_t col = t.col0 + b * BLOCK, width = std::min<int64_t>(BLOCK, t.n - col);
+  __m256 acc[ROWS][2];
+  for (int h = 0; h < 2; ++h) {
+    __m256 init = _mm256_setzero_ps();
+    if (t.bias) {
+      alignas(32) float lanes[8] = {};
+      for (int64_t j = 0; j < 8 && h * 8 + j < width; ++j) lanes[j] = t.bias[col + h * 8 + j];
+      init = _mm256_load_ps(lanes);
+    }
+    for (int r = 0; r < ROWS; ++r) acc[r][h] = init;
+  }
+  if constexpr (bf16) {
+    const int64_t pairs = ceil_div(t.k, 2), full = t.k / 2;
+    const int32_t* wb = reinterpret_cast<const int32_t*>(w) + b * pairs * BLOCK;  // [pairs][16] of bf16 pairs
+    const __m256i high = _mm256_set1_epi32(static_cast<int32_t>(0xffff0000u));
+    const auto step = [&](int64_t p, const int32_t(&xpair)[ROWS]) {
+      __m256 even[2], odd[2];
+      for (int h = 0; h < 2; ++h) {
+        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + p * BLOCK + h * 8));
+        even[h] = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+        odd[h] = _mm256_castsi256_ps(_mm256_and_si256(v, high));
+      }
+      for (int r = 0; r < ROWS; ++r) {
+        const __m256i xv = _mm256_set1_epi32(xpair[r]);
+        const __m256 xe = _mm256_castsi256_ps(_mm256_slli_epi32(xv, 16)), xo = _mm256_castsi256_ps(_mm256_and_si256(xv, high));
+        for (int h = 0; h < 2; ++h) acc[r][h] = _mm256_fmadd_ps(xo, odd[h], _mm256_fmadd_ps(xe, even[h], acc[r][h]));
+      }
+    };
+    int32_t xpair[ROWS];
+    for (int64_t p = 0; p < full; ++p) {
+      radixrt_linear::prefetch_ahead(wb + p * BLOCK);
+      for (int r = 0; r < ROWS; ++r) std::memcpy(&xpair[r], x + r * ldx + 2 * p, 4);
+      step(p, xpair);
+    }
+    if (full < pairs) {  // odd K: the last pair holds one element (its partner is the packing's zero)
+      for (int r = 0; r < ROWS; ++r) {
+        uint16_t last;
+        std::memcpy(&last, x + r * ldx + t.k - 1, 2);
+        xpair[r] = last;
+      }
+      step(full, xpair);
+    }
+  } else {
+    const float* wb = w + b * t.k * BLOCK;  // [K][16]
+    for (int64_t i = 0; i < t.k; ++i) {
+      radixrt_linear::prefetch_ahead(wb + i * BLOCK);
+      const __m256 w0 = _mm256_loadu_ps(wb + i * BLOCK), w1 = _mm256_loadu_ps(wb + i * BLOCK + 8);
+      for (int r = 0; r < ROWS; ++r) {
+        const __m256 xv = _mm256_set1_ps(x[r * ldx + i]);
+        acc[r][0] = _mm256_fmadd_ps(xv, w0, acc[r][0]);
+        acc[r][1] = _mm256_fmadd_ps(xv, w1, acc[r][1]);
+      }
+    }
+  }
+  for (int r = 0; r < ROWS; ++r) {
+    alignas(32) float out[BLOCK];
+    _mm256_store_ps(out, acc[r][0]);
+    _mm256_store_ps(out + 8, acc[r][1]);
+    for (int64_t j = 0; j < width; ++j) y[r * ldy + col + j] = static_cast<T>(out[j]);
+  }
+}
+#endif
+
 // Portable path (no AVX-512): the same order of operations in plain C++, which compilers
 // vectorize over the 16 columns of a block.
 template <typename T, int ROWS>
@@ -140,6 +209,14 @@ void run_tile(const T* x, int64_t ldx, const T* w, const Tile& t, T* y, int64_t 
 #endif
 #if defined(__AVX512F__)
   if constexpr (std::is_same_v<T, float>) return tile_f32<ROWS>(x, ldx, w, t, y, ldy);
+#endif
+#if defined(__AVX2__) && !defined(__AVX512F__)
+  constexpr int HALF = ROWS > 4 ? ROWS / 2 : ROWS;  // rows per register pass: 2 accumulators each
+  for (int64_t b = 0; b < t.nb; ++b) {
+    tile_avx2<T, HALF>(x, ldx, w, t, b, y, ldy);
+    if constexpr (HALF < ROWS) tile_avx2<T, ROWS - HALF>(x + HALF * ldx, ldx, w, t, b, y + HALF * ldy, ldy);
+  }
+  return;
 #endif
   tile_generic<T, ROWS>(x, ldx, w, t, y, ldy);
 }

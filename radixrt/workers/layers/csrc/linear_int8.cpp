@@ -144,6 +144,51 @@ void tile_vnni(const uint8_t* w, const Epilogue& e, int64_t r0, const Tile& t, T
 }
 #endif
 
+#if defined(__AVX2__) && !defined(__AVX512VNNI__)
+// AVX2 (no VNNI): rows r0 .. r0 + ROWS of block b of the tile, 8 columns a register. The stored
+// Q + 128 is turned back into Q with one XOR, so a group's int32 sums are the VNNI path's without
+// the surplus to take off (radixrt_quant::dot_s8), and the float32 steps are the same: the same bits.
+template <typename T, int ROWS>
+void tile_avx2(const uint8_t* w, const Epilogue& e, int64_t r0, const Tile& t, int64_t b, T* y, int64_t ldy) {
+  const QuantizedRows& q = *e.rows;
+  const int64_t quads = ceil_div(t.k, QUAD), col = t.col0 + b * BLOCK;
+  const at::Half* gs = e.group_scale ? e.group_scale + col * q.groups : nullptr;  // [groups][16]
+  const __m256i flip = _mm256_set1_epi8(static_cast<char>(0x80));
+  alignas(32) float accf[ROWS][BLOCK] = {};
+  const int32_t* xp[ROWS];
+  for (int r = 0; r < ROWS; ++r) xp[r] = reinterpret_cast<const int32_t*>(q.x.data() + (r0 + r) * q.padded);
+  for (int64_t g = 0; g < q.groups; ++g) {
+    __m256i acc[ROWS][2];
+    for (int r = 0; r < ROWS; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
+    for (int64_t p = g * GROUP_QUADS; p < std::min(quads, (g + 1) * GROUP_QUADS); ++p) {
+      const uint8_t* line = w + (p * t.nb + b) * BLOCK * QUAD;
+      radixrt_linear::prefetch_ahead(line);
+      const __m256i w0 = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(line)), flip);
+      const __m256i w1 = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(line + 32)), flip);
+      for (int r = 0; r < ROWS; ++r) {
+        const __m256i xv = _mm256_set1_epi32(xp[r][p]);
+        acc[r][0] = radixrt_quant::dot_s8(acc[r][0], w0, xv);
+        acc[r][1] = radixrt_quant::dot_s8(acc[r][1], w1, xv);
+      }
+    }
+    __m256 sw[2];
+    for (int h = 0; h < 2 && gs; ++h)
+      sw[h] = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(gs + g * BLOCK + h * 8)));
+    for (int r = 0; r < ROWS; ++r) {
+      const __m256 sx = _mm256_set1_ps(q.scale[(r0 + r) * q.groups + g]);
+      for (int h = 0; h < 2; ++h)
+        _mm256_store_ps(accf[r] + h * 8, _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[r][h]), gs ? _mm256_mul_ps(sx, sw[h]) : sx,
+                                                         _mm256_load_ps(accf[r] + h * 8)));
+    }
+  }
+  const int64_t width = std::min<int64_t>(BLOCK, t.n - col);
+  for (int r = 0; r < ROWS; ++r) {
+    for (int64_t j = 0; j < width && e.scale; ++j) accf[r][j] *= e.scale[col + j];
+    radixrt_quant::store_block(y + r * ldy, col, width, t.bias, accf[r]);
+  }
+}
+#endif
+
 // Portable path: the same group sums (exact) and float32 steps (fma), for CPUs without VNNI.
 template <typename T>
 void tile_generic(const uint8_t* w, const Epilogue& e, int64_t r, const Tile& t, T* y) {
@@ -188,6 +233,10 @@ void int8_impl(const at::Tensor& x, const at::Tensor& packed, const Epilogue& sc
         if constexpr (decltype(r)::value <= HALF_ROWS) tile_vnni<T, decltype(r)::value>(w, e, h, t, yp + h * n, n);
       });
     }
+#elif defined(__AVX2__)
+    radixrt_linear::row_passes_by_block<HALF_ROWS>(r0, count, t.nb, [&](int64_t h, int64_t b, auto r) {
+      tile_avx2<T, decltype(r)::value>(w, e, h, t, b, yp + h * n, n);
+    });
 #else
     for (int64_t r = r0; r < r0 + count; ++r) tile_generic<T>(w, e, r, t, yp + r * n);
 #endif

@@ -125,6 +125,58 @@ void tile_vnni(const uint8_t* w, const QuantizedRows& q, int64_t r0, const Tile&
 }
 #endif
 
+#if defined(__AVX2__) && !defined(__AVX512VNNI__)
+// AVX2 (no VNNI): rows r0 .. r0 + ROWS of block b, 8 columns a register. VPMADDUBSW sums two
+// products of a nibble and a byte in int16; a group's 16 such pairs per column stay below
+// 16 * 15 * 127 = 30,480, so they add in int16 exactly and widen once per group: the VNNI path's
+// integer sums, then its float32 steps, so the same bits.
+template <typename T, int ROWS>
+void tile_avx2(const uint8_t* w, const QuantizedRows& q, int64_t r0, const Tile& t, int64_t b, T* y, int64_t ldy) {
+  const __m256i low = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
+  alignas(32) float accf[ROWS][BLOCK] = {};
+  const int32_t* xp[ROWS];
+  for (int r = 0; r < ROWS; ++r) xp[r] = reinterpret_cast<const int32_t*>(q.x.data() + (r0 + r) * q.padded);
+  for (int64_t g = 0; g < q.groups; ++g) {
+    const uint8_t* gb = w + (b * q.groups + g) * GROUP_BYTES;
+    radixrt_linear::prefetch_ahead(gb);
+    radixrt_linear::prefetch_ahead(gb + 64 * 4);
+    __m256i acc[ROWS][2];
+    for (int r = 0; r < ROWS; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
+    for (int i = 0; i < 4; ++i) {
+      __m256i lo[2], hi[2];
+      for (int h = 0; h < 2; ++h) {
+        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(gb + i * 64 + h * 32));
+        lo[h] = _mm256_and_si256(v, low);
+        hi[h] = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+      }
+      for (int r = 0; r < ROWS; ++r) {
+        const __m256i xl = _mm256_set1_epi32(xp[r][g * GROUP_QUADS + i]);
+        const __m256i xh = _mm256_set1_epi32(xp[r][g * GROUP_QUADS + i + 4]);
+        for (int h = 0; h < 2; ++h)
+          acc[r][h] = _mm256_add_epi16(acc[r][h], _mm256_add_epi16(_mm256_maddubs_epi16(lo[h], xl), _mm256_maddubs_epi16(hi[h], xh)));
+      }
+    }
+    __m256 d[2], m[2];
+    for (int h = 0; h < 2; ++h) {
+      d[h] = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(gb + NIBBLE_BYTES + h * 16)));
+      m[h] = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(gb + NIBBLE_BYTES + 2 * BLOCK + h * 16)));
+    }
+    for (int r = 0; r < ROWS; ++r) {
+      const int64_t at = (r0 + r) * q.groups + g;
+      const float sx = q.scale[at];
+      const __m256 vsx = _mm256_set1_ps(sx), vsum = _mm256_set1_ps(sx * static_cast<float>(q.sum[at]));
+      for (int h = 0; h < 2; ++h) {
+        __m256 f = _mm256_load_ps(accf[r] + h * 8);
+        f = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(acc[r][h], ones)), _mm256_mul_ps(d[h], vsx), f);
+        _mm256_store_ps(accf[r] + h * 8, _mm256_fmadd_ps(m[h], vsum, f));
+      }
+    }
+  }
+  const int64_t col = t.col0 + b * BLOCK, width = std::min<int64_t>(BLOCK, t.n - col);
+  for (int r = 0; r < ROWS; ++r) radixrt_quant::store_block(y + r * ldy, col, width, t.bias, accf[r]);
+}
+#endif
+
 // Portable path: the same integer sums (exact) and float32 steps (fma), for CPUs without VNNI.
 template <typename T>
 void tile_generic(const uint8_t* w, const QuantizedRows& q, int64_t r, const Tile& t, T* y) {
@@ -171,6 +223,10 @@ void q4_1_impl(const at::Tensor& x, const at::Tensor& packed, const float* bias,
         }
       });
     }
+#elif defined(__AVX2__)
+    radixrt_linear::row_passes_by_block<HALF_ROWS>(r0, count, t.nb, [&](int64_t h, int64_t b, auto r) {
+      tile_avx2<T, decltype(r)::value>(w, rows, h, t, b, yp + h * n, n);
+    });
 #else
     for (int64_t r = r0; r < r0 + count; ++r) tile_generic<T>(w, rows, r, t, yp + r * n);
 #endif

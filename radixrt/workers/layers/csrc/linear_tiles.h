@@ -67,6 +67,17 @@ void with_rows(int64_t rows, F&& f) {
   }
 }
 
+// f(first_row, block, std::integral_constant<int, R>{}) over rows r0 .. r0 + count in passes of
+// up to PER rows, each pass over the tile's blocks one at a time (the AVX2 quantized kernels)
+template <int PER, typename F>
+void row_passes_by_block(int64_t r0, int64_t count, int64_t nb, F&& f) {
+  for (int64_t h = r0; h < r0 + count; h += PER)
+    for (int64_t b = 0; b < nb; ++b)
+      with_rows(std::min<int64_t>(PER, r0 + count - h), [&](auto r) {
+        if constexpr (decltype(r)::value <= PER) f(h, b, r);
+      });
+}
+
 // run(tile_index, tile, first_row, rows, first) for every (tile, chunk of rows), on torch's threads;
 // `first`: the first chunk of its tile that this thread computes in this call
 template <typename Run>

@@ -16,6 +16,10 @@
 #include "linear_tiles.h"
 #include "simd.h"
 
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
 namespace radixrt_quant {
 
 constexpr int64_t QUAD = 4;    // int8 values per VPDPBUSD lane
@@ -30,6 +34,31 @@ struct QuantizedRows {
   std::vector<int32_t> sum;   // [rows][groups]: the sum of the group's X
 };
 
+#if defined(__AVX2__) && !defined(__AVX512F__)
+inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+inline __m256 load8(const at::BFloat16* p) {
+  const __m128i bits = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(bits), 16));
+}
+inline float max8(__m256 v) {
+  __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+  return _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+}
+inline int32_t sum8(__m256i v) {
+  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+  return _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1)));
+}
+// int32 lanes of acc += the sums of 4 products of signed bytes q and x (|q|, |x| <= 127): |x|
+// times q with x's sign, in pairs of int16 (at most 2 * 127 * 127, never saturated), widened.
+// What VPDPBUSD does on AVX-512 VNNI, exact, in four instructions.
+inline __m256i dot_s8(__m256i acc, __m256i q, __m256i x) {
+  const __m256i pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(x, x), _mm256_sign_epi8(q, x));
+  return _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
+}
+#endif
+
 // one group of `len` values of a row: its scale, its values as int8 and its sum
 template <typename T>
 float quantize_group(const T* src, int64_t len, int8_t* dst, int32_t* sum) {
@@ -39,6 +68,11 @@ float quantize_group(const T* src, int64_t len, int8_t* dst, int32_t* sum) {
   __m512 vmax = _mm512_setzero_ps();
   for (; i + 16 <= len; i += 16) vmax = _mm512_max_ps(vmax, _mm512_abs_ps(radixrt_simd::load16(src + i)));
   amax = _mm512_reduce_max_ps(vmax);
+#elif defined(__AVX2__)
+  __m256 vmax = _mm256_setzero_ps();
+  const __m256 sign = _mm256_set1_ps(-0.f);
+  for (; i + 8 <= len; i += 8) vmax = _mm256_max_ps(vmax, _mm256_andnot_ps(sign, load8(src + i)));
+  amax = max8(vmax);
 #endif
   for (; i < len; ++i) amax = std::max(amax, std::abs(static_cast<float>(src[i])));
   const float scale = amax > 0.f ? amax / XMAX : 1.f, inv = 1.f / scale;
@@ -53,6 +87,16 @@ float quantize_group(const T* src, int64_t len, int8_t* dst, int32_t* sum) {
     _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i), _mm512_cvtepi32_epi8(v));
   }
   total = _mm512_reduce_add_epi32(vsum);
+#elif defined(__AVX2__)
+  __m256i vsum = _mm256_setzero_si256();
+  for (; i + 8 <= len; i += 8) {  // as above, 8 lanes at a time
+    __m256i v = _mm256_cvtps_epi32(_mm256_mul_ps(load8(src + i), _mm256_set1_ps(inv)));
+    v = _mm256_max_epi32(_mm256_min_epi32(v, _mm256_set1_epi32(127)), _mm256_set1_epi32(-127));
+    vsum = _mm256_add_epi32(vsum, v);
+    const __m128i words = _mm_packs_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(dst + i), _mm_packs_epi16(words, words));
+  }
+  total = sum8(vsum);
 #endif
   for (; i < len; ++i) {
     const int v = static_cast<int>(std::clamp(std::nearbyint(static_cast<float>(src[i]) * inv), -XMAX, XMAX));
@@ -70,7 +114,9 @@ QuantizedRows quantize_rows(const T* x, int64_t rows, int64_t k) {
   q.x.assign(rows * q.padded, 0);
   q.scale.resize(rows * q.groups);
   q.sum.resize(rows * q.groups);
-  at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) {
+  // NOTE: 4 rows a task: a batch of 16 decode rows quantized on one thread took 11 us of a 77 us
+  // down projection (AMD EPYC)
+  at::parallel_for(0, rows, 4, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r)
       for (int64_t g = 0; g < q.groups; ++g) {
         const int64_t i = g * GROUP, len = std::min(GROUP, k - i);
