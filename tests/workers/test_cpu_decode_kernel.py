@@ -71,6 +71,25 @@ def test_matches_a_float64_softmax(kernels, dtype, heads, kv_heads, dim):
     assert torch.equal(out[0].view(heads, dim), v_pool[slots[0]].repeat_interleave(heads // kv_heads, dim=0))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("heads", "kv_heads", "dim"), [(9, 3, 64), (4, 4, 128), (16, 1, 32), (2, 1, 16)])
+def test_a_prompts_rows_attended_together_get_the_bits_each_gets_alone(kernels, dtype, heads, kv_heads, dim):
+    # 11 prompt rows over a 40-slot prefix (row j reads 41 + j slots), then a decode row of another
+    # sequence: the prompt's rows are attended in runs that share their K/V reads
+    q, k_pool, v_pool, slots, _, _ = make_case(heads, kv_heads, dim, [60] * 12, dtype, seed=dim)
+    starts = torch.tensor([0] * 11 + [60])
+    lens = torch.tensor([41 + j for j in range(11)] + [7])
+    together = kernels.decode_attention(q, k_pool, v_pool, slots, starts, lens, dim**-0.5)
+    for b in range(12):
+        alone = kernels.decode_attention(
+            q[b : b + 1], k_pool, v_pool, slots, starts[b : b + 1], lens[b : b + 1], dim**-0.5
+        )
+        assert torch.equal(alone[0], together[b]), b
+    expected = reference(q, k_pool, v_pool, slots, starts, lens, dim**-0.5)
+    tol = 1e-5 if dtype == torch.float32 else 8e-3
+    torch.testing.assert_close(together.double(), expected, rtol=tol, atol=tol)
+
+
 def test_a_rows_result_does_not_depend_on_the_batch(kernels):
     lens = [50, 700, 3, 260]
     q, k_pool, v_pool, slots, starts, lens_t = make_case(9, 3, 64, lens, torch.bfloat16, seed=3)

@@ -39,14 +39,32 @@ void decode_attention_impl(const at::Tensor& q, const at::Tensor& k_pool, const 
   T* out_ptr = out.data_ptr<T>();
   const int64_t q_row = q.stride(0), q_head = q.stride(1), slot_stride = k_pool.stride(0);
   const auto attend = attend_for<T>(dim, group);
-  at::parallel_for(0, batch * kv_heads, 1, [&](int64_t begin, int64_t end) {
+  const auto attend_several = attend_rows_for<T>(dim);
+  // Runs of consecutive rows of one prompt (row b + 1 reads the slots of row b and one more) are
+  // attended together, up to kMaxGroup query vectors: their K/V rows are read once.
+  std::vector<int64_t> run_starts;
+  const int64_t max_run = std::max<int64_t>(1, kMaxGroup / group);
+  for (int64_t b = 0; b < batch; ++b) {
+    const bool extends = b > 0 && b - run_starts.back() < max_run && starts[b] == starts[b - 1] && lens[b] == lens[b - 1] + 1;
+    if (!extends) run_starts.push_back(b);
+  }
+  const int64_t runs = static_cast<int64_t>(run_starts.size());
+  run_starts.push_back(batch);
+  at::parallel_for(0, runs * kv_heads, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> scores;
     float acc[kMaxGroup * 256], max[kMaxGroup], sum[kMaxGroup];
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t b = item / kv_heads, h = item % kv_heads;
-      attend(q_ptr + b * q_row + h * group * q_head, q_head, k_ptr, v_ptr, slot_stride, slots + starts[b], lens[b],
-             h, group, static_cast<float>(scale), acc, max, sum, scores);
-      normalize_rows(acc, sum, group, dim, out_ptr + (b * heads + h * group) * dim);
+      const int64_t run = item / kv_heads, h = item % kv_heads, b = run_starts[run], rows = run_starts[run + 1] - b;
+      const T* qb = q_ptr + b * q_row + h * group * q_head;
+      if (rows == 1) {
+        attend(qb, q_head, k_ptr, v_ptr, slot_stride, slots + starts[b], lens[b], h, group, static_cast<float>(scale),
+               acc, max, sum, scores);
+      } else {
+        attend_several(qb, q_head, q_row, group, rows, k_ptr, v_ptr, slot_stride, slots + starts[b], lens[b], h,
+                       static_cast<float>(scale), acc, max, sum, scores);
+      }
+      for (int64_t r = 0; r < rows; ++r)
+        normalize_rows(acc + r * group * dim, sum + r * group, group, dim, out_ptr + ((b + r) * heads + h * group) * dim);
     }
   });
 }

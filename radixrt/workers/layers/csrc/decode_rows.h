@@ -31,7 +31,12 @@ struct Vec16 {
     return {_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16))};
   }
   void fma(Vec16 a, Vec16 b) { v = _mm512_fmadd_ps(a.v, b.v, v); }  // this += a * b
-  float sum() const { return _mm512_reduce_add_ps(v); }
+  float sum() const {  // as sum4 adds, so a score's bits do not depend on which of the two computed it
+    float out[4];
+    const Vec16 d[4] = {*this, zero(), zero(), zero()};
+    sum4(d, out);
+    return out[0];
+  }
   void store(float* p) const { _mm512_storeu_ps(p, v); }
   // out[j] = d[j].sum() for j < 4: neighbours interleaved and added, then the 128-bit lanes
   static void sum4(const Vec16* d, float* out) {
@@ -178,6 +183,41 @@ inline float sum_of(const float* x, int64_t n) {
   return part[0];
 }
 
+// scores[i * len + l] = qv[i] . (K row of slots[l]) for the first `vectors` query vectors (VECTORS
+// where it is a compile-time constant), four keys at a time where they can be
+template <typename T, int CHUNKS, int VECTORS>
+void score_keys(const Vec16* qv, int64_t runtime_vectors, const T* k_pool, int64_t slot_stride, const int64_t* slots,
+                int64_t len, int64_t head_offset, int64_t fetch_offset, int64_t fetch_bytes, float* scores) {
+  const int64_t vectors = VECTORS > 0 ? VECTORS : runtime_vectors;
+  Vec16 rows[4][CHUNKS];
+  int64_t l = 0;
+  for (; l + 4 <= len; l += 4) {
+    for (int j = 0; j < 4; ++j) {
+      if (l + j + kPrefetchAhead < len) {
+        prefetch_row(k_pool + slots[l + j + kPrefetchAhead] * slot_stride + fetch_offset, fetch_bytes);
+      }
+      const T* k = k_pool + slots[l + j] * slot_stride + head_offset;
+      for (int c = 0; c < CHUNKS; ++c) rows[j][c] = Vec16::load(k + c * 16);
+    }
+    for (int64_t i = 0; i < vectors; ++i) {
+      Vec16 dots[4] = {Vec16::zero(), Vec16::zero(), Vec16::zero(), Vec16::zero()};
+      for (int c = 0; c < CHUNKS; ++c) {
+        for (int j = 0; j < 4; ++j) dots[j].fma(qv[i * CHUNKS + c], rows[j][c]);
+      }
+      Vec16::sum4(dots, scores + i * len + l);
+    }
+  }
+  for (; l < len; ++l) {
+    const T* k = k_pool + slots[l] * slot_stride + head_offset;
+    for (int c = 0; c < CHUNKS; ++c) rows[0][c] = Vec16::load(k + c * 16);
+    for (int64_t i = 0; i < vectors; ++i) {
+      Vec16 dot = Vec16::zero();
+      for (int c = 0; c < CHUNKS; ++c) dot.fma(qv[i * CHUNKS + c], rows[0][c]);
+      scores[i * len + l] = dot.sum();
+    }
+  }
+}
+
 // CHUNKS = head_dim / 16 is a compile-time constant, so that a K or V row lives in registers;
 // GROUP too where it is not 0 (the common shapes), so that the P.V accumulators do.
 template <typename T, int CHUNKS, int GROUP>
@@ -206,33 +246,8 @@ void attend_one(const T* q, int64_t q_head_stride, const T* k_pool, const T* v_p
   }
   scores.resize(group * len);
   // Q.K four keys at a time: their dot products are summed across lanes together
-  Vec16 rows[4][CHUNKS];
-  int64_t l = 0;
-  for (; l + 4 <= len; l += 4) {
-    for (int j = 0; j < 4; ++j) {
-      if (l + j + kPrefetchAhead < len) {
-        prefetch_row(k_pool + slots[l + j + kPrefetchAhead] * slot_stride + fetch_offset, fetch_bytes);
-      }
-      const T* k = k_pool + slots[l + j] * slot_stride + head_offset;
-      for (int c = 0; c < CHUNKS; ++c) rows[j][c] = Vec16::load(k + c * 16);
-    }
-    for (int64_t g = 0; g < group; ++g) {
-      Vec16 dots[4] = {Vec16::zero(), Vec16::zero(), Vec16::zero(), Vec16::zero()};
-      for (int c = 0; c < CHUNKS; ++c) {
-        for (int j = 0; j < 4; ++j) dots[j].fma(qv[g * CHUNKS + c], rows[j][c]);
-      }
-      Vec16::sum4(dots, scores.data() + g * len + l);
-    }
-  }
-  for (; l < len; ++l) {
-    const T* k = k_pool + slots[l] * slot_stride + head_offset;
-    for (int c = 0; c < CHUNKS; ++c) rows[0][c] = Vec16::load(k + c * 16);
-    for (int64_t g = 0; g < group; ++g) {
-      Vec16 dot = Vec16::zero();
-      for (int c = 0; c < CHUNKS; ++c) dot.fma(qv[g * CHUNKS + c], rows[0][c]);
-      scores[g * len + l] = dot.sum();
-    }
-  }
+  score_keys<T, CHUNKS, GROUP>(qv, group, k_pool, slot_stride, slots, len, head_offset, fetch_offset, fetch_bytes,
+                               scores.data());
   for (int64_t g = 0; g < group; ++g) {
     float* s = scores.data() + g * len;
     const float max = max_of(s, len);
@@ -253,6 +268,69 @@ void attend_one(const T* q, int64_t q_head_stride, const T* k_pool, const T* v_p
     }
   }
   for (int64_t i = 0; i < group * CHUNKS; ++i) acc[i].store(acc_out + i * 16);
+}
+
+// `rows` consecutive prompt rows of one request (row r over the first len + r slots) and their
+// `group` query heads each, as rows x group query vectors that share every K and V row read: each
+// vector gets the bits attend_one gives it alone (the same scores, four keys or one at a time
+// alike, softmax over its own slots, and V rows added in the same order), at one read of K/V for
+// all. rows * group <= kMaxGroup.
+template <typename T, int CHUNKS>
+void attend_rows(const T* q, int64_t q_head_stride, int64_t q_row_stride, int64_t group, int64_t rows,
+                 const T* k_pool, const T* v_pool, int64_t slot_stride, const int64_t* slots, int64_t len,
+                 int64_t kv_head, float scale, float* acc_out, float* max_out, float* sum_out,
+                 std::vector<float>& scores) {
+  constexpr int64_t dim = CHUNKS * 16;
+  const int64_t head_offset = kv_head * dim, vectors = rows * group, longest = len + rows - 1;
+  Vec16 qv[kMaxGroup * CHUNKS];
+  const Vec16 scale_v = Vec16::broadcast(scale);
+  for (int64_t i = 0; i < vectors; ++i) {
+    const T* qi = q + (i / group) * q_row_stride + (i % group) * q_head_stride;
+    for (int c = 0; c < CHUNKS; ++c) {
+      qv[i * CHUNKS + c] = Vec16::zero();
+      qv[i * CHUNKS + c].fma(Vec16::load(qi + c * 16), scale_v);
+    }
+  }
+  scores.resize(vectors * longest);
+  score_keys<T, CHUNKS, 0>(qv, vectors, k_pool, slot_stride, slots, longest, head_offset, head_offset, dim * sizeof(T),
+                           scores.data());
+  for (int64_t i = 0; i < vectors; ++i) {
+    float* s = scores.data() + i * longest;
+    const int64_t own = len + i / group;
+    const float max = max_of(s, own);
+    for (int64_t m = 0; m < own; ++m) s[m] -= max;
+    exp_nonpositive(s, own);
+    max_out[i] = max;
+    sum_out[i] = sum_of(s, own);
+  }
+  Vec16 acc[kMaxGroup * CHUNKS];
+  for (int64_t i = 0; i < vectors * CHUNKS; ++i) acc[i] = Vec16::zero();
+  Vec16 row[CHUNKS];
+  for (int64_t m = 0; m < longest; ++m) {
+    if (m + kPrefetchAhead < longest) prefetch_row(v_pool + slots[m + kPrefetchAhead] * slot_stride + head_offset, dim * sizeof(T));
+    const T* v = v_pool + slots[m] * slot_stride + head_offset;
+    for (int c = 0; c < CHUNKS; ++c) row[c] = Vec16::load(v + c * 16);
+    // the rows that reach slot m: all but the first m - len + 1
+    for (int64_t i = std::max<int64_t>(0, m - len + 1) * group; i < vectors; ++i) {
+      const Vec16 p = Vec16::broadcast(scores[i * longest + m]);
+      for (int c = 0; c < CHUNKS; ++c) acc[i * CHUNKS + c].fma(p, row[c]);
+    }
+  }
+  for (int64_t i = 0; i < vectors * CHUNKS; ++i) acc[i].store(acc_out + i * 16);
+}
+
+template <typename T>
+auto attend_rows_for(int64_t dim) -> decltype(&attend_rows<T, 4>) {
+  switch (dim / 16) {
+    case 1: return attend_rows<T, 1>;
+    case 2: return attend_rows<T, 2>;
+    case 4: return attend_rows<T, 4>;
+    case 5: return attend_rows<T, 5>;
+    case 6: return attend_rows<T, 6>;
+    case 8: return attend_rows<T, 8>;
+    case 16: return attend_rows<T, 16>;
+    default: TORCH_CHECK(false, "head_dim ", dim, " is not one of 16, 32, 64, 80, 96, 128, 256");
+  }
 }
 
 // head_dim 64 and 128 with 1-8 query heads per kv head get the group as a constant too
