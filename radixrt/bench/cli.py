@@ -41,6 +41,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", default="default", help="model folder or 'default' (the embedded SmolLM2-135M)")
     p.add_argument("--gguf", default=None, help="the GGUF file the llamacpp system runs (default: the embedded one)")
     p.add_argument("--max-batch", type=int, default=64, help="server max_running_requests = transformers batch")
+    p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"),
+                   help="what radixrt and transformers compute in (float32: what CPUs without native bf16 run)")  # fmt: skip
     p.add_argument("--no-micro", action="store_true", help="skip the engine micro-benchmarks")
     p.add_argument("--json", dest="json_out", default=None, help="write the results here (benchmarks/results/...)")
     p.add_argument("--plot", default=None, help="write a PNG chart here")
@@ -88,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         "skipped_systems": skipped,
     }
     config = SystemConfig(model=args.model, max_batch=args.max_batch, threads=results["machine"]["torch_threads"],
-                          gguf=args.gguf)  # fmt: skip
+                          gguf=args.gguf, dtype=args.dtype)  # fmt: skip
     plan = Plan(args.workloads, [s for s in args.system_names if s not in skipped], args.quick, args.num_programs,
                 args.interactive, args.parallel, args.seed, args.rounds)  # fmt: skip
     results["workloads"] = run_suite(config, plan, lambda text: tokenizer.encode(text, add_special_tokens=True), _log)
@@ -104,7 +106,7 @@ def _micro(args: argparse.Namespace, config: SystemConfig, skipped: dict[str, st
     _log("[micro] prefill / decode / json decode on radixrt.Engine ...")
     from radixrt.bench.micro import run_micro
 
-    micro = run_micro(args.model, repeats=3 if args.quick else 5, seed=args.seed)
+    micro = run_micro(args.model, dtype=args.dtype, repeats=3 if args.quick else 5, seed=args.seed)
     _log(f"[micro] prefill {micro['prefill_tokens_per_s']:.0f} tok/s; decode tok/s "
          + " ".join(f"b{b}={v:.0f}" for b, v in micro["decode_tokens_per_s"].items()))  # fmt: skip
     for mode in ("int8", "gguf"):
@@ -117,7 +119,9 @@ def _micro(args: argparse.Namespace, config: SystemConfig, skipped: dict[str, st
         _log("[micro] the same prefill / decode on transformers ...")
         from radixrt.bench.micro_transformers import micro_ratios, run_micro_transformers
 
-        micro["transformers"] = run_micro_transformers(args.model, repeats=3 if args.quick else 5, seed=args.seed)
+        micro["transformers"] = run_micro_transformers(
+            args.model, dtype=args.dtype, repeats=3 if args.quick else 5, seed=args.seed
+        )
         micro["vs_transformers"] = micro_ratios(micro, micro["transformers"])
         _log(
             "[micro] radixrt / transformers: " + ", ".join(f"{k} {v:.2f}x" for k, v in micro["vs_transformers"].items())
@@ -136,7 +140,7 @@ def _micro(args: argparse.Namespace, config: SystemConfig, skipped: dict[str, st
 
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
     keys = ("quick", "num_programs", "interactive", "parallel", "seed", "rounds", "model", "gguf", "max_batch",
-            "system_names", "workloads")  # fmt: skip
+            "system_names", "workloads", "dtype")  # fmt: skip
     return {k: getattr(args, k) for k in keys} | {"command": "python -m radixrt.bench " + " ".join(sys.argv[1:])}
 
 

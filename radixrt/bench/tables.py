@@ -53,6 +53,8 @@ def machine_line(results: dict[str, Any], source: str | None = None) -> str:
         else ""
     )
     mode = "--quick" if s.get("quick") else "full size"
+    if s.get("dtype", "bfloat16") != "bfloat16":
+        mode += f", {s['dtype']}"
     if s.get("rounds", 1) > 1:
         mode += f", {s['rounds']} rounds (ratios: the rounds' median, their range in brackets)"
     where = f"; results: `{source}`" if source else ""

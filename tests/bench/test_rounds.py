@@ -102,6 +102,13 @@ def test_rounds_must_be_positive(capsys):
     assert "must be at least 1" in capsys.readouterr().err
 
 
+def test_dtype_is_bf16_unless_asked_and_only_bf16_or_float32():
+    assert parse_args([]).dtype == "bfloat16"
+    assert parse_args(["--dtype", "float32"]).dtype == "float32"
+    with pytest.raises(SystemExit):
+        parse_args(["--dtype", "float16"])
+
+
 def test_workload_none_runs_the_micro_benchmarks_only():
     assert parse_args(["--workload", "none"]).workloads == []
     assert parse_args(["--workload", "react,json_decode"]).workloads == ["react", "json_decode"]

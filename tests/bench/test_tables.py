@@ -47,6 +47,9 @@ def test_every_table_is_headed_by_the_machine(results):
     assert "Test CPU 9000" in caption and "avx512_bf16" in caption and "2 threads" in caption
     assert "llama-cpp-python 0.3.36" in caption and "benchmarks/results/x.json" in caption
     assert text.count("#### ") == text.count(caption) == 5  # no micro-benchmarks in these results
+    assert "float32" not in caption  # bf16, the default, goes unsaid; another dtype is said
+    results["settings"]["dtype"] = "float32"
+    assert "--quick, float32, seed 0" in machine_line(results)
 
 
 def test_figures_and_ratios_are_the_jsons(results):

@@ -30,6 +30,11 @@ inline __m512 silu16(__m512 x) {
   const __m512 e = exp16(_mm512_sub_ps(_mm512_setzero_ps(), x));
   return _mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.f), e));
 }
+#elif defined(__AVX2__)
+inline __m256 silu8(__m256 x) {
+  const __m256 e = radixrt_simd::exp8(_mm256_sub_ps(_mm256_setzero_ps(), x));
+  return _mm256_div_ps(x, _mm256_add_ps(_mm256_set1_ps(1.f), e));
+}
 #endif
 
 template <typename T>
@@ -37,6 +42,9 @@ void silu_and_mul_row(const T* gate, const T* up, T* out, int64_t n) {
   int64_t i = 0;
 #if defined(__AVX512F__)
   for (; i + 16 <= n; i += 16) store16(out + i, _mm512_mul_ps(silu16(load16(gate + i)), load16(up + i)));
+#elif defined(__AVX2__)
+  using radixrt_simd::load8;
+  for (; i + 8 <= n; i += 8) radixrt_simd::store8(out + i, _mm256_mul_ps(silu8(load8(gate + i)), load8(up + i)));
 #endif
   for (; i < n; ++i) out[i] = static_cast<T>(silu(static_cast<float>(gate[i])) * static_cast<float>(up[i]));
 }
