@@ -145,46 +145,56 @@ void tile_vnni(const uint8_t* w, const Epilogue& e, int64_t r0, const Tile& t, T
 #endif
 
 #if defined(__AVX2__) && !defined(__AVX512VNNI__)
-// AVX2 (no VNNI): rows r0 .. r0 + ROWS of block b of the tile, 8 columns a register. The stored
-// Q + 128 is turned back into Q with one XOR, so a group's int32 sums are the VNNI path's without
-// the surplus to take off (radixrt_quant::dot_s8), and the float32 steps are the same: the same bits.
-template <typename T, int ROWS>
-void tile_avx2(const uint8_t* w, const Epilogue& e, int64_t r0, const Tile& t, int64_t b, T* y, int64_t ldy) {
+constexpr int64_t AVX2_ROWS = 2;  // rows per register pass: 4 int32 sums each for a 2-block tile
+
+// AVX2 (no VNNI): rows r0 .. r0 + ROWS and the NB blocks of the tile, 8 columns a register, in one
+// pass over the tile's interleaved stream. The stored Q + 128 is turned back into Q with one XOR,
+// so a group's int32 sums are the VNNI path's without the surplus to take off
+// (radixrt_quant::dot_s8), and the float32 steps are the same: the same bits.
+template <typename T, int ROWS, int NB>
+void tile_avx2(const uint8_t* w, const Epilogue& e, int64_t r0, const Tile& t, T* y, int64_t ldy) {
+  constexpr int H = 2 * NB;  // registers of 8 columns
   const QuantizedRows& q = *e.rows;
-  const int64_t quads = ceil_div(t.k, QUAD), col = t.col0 + b * BLOCK;
-  const at::Half* gs = e.group_scale ? e.group_scale + col * q.groups : nullptr;  // [groups][16]
+  const int64_t quads = ceil_div(t.k, QUAD);
+  const at::Half* gs = e.group_scale ? e.group_scale + t.col0 * q.groups : nullptr;  // [NB][groups][16]
   const __m256i flip = _mm256_set1_epi8(static_cast<char>(0x80));
-  alignas(32) float accf[ROWS][BLOCK] = {};
+  alignas(32) float accf[ROWS][NB * BLOCK] = {};
   const int32_t* xp[ROWS];
   for (int r = 0; r < ROWS; ++r) xp[r] = reinterpret_cast<const int32_t*>(q.x.data() + (r0 + r) * q.padded);
   for (int64_t g = 0; g < q.groups; ++g) {
-    __m256i acc[ROWS][2];
-    for (int r = 0; r < ROWS; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
+    __m256i acc[ROWS][H];
+    for (int r = 0; r < ROWS; ++r)
+      for (int h = 0; h < H; ++h) acc[r][h] = _mm256_setzero_si256();
     for (int64_t p = g * GROUP_QUADS; p < std::min(quads, (g + 1) * GROUP_QUADS); ++p) {
-      const uint8_t* line = w + (p * t.nb + b) * BLOCK * QUAD;
+      const uint8_t* line = w + p * NB * BLOCK * QUAD;  // the quad's NB blocks side by side
       radixrt_linear::prefetch_ahead(line);
-      const __m256i w0 = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(line)), flip);
-      const __m256i w1 = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(line + 32)), flip);
+      if constexpr (NB == 2) radixrt_linear::prefetch_ahead(line + 64);
+      __m256i wv[H];
+      for (int h = 0; h < H; ++h)
+        wv[h] = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(line + 32 * h)), flip);
       for (int r = 0; r < ROWS; ++r) {
         const __m256i xv = _mm256_set1_epi32(xp[r][p]);
-        acc[r][0] = radixrt_quant::dot_s8(acc[r][0], w0, xv);
-        acc[r][1] = radixrt_quant::dot_s8(acc[r][1], w1, xv);
+        for (int h = 0; h < H; ++h) acc[r][h] = radixrt_quant::dot_s8(acc[r][h], wv[h], xv);
       }
     }
-    __m256 sw[2];
-    for (int h = 0; h < 2 && gs; ++h)
-      sw[h] = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(gs + g * BLOCK + h * 8)));
-    for (int r = 0; r < ROWS; ++r) {
-      const __m256 sx = _mm256_set1_ps(q.scale[(r0 + r) * q.groups + g]);
-      for (int h = 0; h < 2; ++h)
-        _mm256_store_ps(accf[r] + h * 8, _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[r][h]), gs ? _mm256_mul_ps(sx, sw[h]) : sx,
+    for (int h = 0; h < H; ++h) {
+      const __m256 sw = gs ? _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(
+                                 gs + ((h / 2) * q.groups + g) * BLOCK + (h % 2) * 8)))
+                           : _mm256_setzero_ps();
+      for (int r = 0; r < ROWS; ++r) {
+        const __m256 sx = _mm256_set1_ps(q.scale[(r0 + r) * q.groups + g]);
+        _mm256_store_ps(accf[r] + h * 8, _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[r][h]), gs ? _mm256_mul_ps(sx, sw) : sx,
                                                          _mm256_load_ps(accf[r] + h * 8)));
+      }
     }
   }
-  const int64_t width = std::min<int64_t>(BLOCK, t.n - col);
-  for (int r = 0; r < ROWS; ++r) {
-    for (int64_t j = 0; j < width && e.scale; ++j) accf[r][j] *= e.scale[col + j];
-    radixrt_quant::store_block(y + r * ldy, col, width, t.bias, accf[r]);
+  for (int b = 0; b < NB; ++b) {
+    const int64_t col = t.col0 + b * BLOCK, width = std::min<int64_t>(BLOCK, t.n - col);
+    for (int r = 0; r < ROWS; ++r) {
+      float* out = accf[r] + b * BLOCK;
+      for (int64_t j = 0; j < width && e.scale; ++j) out[j] *= e.scale[col + j];
+      radixrt_quant::store_block(y + r * ldy, col, width, t.bias, out);
+    }
   }
 }
 #endif
@@ -234,9 +244,15 @@ void int8_impl(const at::Tensor& x, const at::Tensor& packed, const Epilogue& sc
       });
     }
 #elif defined(__AVX2__)
-    radixrt_linear::row_passes_by_block<HALF_ROWS>(r0, count, t.nb, [&](int64_t h, int64_t b, auto r) {
-      tile_avx2<T, decltype(r)::value>(w, e, h, t, b, yp + h * n, n);
-    });
+    for (int64_t h = r0; h < r0 + count; h += AVX2_ROWS) {
+      radixrt_linear::with_rows(std::min(AVX2_ROWS, r0 + count - h), [&](auto r) {
+        constexpr int R = decltype(r)::value;
+        if constexpr (R <= AVX2_ROWS) {
+          if (t.nb == TILE_BLOCKS) tile_avx2<T, R, TILE_BLOCKS>(w, e, h, t, yp + h * n, n);
+          else tile_avx2<T, R, 1>(w, e, h, t, yp + h * n, n);
+        }
+      });
+    }
 #else
     for (int64_t r = r0; r < r0 + count; ++r) tile_generic<T>(w, e, r, t, yp + r * n);
 #endif
