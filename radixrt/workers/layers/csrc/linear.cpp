@@ -110,8 +110,8 @@ void tile_f32(const float* x, int64_t ldx, const float* w, const Tile& t, float*
 }
 #endif
 
-#if defined(__AVX2__) && !defined(__AVX512F__)
-// AVX2 (no AVX-512): rows r0 .. r0 + ROWS of block b, 8 columns a register, one FMA per weight and
+#if defined(__AVX2__)
+// AVX2 (bf16 without AVX512-BF16, float32 without AVX-512): rows r0 .. r0 + ROWS of block b, 8 columns a register, one FMA per weight and
 // row in K's order (bf16 pairs widened to float32 by shifting: the even element, then the odd).
 template <typename T, int ROWS>
 void tile_avx2(const T* x, int64_t ldx, const T* w, const Tile& t, int64_t b, T* y, int64_t ldy) {
@@ -210,7 +210,7 @@ void run_tile(const T* x, int64_t ldx, const T* w, const Tile& t, T* y, int64_t 
 #if defined(__AVX512F__)
   if constexpr (std::is_same_v<T, float>) return tile_f32<ROWS>(x, ldx, w, t, y, ldy);
 #endif
-#if defined(__AVX2__) && !defined(__AVX512F__)
+#if defined(__AVX2__)
   constexpr int HALF = ROWS > 4 ? ROWS / 2 : ROWS;  // rows per register pass: 2 accumulators each
   for (int64_t b = 0; b < t.nb; ++b) {
     tile_avx2<T, HALF>(x, ldx, w, t, b, y, ldy);

@@ -34,7 +34,7 @@ struct QuantizedRows {
   std::vector<int32_t> sum;   // [rows][groups]: the sum of the group's X
 };
 
-#if defined(__AVX2__) && !defined(__AVX512F__)
+#if defined(__AVX2__)  // dot_s8 also serves AVX-512 CPUs without VNNI
 using radixrt_simd::load8;
 inline float max8(__m256 v) {
   __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));

@@ -43,7 +43,7 @@ inline __m512 exp16(__m512 x) {
 }  // namespace radixrt_simd
 #endif
 
-#if defined(__AVX2__) && !defined(__AVX512F__)
+#if defined(__AVX2__)  // also on AVX-512 CPUs: the kernels without an AVX-512 path use it there
 #include <immintrin.h>
 
 namespace radixrt_simd {

@@ -1,0 +1,46 @@
+"""The kernels compile (`-march=native`) for whatever CPU runs them, taking AVX-512 / VNNI /
+AVX512-BF16, AVX2 or portable branches by its flags. A CPU we do not run on must still compile:
+each source whose branches depend on those flags is compiled here for the x86 CPU kinds that take
+different ones (syntax and template instantiation only, no code generated). An AVX-512 CPU
+without VNNI (Skylake-X) once failed to build them, which left it on the pure-PyTorch paths."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import subprocess
+import sysconfig
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from torch.utils.cpp_extension import include_paths
+
+from radixrt.workers.layers import cpu_kernels
+
+CSRC = cpu_kernels.SOURCES[0].parent
+# AVX2 only; AVX-512 without VNNI or BF16; with VNNI, without BF16; with both (and AMX)
+MARCHES = ("haswell", "skylake-avx512", "icelake-server", "sapphirerapids")
+# the sources whose branches combine several flags (the others branch on AVX-512 vs AVX2 alone)
+SOURCES = ("linear.cpp", "linear_int8.cpp", "linear_q4_1.cpp")
+CXX = os.environ.get("CXX", "g++")
+
+pytestmark = [
+    pytest.mark.skipif(shutil.which(CXX) is None, reason="no C++ compiler here: the kernels never build"),
+    pytest.mark.skipif(platform.machine() != "x86_64", reason="cross-compiling for x86 CPUs needs an x86 compiler"),
+]
+
+
+def _compile(march: str, source: str) -> tuple[str, str, str]:
+    flags = [f"-I{p}" for p in include_paths()] + [f"-I{sysconfig.get_paths()['include']}"]
+    cmd = [CXX, "-std=c++17", f"-march={march}", "-fopenmp", "-fsyntax-only", *flags, str(CSRC / source)]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    return march, source, done.stderr if done.returncode else ""
+
+
+def test_the_kernels_compile_for_every_x86_isa_branch():
+    jobs = [(march, source) for march in MARCHES for source in SOURCES]
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        results = list(pool.map(lambda job: _compile(*job), jobs))
+    failed = {f"{march} {source}": err.splitlines()[:3] for march, source, err in results if err}
+    assert not failed, failed
