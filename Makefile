@@ -32,10 +32,13 @@ test: setup
 	$(PY) -m pytest -q -x tests
 
 # llama-cpp-python (the bench's llamacpp systems, the `llamacpp` extra) builds from source on first
-# use, ~6 min on 2 cores; these flags, not GGML_NATIVE (whose build crashed on an AMX machine).
+# use, ~6 min on 2 cores; explicit ISA flags, not GGML_NATIVE (whose build crashed on an AMX
+# machine), and AVX-512 only where the CPU has it (an AVX2-only CPU dies on its first instruction).
 # Never part of `make test`; if the build fails, the bench runs the other systems and says so.
 LLAMACPP := llama-cpp-python==0.3.36
-LLAMACPP_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX512=ON -DGGML_AVX2=ON
+CPU_FLAGS := $(shell grep -m1 '^flags' /proc/cpuinfo 2>/dev/null)
+LLAMACPP_AVX512 := $(if $(filter avx512f,$(CPU_FLAGS)),ON,OFF)
+LLAMACPP_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX512=$(LLAMACPP_AVX512) -DGGML_AVX2=ON
 
 bench: setup
 	$(KERNELS)

@@ -236,5 +236,16 @@ def test_bad_decode_layer_arguments_are_refused_clearly(tiny_runner):
         ops.decode_layer(hidden, None, norm, post, eps, tensors, info, cos, sin, *flat, *rows, *heads, 0, 8)
     with pytest.raises(RuntimeError, match="unknown attention kernel 7"):
         ops.decode_layer(hidden, None, norm, post, eps, tensors, info, cos, sin, *kv, *rows, *heads, 7, 8)
+    before = (kv[0].clone(), kv[1].clone())
+    for slots, message in (
+        (torch.tensor([kv[0].shape[0]]), "KV slot .* is outside the pool"),
+        (torch.tensor([-1]), "KV slot -1 is outside the pool"),
+        (torch.tensor([3], dtype=torch.int32), "one contiguous int64 slot per token"),
+    ):
+        with pytest.raises(RuntimeError, match=message):
+            ops.decode_layer(
+                hidden, None, norm, post, eps, tensors, info, cos, sin, *kv, slots, *rows[1:], *heads, 0, 8
+            )
+    assert torch.equal(kv[0], before[0]) and torch.equal(kv[1], before[1])  # nothing written
     out, residual = ops.decode_layer(hidden, None, norm, post, eps, tensors, info, cos, sin, *kv, *rows, *heads, 0, 8)
     assert out.shape == (1, 64) and residual is not None

