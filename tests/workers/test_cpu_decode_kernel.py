@@ -101,6 +101,43 @@ def test_a_rows_result_does_not_depend_on_the_batch(kernels):
         assert torch.equal(alone[0], together[b])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("heads", "kv_heads", "dim"), [(9, 3, 64), (8, 2, 128), (16, 1, 32), (8, 2, 80), (5, 1, 16)])
+def test_a_long_row_split_over_the_threads_gets_the_bits_of_the_whole_row(kernels, dtype, heads, kv_heads, dim):
+    # alone on 2 threads, a row of over 256 slots has fewer (row, kv head) items than twice the
+    # threads, and its passes run in pieces (spans of 256 keys, query heads); in a batch of 8 rows
+    # each (row, kv head) is one item
+    lens = [1030, 257, 600, 9, 300, 1, 1200, 256]
+    q, k_pool, v_pool, slots, starts, lens_t = make_case(heads, kv_heads, dim, lens, dtype, seed=heads + dim)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        together = kernels.decode_attention(q, k_pool, v_pool, slots, starts, lens_t, dim**-0.5)
+        for b in range(len(lens)):
+            alone = kernels.decode_attention(
+                q[b : b + 1], k_pool, v_pool, slots, starts[b : b + 1], lens_t[b : b + 1], dim**-0.5
+            )
+            assert torch.equal(alone[0], together[b]), b
+    finally:
+        torch.set_num_threads(threads)
+    expected = reference(q, k_pool, v_pool, slots, starts, lens_t, dim**-0.5)
+    tol = 1e-5 if dtype == torch.float32 else 8e-3
+    torch.testing.assert_close(together.double(), expected, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_prompt_rows_across_a_span_boundary_get_the_bits_of_decode_rows(kernels, dtype):
+    # 12 prompt rows reading 250 .. 261 slots: the rows attended together cross the 256-key span
+    # where P.V's running sums are added up, and each gets what a decode row of its length gets
+    q, k_pool, v_pool, slots, _, _ = make_case(9, 3, 64, [300] * 12, dtype, seed=5)
+    starts = torch.zeros(12, dtype=torch.long)
+    lens = torch.tensor([250 + j for j in range(12)])
+    together = kernels.decode_attention(q, k_pool, v_pool, slots, starts, lens, 0.125)
+    for b in range(12):
+        alone = kernels.decode_attention(q[b : b + 1], k_pool, v_pool, slots, starts[b : b + 1], lens[b : b + 1], 0.125)
+        assert torch.equal(alone[0], together[b]), b
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [

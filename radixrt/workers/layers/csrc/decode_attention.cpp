@@ -14,6 +14,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
@@ -23,6 +24,58 @@
 namespace {
 
 using namespace radixrt_decode;
+
+// Batches of single decode rows with fewer (row, kv head) items than twice the threads (batch 1:
+// 3 kv heads dealt 2:1 to 2 threads) and a sequence over one span: each item's passes in pieces
+// that the threads share, scores and P.V by spans of keys, the softmax by query head, then each
+// item's spans added in order. The same arithmetic as attend_one: the same bits.
+template <typename T>
+void attend_by_spans(const T* q_ptr, int64_t q_row, int64_t q_head, const T* k_ptr, const T* v_ptr,
+                     int64_t slot_stride, const int64_t* slots, const int64_t* starts, const int64_t* lens,
+                     int64_t batch, int64_t heads, int64_t kv_heads, int64_t dim, float scale, T* out_ptr) {
+  const int64_t group = heads / kv_heads, items = batch * kv_heads, width = group * dim;
+  const SpanPieces<T> pieces = span_pieces_for<T>(dim, group);
+  std::vector<int64_t> offset(items + 1, 0), first_span(items + 1, 0);  // running totals per item
+  for (int64_t item = 0; item < items; ++item) {
+    const int64_t len = lens[item / kv_heads];
+    offset[item + 1] = offset[item] + group * len;
+    first_span[item + 1] = first_span[item] + (len + kSpan - 1) / kSpan;
+  }
+  const int64_t spans = first_span[items];
+  std::vector<float> scores(offset[items]), max(items * group), sum(items * group), partial(spans * width);
+  const auto for_each_span = [&](auto&& f) {
+    at::parallel_for(0, spans, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t piece = begin; piece < end; ++piece) {
+        const int64_t item = std::upper_bound(first_span.begin(), first_span.end(), piece) - first_span.begin() - 1;
+        const int64_t b = item / kv_heads, l0 = (piece - first_span[item]) * kSpan;
+        f(piece, item, b, item % kv_heads, l0, std::min(lens[b], l0 + kSpan));
+      }
+    });
+  };
+  for_each_span([&](int64_t, int64_t item, int64_t b, int64_t h, int64_t l0, int64_t l1) {
+    pieces.score(q_ptr + b * q_row + h * group * q_head, q_head, group, scale, k_ptr, slot_stride, slots + starts[b],
+                 lens[b], h, l0, l1, scores.data() + offset[item]);
+  });
+  at::parallel_for(0, items * group, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t v = begin; v < end; ++v) {
+      const int64_t item = v / group, len = lens[item / kv_heads];
+      exponentiate(scores.data() + offset[item] + (v % group) * len, len, &max[v], &sum[v]);
+    }
+  });
+  for_each_span([&](int64_t piece, int64_t item, int64_t b, int64_t h, int64_t l0, int64_t l1) {
+    pieces.values(scores.data() + offset[item], lens[b], group, v_ptr, slot_stride, slots + starts[b], lens[b], h * dim,
+                  h * dim, dim * static_cast<int64_t>(sizeof(T)), l0, l1, partial.data() + piece * width);
+  });
+  std::vector<float> acc(width);
+  for (int64_t item = 0; item < items; ++item) {
+    const int64_t b = item / kv_heads, h = item % kv_heads;
+    std::fill(acc.begin(), acc.end(), 0.f);
+    for (int64_t piece = first_span[item]; piece < first_span[item + 1]; ++piece) {
+      for (int64_t i = 0; i < width; ++i) acc[i] += partial[piece * width + i];
+    }
+    normalize_rows(acc.data(), sum.data() + item * group, group, dim, out_ptr + (b * heads + h * group) * dim);
+  }
+}
 
 template <typename T>
 void decode_attention_impl(const at::Tensor& q, const at::Tensor& k_pool, const at::Tensor& v_pool,
@@ -49,6 +102,11 @@ void decode_attention_impl(const at::Tensor& q, const at::Tensor& k_pool, const 
     if (!extends) run_starts.push_back(b);
   }
   const int64_t runs = static_cast<int64_t>(run_starts.size());
+  if (runs == batch && runs * kv_heads < 2 * at::get_num_threads() && *std::max_element(lens, lens + batch) > kSpan) {
+    attend_by_spans<T>(q_ptr, q_row, q_head, k_ptr, v_ptr, slot_stride, slots, starts, lens, batch, q.size(1), kv_heads,
+                       dim, static_cast<float>(scale), out_ptr);
+    return;
+  }
   run_starts.push_back(batch);
   at::parallel_for(0, runs * kv_heads, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> scores;

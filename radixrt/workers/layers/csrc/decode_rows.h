@@ -194,11 +194,12 @@ inline float sum_of(const float* x, int64_t n) {
   return part[0];
 }
 
-// scores[i * len + l] = qv[i] . (K row of slots[l]) for the first `vectors` query vectors (VECTORS
-// where it is a compile-time constant), four keys at a time where they can be
+// scores[i * stride + l] = qv[i] . (K row of slots[l]) for l < len and the first `vectors` query
+// vectors (VECTORS where it is a compile-time constant), four keys at a time where they can be
 template <typename T, int CHUNKS, int VECTORS>
 void score_keys(const Vec16* qv, int64_t runtime_vectors, const T* k_pool, int64_t slot_stride, const int64_t* slots,
-                int64_t len, int64_t head_offset, int64_t fetch_offset, int64_t fetch_bytes, float* scores) {
+                int64_t len, int64_t head_offset, int64_t fetch_offset, int64_t fetch_bytes, float* scores,
+                int64_t stride) {
   const int64_t vectors = VECTORS > 0 ? VECTORS : runtime_vectors;
   Vec16 rows[4][CHUNKS];
   int64_t l = 0;
@@ -215,7 +216,7 @@ void score_keys(const Vec16* qv, int64_t runtime_vectors, const T* k_pool, int64
       for (int c = 0; c < CHUNKS; ++c) {
         for (int j = 0; j < 4; ++j) dots[j].fma(qv[i * CHUNKS + c], rows[j][c]);
       }
-      Vec16::sum4(dots, scores + i * len + l);
+      Vec16::sum4(dots, scores + i * stride + l);
     }
   }
   for (; l < len; ++l) {
@@ -224,9 +225,69 @@ void score_keys(const Vec16* qv, int64_t runtime_vectors, const T* k_pool, int64
     for (int64_t i = 0; i < vectors; ++i) {
       Vec16 dot = Vec16::zero();
       for (int c = 0; c < CHUNKS; ++c) dot.fma(qv[i * CHUNKS + c], rows[0][c]);
-      scores[i * len + l] = dot.sum();
+      scores[i * stride + l] = dot.sum();
     }
   }
+}
+
+// NOTE: P.V sums the keys in spans of kSpan: each span from zero in key order, then the spans' sums
+// added in order (float32, lane by lane). Up to kSpan keys this is one running sum; beyond, a
+// long sequence's spans are pieces that threads can share when the batch has too few items to
+// keep them busy (decode_attention.cpp), and every path sums this way, so the bits agree.
+constexpr int64_t kSpan = 256;  // a multiple of 4: score_keys sums keys four at a time from 0
+
+// the query vectors times the softmax scale, as the score loops read them
+template <typename T, int CHUNKS>
+inline void load_queries(const T* q, int64_t q_head_stride, int64_t vectors, float scale, Vec16* qv) {
+  const Vec16 scale_v = Vec16::broadcast(scale);
+  for (int64_t g = 0; g < vectors; ++g) {
+    for (int c = 0; c < CHUNKS; ++c) {
+      qv[g * CHUNKS + c] = Vec16::zero();
+      qv[g * CHUNKS + c].fma(Vec16::load(q + g * q_head_stride + c * 16), scale_v);
+    }
+  }
+}
+
+// one query vector's scores in place -> exp(score - max), with that max and the sum
+inline void exponentiate(float* s, int64_t len, float* max_out, float* sum_out) {
+  const float max = max_of(s, len);
+  for (int64_t l = 0; l < len; ++l) s[l] -= max;
+  exp_nonpositive(s, len);
+  *max_out = max;
+  *sum_out = sum_of(s, len);
+}
+
+// out[g * dim + d] = sum over keys s0 <= l < s1, in order, of weights[g * stride + l] * V[slots[l]][d]
+// for the group's query vectors (GROUP where it is a compile-time constant)
+template <typename T, int CHUNKS, int GROUP>
+void value_span(const float* weights, int64_t stride, int64_t runtime_group, const T* v_pool, int64_t slot_stride,
+                const int64_t* slots, int64_t len, int64_t head_offset, int64_t fetch_offset, int64_t fetch_bytes,
+                int64_t s0, int64_t s1, float* out) {
+  const int64_t group = GROUP > 0 ? GROUP : runtime_group;
+  Vec16 acc[kMaxGroup * CHUNKS];
+  for (int64_t i = 0; i < group * CHUNKS; ++i) acc[i] = Vec16::zero();
+  Vec16 row[CHUNKS];
+  for (int64_t l = s0; l < s1; ++l) {
+    if (l + kPrefetchAhead < len) prefetch_row(v_pool + slots[l + kPrefetchAhead] * slot_stride + fetch_offset, fetch_bytes);
+    const T* v = v_pool + slots[l] * slot_stride + head_offset;
+    for (int c = 0; c < CHUNKS; ++c) row[c] = Vec16::load(v + c * 16);
+    for (int64_t g = 0; g < group; ++g) {
+      const Vec16 p = Vec16::broadcast(weights[g * stride + l]);
+      for (int c = 0; c < CHUNKS; ++c) acc[g * CHUNKS + c].fma(p, row[c]);
+    }
+  }
+  for (int64_t i = 0; i < group * CHUNKS; ++i) acc[i].store(out + i * 16);
+}
+
+// scores[g * len + l] of the group's query vectors for the keys of one span, l0 <= l < l1
+template <typename T, int CHUNKS>
+void score_span(const T* q, int64_t q_head_stride, int64_t group, float scale, const T* k_pool, int64_t slot_stride,
+                const int64_t* slots, int64_t len, int64_t kv_head, int64_t l0, int64_t l1, float* scores) {
+  Vec16 qv[kMaxGroup * CHUNKS];
+  load_queries<T, CHUNKS>(q, q_head_stride, group, scale, qv);
+  const int64_t head_offset = kv_head * CHUNKS * 16;
+  score_keys<T, CHUNKS, 0>(qv, group, k_pool, slot_stride, slots + l0, l1 - l0, head_offset, head_offset,
+                           CHUNKS * 16 * sizeof(T), scores + l0, len);
 }
 
 // CHUNKS = head_dim / 16 is a compile-time constant, so that a K or V row lives in registers;
@@ -247,38 +308,20 @@ void attend_one(const T* q, int64_t q_head_stride, const T* k_pool, const T* v_p
   const int64_t fetch_offset = whole_slots ? 0 : head_offset;
   const int64_t fetch_bytes = whole_slots ? slot_bytes : row_bytes;
   Vec16 qv[kMaxGroup * CHUNKS];
-  Vec16 acc[kMaxGroup * CHUNKS];
-  const Vec16 scale_v = Vec16::broadcast(scale);
-  for (int64_t g = 0; g < group; ++g) {
-    for (int c = 0; c < CHUNKS; ++c) {
-      qv[g * CHUNKS + c] = Vec16::zero();
-      qv[g * CHUNKS + c].fma(Vec16::load(q + g * q_head_stride + c * 16), scale_v);
-    }
-  }
+  load_queries<T, CHUNKS>(q, q_head_stride, group, scale, qv);
   scores.resize(group * len);
   // Q.K four keys at a time: their dot products are summed across lanes together
   score_keys<T, CHUNKS, GROUP>(qv, group, k_pool, slot_stride, slots, len, head_offset, fetch_offset, fetch_bytes,
-                               scores.data());
-  for (int64_t g = 0; g < group; ++g) {
-    float* s = scores.data() + g * len;
-    const float max = max_of(s, len);
-    for (int64_t l = 0; l < len; ++l) s[l] -= max;
-    exp_nonpositive(s, len);
-    max_out[g] = max;
-    sum_out[g] = sum_of(s, len);
+                               scores.data(), len);
+  for (int64_t g = 0; g < group; ++g) exponentiate(scores.data() + g * len, len, max_out + g, sum_out + g);
+  const int64_t n = group * CHUNKS * 16;
+  std::fill(acc_out, acc_out + n, 0.f);
+  alignas(64) float span[kMaxGroup * CHUNKS * 16];
+  for (int64_t s0 = 0; s0 < len; s0 += kSpan) {
+    value_span<T, CHUNKS, GROUP>(scores.data(), len, group, v_pool, slot_stride, slots, len, head_offset, fetch_offset,
+                                 fetch_bytes, s0, std::min(len, s0 + kSpan), span);
+    for (int64_t i = 0; i < n; ++i) acc_out[i] += span[i];
   }
-  for (int64_t i = 0; i < group * CHUNKS; ++i) acc[i] = Vec16::zero();
-  Vec16 row[CHUNKS];
-  for (int64_t l = 0; l < len; ++l) {
-    if (l + kPrefetchAhead < len) prefetch_row(v_pool + slots[l + kPrefetchAhead] * slot_stride + fetch_offset, fetch_bytes);
-    const T* v = v_pool + slots[l] * slot_stride + head_offset;
-    for (int c = 0; c < CHUNKS; ++c) row[c] = Vec16::load(v + c * 16);
-    for (int64_t g = 0; g < group; ++g) {
-      const Vec16 p = Vec16::broadcast(scores[g * len + l]);
-      for (int c = 0; c < CHUNKS; ++c) acc[g * CHUNKS + c].fma(p, row[c]);
-    }
-  }
-  for (int64_t i = 0; i < group * CHUNKS; ++i) acc[i].store(acc_out + i * 16);
 }
 
 // `rows` consecutive prompt rows of one request (row r over the first len + r slots) and their
@@ -304,7 +347,7 @@ void attend_rows(const T* q, int64_t q_head_stride, int64_t q_row_stride, int64_
   }
   scores.resize(vectors * longest);
   score_keys<T, CHUNKS, 0>(qv, vectors, k_pool, slot_stride, slots, longest, head_offset, head_offset, dim * sizeof(T),
-                           scores.data());
+                           scores.data(), longest);
   for (int64_t i = 0; i < vectors; ++i) {
     float* s = scores.data() + i * longest;
     const int64_t own = len + i / group;
@@ -314,20 +357,28 @@ void attend_rows(const T* q, int64_t q_head_stride, int64_t q_row_stride, int64_
     max_out[i] = max;
     sum_out[i] = sum_of(s, own);
   }
+  // P.V by spans as attend_one sums them; a vector whose slots ended before a span adds +0 for it
+  std::fill(acc_out, acc_out + vectors * CHUNKS * 16, 0.f);
   Vec16 acc[kMaxGroup * CHUNKS];
-  for (int64_t i = 0; i < vectors * CHUNKS; ++i) acc[i] = Vec16::zero();
   Vec16 row[CHUNKS];
-  for (int64_t m = 0; m < longest; ++m) {
-    if (m + kPrefetchAhead < longest) prefetch_row(v_pool + slots[m + kPrefetchAhead] * slot_stride + head_offset, dim * sizeof(T));
-    const T* v = v_pool + slots[m] * slot_stride + head_offset;
-    for (int c = 0; c < CHUNKS; ++c) row[c] = Vec16::load(v + c * 16);
-    // the rows that reach slot m: all but the first m - len + 1
-    for (int64_t i = std::max<int64_t>(0, m - len + 1) * group; i < vectors; ++i) {
-      const Vec16 p = Vec16::broadcast(scores[i * longest + m]);
-      for (int c = 0; c < CHUNKS; ++c) acc[i * CHUNKS + c].fma(p, row[c]);
+  for (int64_t s0 = 0; s0 < longest; s0 += kSpan) {
+    for (int64_t i = 0; i < vectors * CHUNKS; ++i) acc[i] = Vec16::zero();
+    for (int64_t m = s0; m < std::min(longest, s0 + kSpan); ++m) {
+      if (m + kPrefetchAhead < longest) prefetch_row(v_pool + slots[m + kPrefetchAhead] * slot_stride + head_offset, dim * sizeof(T));
+      const T* v = v_pool + slots[m] * slot_stride + head_offset;
+      for (int c = 0; c < CHUNKS; ++c) row[c] = Vec16::load(v + c * 16);
+      // the rows that reach slot m: all but the first m - len + 1
+      for (int64_t i = std::max<int64_t>(0, m - len + 1) * group; i < vectors; ++i) {
+        const Vec16 p = Vec16::broadcast(scores[i * longest + m]);
+        for (int c = 0; c < CHUNKS; ++c) acc[i * CHUNKS + c].fma(p, row[c]);
+      }
+    }
+    alignas(64) float lanes[16];
+    for (int64_t i = 0; i < vectors * CHUNKS; ++i) {
+      acc[i].store(lanes);
+      for (int d = 0; d < 16; ++d) acc_out[i * 16 + d] += lanes[d];
     }
   }
-  for (int64_t i = 0; i < vectors * CHUNKS; ++i) acc[i].store(acc_out + i * 16);
 }
 
 template <typename T>
@@ -372,6 +423,40 @@ auto attend_for(int64_t dim, int64_t group) -> decltype(&attend_one<T, 4, 0>) {
     case 6: return attend_one<T, 6, 0>;
     case 8: return with_group<T, 8>(group);
     case 16: return attend_one<T, 16, 0>;
+    default: TORCH_CHECK(false, "head_dim ", dim, " is not one of 16, 32, 64, 80, 96, 128, 256");
+  }
+}
+
+// score_span and a value_span instance for this head_dim and group
+template <typename T>
+struct SpanPieces {
+  decltype(&score_span<T, 4>) score;
+  decltype(&value_span<T, 4, 0>) values;
+};
+
+template <typename T, int CHUNKS>
+SpanPieces<T> span_pieces_with_group(int64_t group) {
+  switch (group) {
+    case 1: return {score_span<T, CHUNKS>, value_span<T, CHUNKS, 1>};
+    case 2: return {score_span<T, CHUNKS>, value_span<T, CHUNKS, 2>};
+    case 3: return {score_span<T, CHUNKS>, value_span<T, CHUNKS, 3>};
+    case 4: return {score_span<T, CHUNKS>, value_span<T, CHUNKS, 4>};
+    case 6: return {score_span<T, CHUNKS>, value_span<T, CHUNKS, 6>};
+    case 8: return {score_span<T, CHUNKS>, value_span<T, CHUNKS, 8>};
+    default: return {score_span<T, CHUNKS>, value_span<T, CHUNKS, 0>};
+  }
+}
+
+template <typename T>
+SpanPieces<T> span_pieces_for(int64_t dim, int64_t group) {
+  switch (dim / 16) {
+    case 1: return {score_span<T, 1>, value_span<T, 1, 0>};
+    case 2: return {score_span<T, 2>, value_span<T, 2, 0>};
+    case 4: return span_pieces_with_group<T, 4>(group);
+    case 5: return {score_span<T, 5>, value_span<T, 5, 0>};
+    case 6: return {score_span<T, 6>, value_span<T, 6, 0>};
+    case 8: return span_pieces_with_group<T, 8>(group);
+    case 16: return {score_span<T, 16>, value_span<T, 16, 0>};
     default: TORCH_CHECK(false, "head_dim ", dim, " is not one of 16, 32, 64, 80, 96, 128, 256");
   }
 }
