@@ -7,8 +7,10 @@
 //
 // One work item = (request, kv head): its G = num_heads / num_kv_heads query heads share every K
 // and V row that is read. Two passes over the sequence: scores (q . k, float32), then the softmax
-// weights times V. Every sum runs in a fixed order, so a row's result depends only on its own q
-// and sequence, never on the batch or the thread that computed it.
+// weights times V (summed in 256-key spans, decode_rows.h). Every sum runs in a fixed order, so a
+// row's result depends only on its own q and sequence, never on the batch or the thread that
+// computed it. A batch too small to keep the threads busy has its long sequences cut into those
+// spans, which the threads share (attend_by_spans).
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
