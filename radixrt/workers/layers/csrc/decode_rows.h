@@ -349,13 +349,7 @@ void attend_rows(const T* q, int64_t q_head_stride, int64_t q_row_stride, int64_
   score_keys<T, CHUNKS, 0>(qv, vectors, k_pool, slot_stride, slots, longest, head_offset, head_offset, dim * sizeof(T),
                            scores.data(), longest);
   for (int64_t i = 0; i < vectors; ++i) {
-    float* s = scores.data() + i * longest;
-    const int64_t own = len + i / group;
-    const float max = max_of(s, own);
-    for (int64_t m = 0; m < own; ++m) s[m] -= max;
-    exp_nonpositive(s, own);
-    max_out[i] = max;
-    sum_out[i] = sum_of(s, own);
+    exponentiate(scores.data() + i * longest, len + i / group, max_out + i, sum_out + i);  // its own slots
   }
   // P.V by spans as attend_one sums them; a vector whose slots ended before a span adds +0 for it
   std::fill(acc_out, acc_out + vectors * CHUNKS * 16, 0.f);
