@@ -1,5 +1,5 @@
-"""`python -m radixrt.bench.fused_decode`: decode steps through one C++ op per decoder layer
-(`decode_layer`, layers/fused_decode.py) against the same steps through the layer modules, on the
+"""`python -m radixrt.bench.fused_decode`: decode steps through one C++ op over every decoder
+layer (`decode_layers`, layers/fused_decode.py) against the same steps through the layer modules, on the
 model runner alone: one runner per quantization, steps alternating between the two paths so that
 both see the same machine (on a shared host memory bandwidth moves by a third within minutes),
 median step times, and whether both paths gave the same logits bit for bit."""

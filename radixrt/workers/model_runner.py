@@ -96,7 +96,7 @@ class ModelRunner:
             **elementwise_implementations(self.device, self.dtype),
             "linear": linear_summary or self.linears.summary(),
         }
-        # decode_layer runs the C++ row-wise ops: where they run (CPU, bf16 / float32, kernels built)
+        # decode_layers runs the C++ row-wise ops: where they run (CPU, bf16 / float32, kernels built)
         ops = cpu_kernels.load() if self.kernels["rms_norm"] == "cpu_kernels" else None
         if ops is not None:
             self.model.fused_decode = FusedDecodeLayers(self.model.model.layers, ops)

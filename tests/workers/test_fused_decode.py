@@ -1,4 +1,4 @@
-"""Decode steps through one C++ op per decoder layer (layers/fused_decode.py): the logits and the
+"""Decode steps through one C++ op over every decoder layer (layers/fused_decode.py): the logits and the
 K/V written are bit for bit the modules' (bf16 and float32, int8, GGUF Q8_0 / Q4_1 with biases and
 a widened linear; one or several rows per request; batch-invariant forwards), and the modules run
 wherever the op cannot: prefill rows, forward hooks, a linear without a kernel there."""
@@ -30,14 +30,14 @@ CONTEXT = 40
 
 
 class CountingOps:
-    """torch.ops.radixrt with its decode_layer calls counted."""
+    """torch.ops.radixrt with its decode_layers calls (one per fused forward) counted."""
 
     def __init__(self, ops):
         self.ops, self.calls = ops, 0
 
-    def decode_layer(self, *args):
+    def decode_layers(self, *args):
         self.calls += 1
-        return self.ops.decode_layer(*args)
+        return self.ops.decode_layers(*args)
 
 
 def kernel_runner(folder, **options) -> ModelRunner:
@@ -71,7 +71,7 @@ def decode_batch(rows_per_request: list[int], invariant: bool = False) -> Forwar
 
 
 def both_ways(runner: ModelRunner, batch: ForwardBatch) -> tuple[int, torch.Tensor, torch.Tensor, KVPool, KVPool]:
-    """(decode_layer calls, logits through the fused path, through the modules, and their pools)."""
+    """(decode_layers calls, logits through the fused path, through the modules, and their pools)."""
     fused = runner.model.fused_decode
     assert fused is not None
     spy = fused.ops = CountingOps(fused.ops)
@@ -106,10 +106,9 @@ def test_fused_decode_steps_equal_the_modules_bit_for_bit(model, quantization, d
     folder = tiny_model_dir if model == "head16" else head64_dir
     runner = kernel_runner(folder, dtype=dtype, quantization=quantization)
     assert runner.kernels["decode_layer"] == "cpu_kernels"
-    layers = runner.model_config.num_hidden_layers
     for rows, invariant in (([1], False), ([1, 1, 1], False), ([3, 1], False), ([1, 1], True)):
         calls, got, expected, pool_a, pool_b = both_ways(runner, decode_batch(rows, invariant))
-        assert calls == layers, (rows, invariant)
+        assert calls == 1, (rows, invariant)
         assert_same(got, expected, pool_a, pool_b)
         assert got.shape[0] == sum(rows)
 
@@ -123,7 +122,7 @@ def test_each_linear_candidate_runs_in_the_fused_op_as_in_its_module(candidate, 
     runner = kernel_runner(tiny_model_dir, dtype=dtype)
     assert runner.model.model.layers[0].mlp.down_proj.choice.fast == {1: candidate}
     calls, got, expected, pool_a, pool_b = both_ways(runner, decode_batch([1, 2]))
-    assert calls == 2
+    assert calls == 1
     assert_same(got, expected, pool_a, pool_b)
 
 
@@ -140,7 +139,7 @@ def test_gguf_tensors_biases_and_a_widened_linear_take_the_fused_path(dtype, tok
     runner = kernel_runner(folder, dtype=dtype, quantization="gguf")
     assert type(runner.model.model.layers[1].self_attn.qkv_proj) is nn.Linear  # widened (mixed types)
     calls, got, expected, pool_a, pool_b = both_ways(runner, decode_batch([1, 2]))
-    assert calls == 2
+    assert calls == 1
     assert_same(got, expected, pool_a, pool_b)
 
 
@@ -167,14 +166,14 @@ def test_requests_sharing_a_prefix_fuse_on_the_shared_prefix_kernel(head64_dir):
     shared = runner.backend._decode.shared_prefix  # bf16 head_dim 64 on AVX512-BF16 CPUs; elsewhere no kernel
     assert shared == runner.backend.extend_kernel
     calls, got, expected, pool_a, pool_b = both_ways(runner, batch)
-    assert calls == 2
+    assert calls == 1
     assert_same(got, expected, pool_a, pool_b)
 
 
 def test_where_torch_attention_was_chosen_only_invariant_decode_forwards_fuse(tiny_model_dir):
     runner = kernel_runner(tiny_model_dir, dtype="float32")
     runner.backend.choice = AttentionChoice(decode=TORCH)  # as where SDPA measured faster
-    for invariant, fused_calls in ((False, 0), (True, 2)):  # invariant forwards keep the kernels
+    for invariant, fused_calls in ((False, 0), (True, 1)):  # invariant forwards keep the kernels
         calls, got, expected, pool_a, pool_b = both_ways(runner, decode_batch([1, 2], invariant))
         assert calls == fused_calls
         assert_same(got, expected, pool_a, pool_b)
@@ -192,7 +191,7 @@ def test_forward_hooks_run_and_turn_the_fused_path_off(tiny_runner):
     assert torch.equal(got, expected)
     with nn.modules.module.register_module_forward_pre_hook(lambda _module, _args: None):
         assert both_ways(tiny_runner, decode_batch([1]))[0] == 0
-    assert both_ways(tiny_runner, decode_batch([1]))[0] == 2  # hooks gone: fused again
+    assert both_ways(tiny_runner, decode_batch([1]))[0] == 1  # hooks gone: fused again
 
 
 class Wrapped(nn.Module):
@@ -215,37 +214,67 @@ def test_a_linear_without_a_kernel_there_keeps_the_modules(tiny_model_dir):
     assert_same(got, expected, pool_a, pool_b)
 
 
-def test_bad_decode_layer_arguments_are_refused_clearly(tiny_runner):
+def layer_weights(runner: ModelRunner) -> tuple[list, list, list, list, list, tuple[int, int]]:
+    """What FusedDecodeLayers hands DecodeStack for one-row steps: (norms, post norms, eps, linear
+    tensors, linear ints, (heads, kv heads))."""
+    norms, posts, eps, tensors, info = [], [], [], [], []
+    for layer in runner.model.model.layers:
+        attn, mlp = layer.self_attn, layer.mlp
+        specs = [lin.fused_linear(1, False) for lin in (attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj)]
+        norms.append(layer.input_layernorm.weight)
+        posts.append(layer.post_attention_layernorm.weight)
+        eps.append(layer.input_layernorm.eps)
+        tensors += [t for spec in specs for t in spec[3]]
+        info += [value for spec in specs for value in spec[:3]]
+    return norms, posts, eps, tensors, info, (attn.num_heads, attn.num_kv_heads)
+
+
+def test_bad_decode_stacks_are_refused_when_built(tiny_runner):
+    norms, posts, eps, tensors, info, heads = layer_weights(tiny_runner)
+    stack = torch.classes.radixrt.DecodeStack
+    with pytest.raises(RuntimeError, match="two norms and an eps for each"):
+        stack(norms, posts[:1], eps, tensors, info, *heads)
+    with pytest.raises(RuntimeError, match=r"four linears \(qkv, o, gate_up, down\) for each layer"):
+        stack(norms, posts, eps, tensors[:-4], info[:-3], *heads)
+    with pytest.raises(RuntimeError, match="layer 0 linear 0: unknown kind 99"):
+        stack(norms, posts, eps, tensors, [99, *info[1:]], *heads)
+    with pytest.raises(RuntimeError, match="layer 1 linear 2 has no weights"):
+        at = (4 + 2) * 4  # layer 1's third linear
+        stack(norms, posts, eps, [*tensors[:at], None, *tensors[at + 1 :]], info, *heads)
+    with pytest.raises(RuntimeError, match="heads must be a multiple of kv_heads"):
+        stack(norms, posts, eps, tensors, info, 3, 2)
+
+
+def test_bad_decode_steps_are_refused_clearly_and_write_nothing(tiny_runner):
     ops = cpu_kernels.load()
-    args = tiny_runner.model.fused_decode._layer_args(1, False)[0]
-    (norm, post, eps), (tensors, info), heads = args
-    hidden = torch.zeros(1, 64, dtype=torch.bfloat16)
+    norms, posts, eps, tensors, info, heads = layer_weights(tiny_runner)
+    stack = torch.classes.radixrt.DecodeStack(norms, posts, eps, tensors, info, *heads)
     pool = filled_pool(tiny_runner)
+    ks, vs = pool.k_buffers, pool.v_buffers
     cos = sin = torch.ones(1, 8, dtype=torch.bfloat16)
     rows = (torch.tensor([3]), torch.arange(1, 4), torch.tensor([0]), torch.tensor([3]), 0.25)
-    kv = (pool.k_buffers[0], pool.v_buffers[0])
-    with pytest.raises(RuntimeError, match="four linears"):
-        ops.decode_layer(hidden, None, norm, post, eps, tensors[:12], info[:9], cos, sin, *kv, *rows, *heads, 0, 8)
-    bad_kind = [99, *info[1:]]
-    with pytest.raises(RuntimeError, match="unknown kind 99"):
-        ops.decode_layer(hidden, None, norm, post, eps, tensors, bad_kind, cos, sin, *kv, *rows, *heads, 0, 8)
-    with pytest.raises(RuntimeError, match="linear 0 has no weights"):
-        ops.decode_layer(hidden, None, norm, post, eps, [None, *tensors[1:]], info, cos, sin, *kv, *rows, *heads, 0, 8)
-    with pytest.raises(RuntimeError, match=r"k_pool must be \[slots, kv_heads, head_dim\]"):
-        flat = (kv[0].flatten(1), kv[1])
-        ops.decode_layer(hidden, None, norm, post, eps, tensors, info, cos, sin, *flat, *rows, *heads, 0, 8)
+
+    def step(k=ks, v=vs, slots=rows[0], attention=0):
+        hidden = torch.zeros(1, 64, dtype=torch.bfloat16)
+        return ops.decode_layers(stack, hidden, cos, sin, k, v, slots, *rows[1:], attention, 8)
+
+    before = [buf.clone() for buf in [*ks, *vs]]
+    with pytest.raises(RuntimeError, match="one pool for each of 2 layers"):
+        step(k=ks[:1])
     with pytest.raises(RuntimeError, match="unknown attention kernel 7"):
-        ops.decode_layer(hidden, None, norm, post, eps, tensors, info, cos, sin, *kv, *rows, *heads, 7, 8)
-    before = (kv[0].clone(), kv[1].clone())
+        step(attention=7)
+    with pytest.raises(RuntimeError, match=r"layer 1: k_pool and v_pool must be contiguous \[slots, kv_heads"):
+        step(k=[ks[0], ks[1].flatten(1)])
+    with pytest.raises(RuntimeError, match="layer 1: k_pool and v_pool must be contiguous"):
+        step(v=[vs[0], vs[1].float()])
     for slots, message in (
-        (torch.tensor([kv[0].shape[0]]), "KV slot .* is outside the pool"),
+        (torch.tensor([ks[0].shape[0]]), "KV slot .* is outside the pool"),
         (torch.tensor([-1]), "KV slot -1 is outside the pool"),
         (torch.tensor([3], dtype=torch.int32), "one contiguous int64 slot per token"),
     ):
         with pytest.raises(RuntimeError, match=message):
-            ops.decode_layer(
-                hidden, None, norm, post, eps, tensors, info, cos, sin, *kv, slots, *rows[1:], *heads, 0, 8
-            )
-    assert torch.equal(kv[0], before[0]) and torch.equal(kv[1], before[1])  # nothing written
-    out, residual = ops.decode_layer(hidden, None, norm, post, eps, tensors, info, cos, sin, *kv, *rows, *heads, 0, 8)
-    assert out.shape == (1, 64) and residual is not None
+            step(slots=slots)
+    assert all(torch.equal(a, b) for a, b in zip(before, [*ks, *vs], strict=True))  # nothing written
+    out, residual = step()
+    assert out.shape == residual.shape == (1, 64)
+    assert not torch.equal(ks[1][3], before[1][3])  # a good step writes every layer's K

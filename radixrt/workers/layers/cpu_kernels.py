@@ -6,7 +6,7 @@ and `extend_attention` (the torch attention backend's decode and prefill steps),
 `pack_linear_weight` / `packed_linear` (one of the linear candidates, layers/linear_candidates.py) and
 `pack_int8_weight` / `int8_linear` (weight-only int8 linears, layers/quantization.py, and GGUF's
 Q8_0) and `pack_q4_1_weight` / `q4_1_linear` (GGUF's Q4_1, layers/gguf_linear.py),
-and `decode_layer` (a decoder layer of a decode step as one op, layers/fused_decode.py).
+and `decode_layers` (every decoder layer of a decode step as one op, layers/fused_decode.py).
 `python -m radixrt.workers.layers.cpu_kernels` builds them ahead of time (`make test` and
 `make demo` do); a process that finds no C++ compiler logs why once and runs the PyTorch code
 they replace.

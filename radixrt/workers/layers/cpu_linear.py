@@ -80,7 +80,7 @@ class CpuLinear(DirectCall, nn.Module):
         return linear_candidates.RUN[name](x, self.states[name], self.bias)
 
     def fused_linear(self, rows: int, invariant: bool) -> fused_decode.FusedLinear:
-        """What `forward` would run for `rows` rows, as decode_layer's argument."""
+        """What `forward` would run for `rows` rows, as decode_layers' argument."""
         name = self.choice.for_rows(rows, invariant)
         state = self.states[name]
         weights = state[0] if name == "radixrt" else state

@@ -1,11 +1,12 @@
-"""Decode steps with one C++ op per decoder layer (`decode_layer`, csrc/decode_layer.cpp).
+"""Decode steps as one C++ op over every decoder layer (`decode_layers`, csrc/decode_layer.cpp).
 
 A batch-1 decode step of a 30-layer model makes ~330 kernel calls; from Python each costs its
 module call, the dispatcher and a few views on top of the kernel: ~2 ms of a 6-8 ms int8 step on
-an AMD EPYC. `decode_layer` runs a layer's kernels one after the other from C++, on the same
-inputs, so its output is bit for bit the modules' output. The model takes this path for a forward
+an AMD EPYC. `decode_layers` runs the layers' kernels one after the other from C++, on the same
+inputs, so its output is bit for bit the modules' output; the layers' weights are handed to C++
+once, as a `DecodeStack`, so a step does not box them again. The model takes this path for a forward
 whose rows all decode on the C++ attention kernels (`shared_prefix_decode` included), where each of
-the layer's linears has a kernel `decode_layer` can run and no module has a forward hook; otherwise
+the layers' linears has a kernel `decode_layers` can run and no module has a forward hook; otherwise
 the modules run.
 """
 
@@ -24,12 +25,12 @@ if TYPE_CHECKING:
 # a linear's kind, as csrc/decode_layer.cpp reads it
 INT8, Q4_1, PACKED, ATEN, ONEDNN, TORCH = range(6)
 
-# (kind, n, k, (weights, scale, bias, group_scale)): what a linear module hands decode_layer
+# (kind, n, k, (weights, scale, bias, group_scale)): what a linear module hands decode_layers
 FusedLinear = tuple[int, int, int, tuple[torch.Tensor | None, ...]]
 
 
 class FusedDecodeLayers:
-    """The decoder layers' arguments for `decode_layer`, gathered once per row count and
+    """The decoder layers' weights for `decode_layers`, gathered once per row count and
     invariance (a CpuLinear's kernel depends on both). Built once the model's structure is final
     (the runner does, as for `pin_children`): a module replaced later is not seen."""
 
@@ -44,7 +45,7 @@ class FusedDecodeLayers:
             for m in layer.modules()
             for hooks in (m._forward_hooks, m._forward_pre_hooks)
         ]
-        self._args: dict[tuple[int, bool], list[tuple] | None] = {}
+        self._stacks: dict[tuple[int, bool], Any] = {}  # DecodeStack, or None: the modules run
 
     def run(
         self,
@@ -60,31 +61,28 @@ class FusedDecodeLayers:
         where this forward cannot take the path (`attention`: the backend's `decode_kernel_args()`)."""
         if attention is None or cos.dtype != hidden.dtype or self._hooked():
             return None
-        layer_args = self._layer_args(num_tokens, invariant)
-        if layer_args is None:
+        stack = self._stack(num_tokens, invariant)
+        if stack is None:
             return None
         a = attention
-        rows = (a.out_slots, a.kv_indices, a.starts, a.lens, a.scale)
-        residual = None
-        for layer_id, (norms, linears, heads) in enumerate(layer_args):
-            k_buf, v_buf = kv_pool.k_buffers[layer_id], kv_pool.v_buffers[layer_id]
-            hidden, residual = self.ops.decode_layer(
-                hidden, residual, *norms, *linears, cos, sin, k_buf, v_buf, *rows, *heads, a.kernel,
-                a.shared_min_requests,
-            )  # fmt: skip
-        return hidden, residual
+        return self.ops.decode_layers(
+            stack, hidden, cos, sin, kv_pool.k_buffers, kv_pool.v_buffers, a.out_slots, a.kv_indices, a.starts,
+            a.lens, a.scale, a.kernel, a.shared_min_requests,
+        )  # fmt: skip
 
     def _hooked(self) -> bool:
         return global_forward_hooks() or any(self._hook_dicts)
 
-    def _layer_args(self, rows: int, invariant: bool) -> list[tuple] | None:
+    def _stack(self, rows: int, invariant: bool) -> Any:
         key = (rows, invariant)
-        if key not in self._args:
-            self._args[key] = self._gather(rows, invariant)
-        return self._args[key]
+        if key not in self._stacks:
+            self._stacks[key] = self._gather(rows, invariant)
+        return self._stacks[key]
 
-    def _gather(self, rows: int, invariant: bool) -> list[tuple] | None:
-        gathered = []
+    def _gather(self, rows: int, invariant: bool) -> Any:
+        """The layers' weights as a `torch.classes.radixrt.DecodeStack`, or None where a linear has
+        no kernel decode_layers can run or the layers' shapes differ."""
+        norms, posts, eps, tensors, info, heads = [], [], [], [], [], set()
         for layer in self.layers:
             attn, mlp = layer.self_attn, layer.mlp
             specs = [
@@ -96,12 +94,15 @@ class FusedDecodeLayers:
             norm, post = layer.input_layernorm, layer.post_attention_layernorm
             if norm.eps != post.eps:
                 return None
-            tensors = [t for spec in specs for t in spec[3]]
-            info = [value for spec in specs for value in spec[:3]]
-            gathered.append(
-                ((norm.weight, post.weight, norm.eps), (tensors, info), (attn.num_heads, attn.num_kv_heads))
-            )
-        return gathered
+            norms.append(norm.weight)
+            posts.append(post.weight)
+            eps.append(norm.eps)
+            tensors += [t for spec in specs for t in spec[3]]
+            info += [value for spec in specs for value in spec[:3]]
+            heads.add((attn.num_heads, attn.num_kv_heads))
+        if len(heads) != 1:
+            return None
+        return torch.classes.radixrt.DecodeStack(norms, posts, eps, tensors, info, *heads.pop())
 
 
 def _fused_linear(linear: nn.Module, rows: int, invariant: bool) -> FusedLinear | None:

@@ -142,7 +142,7 @@ class LlamaForCausalLM(nn.Module):
             config.head_dim, config.max_position_embeddings, config.rope_theta, config.rope_scaling
         )
         self._head_module = False  # the LM head is a module of its own (tied or not)
-        self.fused_decode: FusedDecodeLayers | None = None  # one C++ op per layer at decode (the runner sets it)
+        self.fused_decode: FusedDecodeLayers | None = None  # one C++ op for all layers at decode (the runner sets it)
 
     def fuse_projections(self) -> None:
         """Fuse q/k/v and gate/up after the HF-named weights are loaded (once)."""

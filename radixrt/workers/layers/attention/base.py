@@ -24,7 +24,7 @@ class KVBuffers(Protocol):
 
 
 class DecodeKernelArgs(NamedTuple):
-    """A forward whose rows all decode on the C++ kernels: what `decode_layer` needs to store each
+    """A forward whose rows all decode on the C++ kernels: what `decode_layers` needs to store each
     row's K/V and attend it (layers/fused_decode.py). Row r attends over
     kv_indices[starts[r] : starts[r] + lens[r]]."""
 
@@ -73,7 +73,7 @@ class AttentionBackend(ABC):
         (radixrt's C++), "torch", "flashinfer", or "off" for an optional kernel this backend never uses."""
 
     def decode_kernel_args(self) -> DecodeKernelArgs | None:
-        """After `prepare`: the prepared batch's decode rows for `decode_layer`, where every row
+        """After `prepare`: the prepared batch's decode rows for `decode_layers`, where every row
         decodes on the C++ decode kernels; None otherwise (and for backends without them)."""
         return None
 

@@ -1,11 +1,13 @@
-// One decoder layer of a decode step as one op: norm, q/k/v, rotary, K/V store, attention,
-// output projection, norm, gate/up, SiLU-and-multiply, down.
+// The decoder layers of a decode step as one op: per layer norm, q/k/v, rotary, K/V store,
+// attention, output projection, norm, gate/up, SiLU-and-multiply, down.
 //
-// At batch 1 the layer's eleven kernels take ~40 us of a 30-layer model's step each time, and
-// going to each of them from Python (the module calls, the dispatcher, the views) cost as much
-// again: ~2 ms of a 6-8 ms int8 step on an AMD EPYC. Here the same kernels run one after the
-// other from C++, on the same inputs, so the layer's output is bit for bit what the modules
-// compute; the model runs this op only where every part of the layer has a kernel here.
+// At batch 1 a layer's eleven kernels take ~40 us of a 30-layer model's step each time, and going
+// to each of them from Python (the module calls, the dispatcher, the views) cost as much again:
+// ~2 ms of a 6-8 ms int8 step on an AMD EPYC. A call per layer from Python still cost ~20 us a
+// layer (the loop, the dispatcher boxing a layer's 16 weight tensors, the GIL). So the weights
+// are gathered once into a DecodeStack and a step is one call: the same kernels run one after the
+// other from C++, on the same inputs, so every layer's output is bit for bit what the modules
+// compute; the model runs this op only where every part of every layer has a kernel here.
 //
 // A linear is described by three ints (kind, n, k) and four optional tensors:
 //   INT8     packed, scale or group_scale, bias      (int8_linear: --quantization int8, GGUF Q8_0)
@@ -17,6 +19,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/custom_class.h>
 #include <torch/library.h>
 
 #include <cstdint>
@@ -63,14 +66,13 @@ at::Tensor aten_linear(const at::Tensor& x, const at::Tensor& weight, const Opti
 }
 
 struct Linears {
-  const c10::List<Optional>& tensors;
-  const std::vector<int64_t>& info;
+  const std::vector<Optional>& tensors;  // kTensorsPerLinear per linear
+  const std::vector<int64_t>& info;      // kIntsPerLinear per linear
 
   at::Tensor run(int64_t i, const at::Tensor& x) const {
-    const Optional a = tensors.get(i * kTensorsPerLinear), b = tensors.get(i * kTensorsPerLinear + 1),
-                   bias = tensors.get(i * kTensorsPerLinear + 2), c = tensors.get(i * kTensorsPerLinear + 3);
+    const Optional &a = tensors[i * kTensorsPerLinear], &b = tensors[i * kTensorsPerLinear + 1],
+                   &bias = tensors[i * kTensorsPerLinear + 2], &c = tensors[i * kTensorsPerLinear + 3];
     const int64_t kind = info[i * kIntsPerLinear], n = info[i * kIntsPerLinear + 1], k = info[i * kIntsPerLinear + 2];
-    TORCH_CHECK(a.has_value(), "linear ", i, " has no weights");
     switch (kind) {
       case INT8:
         return int8_linear(x, *a, b, n, k, bias, c);
@@ -82,12 +84,18 @@ struct Linears {
         return aten_linear(x, *a, bias);
       case ONEDNN:
         return onednn_linear(x, *a, bias);
-      case TORCH:
-        return at::linear(x, *a, bias);
       default:
-        TORCH_CHECK(false, "linear ", i, ": unknown kind ", kind);
+        return at::linear(x, *a, bias);  // TORCH (DecodeStack checked the kinds)
     }
   }
+};
+
+// One layer's weights: its two norms and its four linears (qkv, o, gate_up, down).
+struct LayerWeights {
+  at::Tensor input_norm, post_norm;
+  double eps;
+  std::vector<Optional> tensors;
+  std::vector<int64_t> info;
 };
 
 // The step's K and V rows (qkv [T, heads + 2 * kv_heads, D], contiguous) into their pool slots,
@@ -114,62 +122,122 @@ void store_kv(at::Tensor& k_pool, at::Tensor& v_pool, const at::Tensor& slots, c
   }
 }
 
+// What every layer of a step shares: the rows' positions and where their K/V go and come from.
+struct StepRows {
+  const at::Tensor &cos, &sin, &out_slots, &kv_indices, &kv_starts, &kv_lens;
+  double scale;
+  int64_t heads, kv_heads, attention, shared_min_requests;
+};
+
 // hidden [T, hidden]: the previous layer's MLP output (or the embeddings, with no residual);
 // residual [T, hidden], updated in place. Returns (this layer's MLP output, the residual).
 std::tuple<at::Tensor, at::Tensor> decode_layer(const at::Tensor& hidden, const Optional& residual,
-                                                const at::Tensor& input_norm, const at::Tensor& post_norm, double eps,
-                                                const c10::List<Optional>& linear_tensors,
-                                                std::vector<int64_t> linear_info, const at::Tensor& cos,
-                                                const at::Tensor& sin, at::Tensor& k_pool, at::Tensor& v_pool,
-                                                const at::Tensor& out_slots, const at::Tensor& kv_indices,
-                                                const at::Tensor& kv_starts, const at::Tensor& kv_lens, double scale,
-                                                int64_t heads, int64_t kv_heads, int64_t attention,
-                                                int64_t shared_min_requests) {
-  TORCH_CHECK(static_cast<int64_t>(linear_tensors.size()) == kLinears * kTensorsPerLinear &&
-                  static_cast<int64_t>(linear_info.size()) == kLinears * kIntsPerLinear,
-              "decode_layer takes four linears (qkv, o, gate_up, down)");
-  TORCH_CHECK(k_pool.dim() == 3 && k_pool.size(1) == kv_heads, "k_pool must be [slots, kv_heads, head_dim]");
-  const Linears linears{linear_tensors, linear_info};
-  const int64_t tokens = hidden.size(0), dim = k_pool.size(2);
+                                                const LayerWeights& w, at::Tensor& k_pool, at::Tensor& v_pool,
+                                                const StepRows& step) {
+  const Linears linears{w.tensors, w.info};
+  const int64_t tokens = hidden.size(0), dim = k_pool.size(2), heads = step.heads, kv_heads = step.kv_heads;
 
   at::Tensor res = residual.has_value() ? *residual : hidden;
-  at::Tensor h = residual.has_value() ? add_rms_norm_(res, hidden, input_norm, eps) : rms_norm(hidden, input_norm, eps);
+  at::Tensor h = residual.has_value() ? add_rms_norm_(res, hidden, w.input_norm, w.eps)
+                                      : rms_norm(hidden, w.input_norm, w.eps);
 
   const at::Tensor qkv = linears.run(0, h).view({tokens, heads + 2 * kv_heads, dim});
   at::Tensor rotated = qkv.narrow(1, 0, heads + kv_heads);
-  rotary_(rotated, cos, sin);
-  store_kv(k_pool, v_pool, out_slots, qkv, heads, kv_heads);
+  rotary_(rotated, step.cos, step.sin);
+  store_kv(k_pool, v_pool, step.out_slots, qkv, heads, kv_heads);
   const at::Tensor q = qkv.narrow(1, 0, heads);
   at::Tensor attended;
-  switch (attention) {
+  switch (step.attention) {
     case DECODE:
-      attended = decode_attention(q, k_pool, v_pool, kv_indices, kv_starts, kv_lens, scale);
+      attended = decode_attention(q, k_pool, v_pool, step.kv_indices, step.kv_starts, step.kv_lens, step.scale);
       break;
     case TILED:
-      attended = tiled_decode_attention(q, k_pool, v_pool, kv_indices, kv_starts, kv_lens, scale);
+      attended = tiled_decode_attention(q, k_pool, v_pool, step.kv_indices, step.kv_starts, step.kv_lens, step.scale);
       break;
-    case SHARED_PREFIX:
-      attended = shared_prefix_decode(q, k_pool, v_pool, kv_indices, kv_starts, kv_lens, scale, shared_min_requests);
-      break;
-    default:
-      TORCH_CHECK(false, "unknown attention kernel ", attention);
+    default:  // SHARED_PREFIX (decode_layers checked the kernel)
+      attended = shared_prefix_decode(q, k_pool, v_pool, step.kv_indices, step.kv_starts, step.kv_lens, step.scale,
+                                      step.shared_min_requests);
   }
 
-  h = add_rms_norm_(res, linears.run(1, attended), post_norm, eps);
+  h = add_rms_norm_(res, linears.run(1, attended), w.post_norm, w.eps);
   const at::Tensor mlp_out = linears.run(3, silu_and_mul(linears.run(2, h)));
   return {mlp_out, res};
+}
+
+// The decoder layers' weights, gathered once (layers/fused_decode.py) and checked here, so a step
+// checks only what it brings: linear_tensors holds kTensorsPerLinear tensors for each of a layer's
+// four linears, layer after layer, and linear_info kIntsPerLinear ints (kind, n, k) for each.
+struct DecodeStack : torch::CustomClassHolder {
+  std::vector<LayerWeights> layers;
+  int64_t heads, kv_heads;
+
+  DecodeStack(std::vector<at::Tensor> input_norms, std::vector<at::Tensor> post_norms, std::vector<double> eps,
+              c10::List<Optional> linear_tensors, std::vector<int64_t> linear_info, int64_t heads, int64_t kv_heads)
+      : heads(heads), kv_heads(kv_heads) {
+    const int64_t count = static_cast<int64_t>(input_norms.size());
+    TORCH_CHECK(count > 0 && static_cast<int64_t>(post_norms.size()) == count &&
+                    static_cast<int64_t>(eps.size()) == count,
+                "DecodeStack takes two norms and an eps for each of at least one layer");
+    TORCH_CHECK(static_cast<int64_t>(linear_tensors.size()) == count * kLinears * kTensorsPerLinear &&
+                    static_cast<int64_t>(linear_info.size()) == count * kLinears * kIntsPerLinear,
+                "DecodeStack takes four linears (qkv, o, gate_up, down) for each layer");
+    TORCH_CHECK(heads > 0 && kv_heads > 0 && heads % kv_heads == 0, "heads must be a multiple of kv_heads");
+    for (int64_t l = 0; l < count; ++l) {
+      LayerWeights w{input_norms[l], post_norms[l], eps[l], {}, {}};
+      for (int64_t i = 0; i < kLinears; ++i) {
+        const int64_t t = (l * kLinears + i) * kTensorsPerLinear, d = (l * kLinears + i) * kIntsPerLinear;
+        for (int64_t j = 0; j < kTensorsPerLinear; ++j) w.tensors.push_back(linear_tensors.get(t + j));
+        for (int64_t j = 0; j < kIntsPerLinear; ++j) w.info.push_back(linear_info[d + j]);
+        TORCH_CHECK(w.tensors[i * kTensorsPerLinear].has_value(), "layer ", l, " linear ", i, " has no weights");
+        const int64_t kind = w.info[i * kIntsPerLinear];
+        TORCH_CHECK(kind >= INT8 && kind <= TORCH, "layer ", l, " linear ", i, ": unknown kind ", kind);
+      }
+      layers.push_back(std::move(w));
+    }
+  }
+};
+
+// Every layer of one decode step over hidden (the embeddings). Returns (the last layer's MLP
+// output, the residual).
+std::tuple<at::Tensor, at::Tensor> decode_layers(const c10::intrusive_ptr<DecodeStack>& stack,
+                                                 const at::Tensor& hidden, const at::Tensor& cos,
+                                                 const at::Tensor& sin, std::vector<at::Tensor> k_pools,
+                                                 std::vector<at::Tensor> v_pools, const at::Tensor& out_slots,
+                                                 const at::Tensor& kv_indices, const at::Tensor& kv_starts,
+                                                 const at::Tensor& kv_lens, double scale, int64_t attention,
+                                                 int64_t shared_min_requests) {
+  const size_t count = stack->layers.size();
+  TORCH_CHECK(k_pools.size() == count && v_pools.size() == count, "k_pools and v_pools must hold one pool for each of ",
+              count, " layers");
+  TORCH_CHECK(attention == DECODE || attention == TILED || attention == SHARED_PREFIX, "unknown attention kernel ",
+              attention);
+  for (size_t l = 0; l < count; ++l)  // all before the first layer writes its K/V
+    TORCH_CHECK(k_pools[l].dim() == 3 && k_pools[l].size(1) == stack->kv_heads && k_pools[l].is_contiguous() &&
+                    v_pools[l].sizes() == k_pools[l].sizes() && v_pools[l].is_contiguous() &&
+                    k_pools[l].scalar_type() == hidden.scalar_type() && v_pools[l].scalar_type() == hidden.scalar_type(),
+                "layer ", l, ": k_pool and v_pool must be contiguous [slots, kv_heads, head_dim] of hidden's dtype");
+  const StepRows step{cos,   sin,          out_slots,      kv_indices, kv_starts, kv_lens,
+                      scale, stack->heads, stack->kv_heads, attention,  shared_min_requests};
+  at::Tensor out = hidden;
+  Optional residual;
+  for (size_t l = 0; l < count; ++l) {
+    auto [mlp_out, res] = decode_layer(out, residual, stack->layers[l], k_pools[l], v_pools[l], step);
+    out = std::move(mlp_out);
+    residual = std::move(res);
+  }
+  return {out, *residual};
 }
 
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(radixrt, m) {
+  m.class_<DecodeStack>("DecodeStack")
+      .def(torch::init<std::vector<at::Tensor>, std::vector<at::Tensor>, std::vector<double>, c10::List<Optional>,
+                       std::vector<int64_t>, int64_t, int64_t>());
   m.def(
-      "decode_layer(Tensor hidden, Tensor(a!)? residual, Tensor input_norm, Tensor post_norm, float eps, "
-      "Tensor?[] linear_tensors, int[] linear_info, Tensor cos, Tensor sin, Tensor(b!) k_pool, Tensor(c!) v_pool, "
-      "Tensor out_slots, Tensor kv_indices, Tensor kv_starts, Tensor kv_lens, float scale, int heads, int kv_heads, "
-      "int attention, int shared_min_requests) -> (Tensor, Tensor)");
+      "decode_layers(__torch__.torch.classes.radixrt.DecodeStack stack, Tensor(a!) hidden, Tensor cos, Tensor sin, "
+      "Tensor(b!)[] k_pools, Tensor(c!)[] v_pools, Tensor out_slots, Tensor kv_indices, Tensor kv_starts, "
+      "Tensor kv_lens, float scale, int attention, int shared_min_requests) -> (Tensor, Tensor(a!))");
 }
 
-TORCH_LIBRARY_IMPL(radixrt, CPU, m) { m.impl("decode_layer", &decode_layer); }
-// a oneDNN-reordered weight is an MkldnnCPU tensor: an argument list holding one dispatches there
-TORCH_LIBRARY_IMPL(radixrt, MkldnnCPU, m) { m.impl("decode_layer", &decode_layer); }
+TORCH_LIBRARY_IMPL(radixrt, CPU, m) { m.impl("decode_layers", &decode_layers); }
