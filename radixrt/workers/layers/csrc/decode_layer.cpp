@@ -99,27 +99,36 @@ struct LayerWeights {
 };
 
 // The step's K and V rows (qkv [T, heads + 2 * kv_heads, D], contiguous) into their pool slots,
-// copied as they are: at batch 1 index_copy_'s general machinery took ~7 us of a layer.
+// copied as they are: at batch 1 index_copy_'s general machinery took ~7 us of a layer. The pools
+// and slots were checked once for the step (check_step).
 void store_kv(at::Tensor& k_pool, at::Tensor& v_pool, const at::Tensor& slots, const at::Tensor& qkv, int64_t heads,
               int64_t kv_heads) {
-  TORCH_CHECK(slots.scalar_type() == at::kLong && slots.dim() == 1 && slots.is_contiguous() &&
-                  slots.numel() == qkv.size(0), "out_slots must be one contiguous int64 slot per token");
-  TORCH_CHECK(qkv.is_contiguous() && k_pool.is_contiguous() && v_pool.is_contiguous() &&
-                  k_pool.sizes() == v_pool.sizes() && k_pool.scalar_type() == qkv.scalar_type() &&
-                  v_pool.scalar_type() == qkv.scalar_type() && k_pool.size(2) == qkv.size(2),
-              "k_pool and v_pool must be contiguous [slots, kv_heads, head_dim] of qkv's dtype");
   const int64_t* slot = slots.data_ptr<int64_t>();
-  const int64_t tokens = qkv.size(0), capacity = k_pool.size(0);
-  for (int64_t t = 0; t < tokens; ++t)
-    TORCH_CHECK(slot[t] >= 0 && slot[t] < capacity, "KV slot ", slot[t], " is outside the pool's ", capacity);
   const int64_t size = qkv.element_size(), row = kv_heads * qkv.size(2) * size, qkv_row = qkv.size(1) * qkv.size(2) * size;
   const char* src = static_cast<const char*>(qkv.data_ptr()) + heads * qkv.size(2) * size;
   char* k = static_cast<char*>(k_pool.data_ptr());
   char* v = static_cast<char*>(v_pool.data_ptr());
-  for (int64_t t = 0; t < tokens; ++t) {
+  for (int64_t t = 0; t < qkv.size(0); ++t) {
     std::memcpy(k + slot[t] * row, src + t * qkv_row, row);
     std::memcpy(v + slot[t] * row, src + t * qkv_row + row, row);
   }
+}
+
+// Everything store_kv relies on, for every layer, before the first layer writes: the pools alike
+// (contiguous [slots, kv_heads, head_dim] of hidden's dtype) and one slot inside them per token.
+void check_step(const std::vector<at::Tensor>& k_pools, const std::vector<at::Tensor>& v_pools, const at::Tensor& hidden,
+                const at::Tensor& slots, int64_t kv_heads) {
+  const at::Tensor& first = k_pools[0];
+  for (size_t l = 0; l < k_pools.size(); ++l)
+    TORCH_CHECK(first.dim() == 3 && first.size(1) == kv_heads && k_pools[l].sizes() == first.sizes() &&
+                    v_pools[l].sizes() == first.sizes() && k_pools[l].is_contiguous() && v_pools[l].is_contiguous() &&
+                    k_pools[l].scalar_type() == hidden.scalar_type() && v_pools[l].scalar_type() == hidden.scalar_type(),
+                "layer ", l, ": k_pool and v_pool must be contiguous [slots, kv_heads, head_dim] of hidden's dtype");
+  TORCH_CHECK(slots.scalar_type() == at::kLong && slots.dim() == 1 && slots.is_contiguous() &&
+                  slots.numel() == hidden.size(0), "out_slots must be one contiguous int64 slot per token");
+  const int64_t* slot = slots.data_ptr<int64_t>();
+  for (int64_t t = 0; t < slots.numel(); ++t)
+    TORCH_CHECK(slot[t] >= 0 && slot[t] < first.size(0), "KV slot ", slot[t], " is outside the pool's ", first.size(0));
 }
 
 // What every layer of a step shares: the rows' positions and where their K/V go and come from.
@@ -211,11 +220,7 @@ std::tuple<at::Tensor, at::Tensor> decode_layers(const c10::intrusive_ptr<Decode
               count, " layers");
   TORCH_CHECK(attention == DECODE || attention == TILED || attention == SHARED_PREFIX, "unknown attention kernel ",
               attention);
-  for (size_t l = 0; l < count; ++l)  // all before the first layer writes its K/V
-    TORCH_CHECK(k_pools[l].dim() == 3 && k_pools[l].size(1) == stack->kv_heads && k_pools[l].is_contiguous() &&
-                    v_pools[l].sizes() == k_pools[l].sizes() && v_pools[l].is_contiguous() &&
-                    k_pools[l].scalar_type() == hidden.scalar_type() && v_pools[l].scalar_type() == hidden.scalar_type(),
-                "layer ", l, ": k_pool and v_pool must be contiguous [slots, kv_heads, head_dim] of hidden's dtype");
+  check_step(k_pools, v_pools, hidden, out_slots, stack->kv_heads);
   const StepRows step{cos,   sin,          out_slots,      kv_indices, kv_starts, kv_lens,
                       scale, stack->heads, stack->kv_heads, attention,  shared_min_requests};
   at::Tensor out = hidden;
