@@ -50,20 +50,24 @@ def test_packed_linear_matches_float64(ops, dtype, n, k, bias):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_a_rows_bits_do_not_depend_on_the_batch_or_the_threads(ops, dtype):
+@pytest.mark.parametrize("k,bias", [(96, False), (96, True), (95, True)])
+def test_a_rows_bits_do_not_depend_on_the_batch_or_the_threads(ops, dtype, k, bias):
+    """A few rows and many run different AVX2 kernels (bf16 weights widened per tile past 16 rows,
+    float32 in chunks of 6): a row's bits must not tell which."""
     gen = torch.Generator().manual_seed(1)
-    w = (torch.randn(200, 96, generator=gen) * 0.1).to(dtype)
+    w = (torch.randn(200, k, generator=gen) * 0.1).to(dtype)
+    b = torch.randn(200, generator=gen).to(dtype) if bias else None
     packed = ops.pack_linear_weight(w)
-    x = torch.randn(130, 96, generator=gen).to(dtype)
-    whole = ops.packed_linear(x, packed, 200, 96, None)
+    x = torch.randn(130, k, generator=gen).to(dtype)
+    whole = ops.packed_linear(x, packed, 200, k, b)
     for i in (0, 7, 8, 64, 129):
-        assert torch.equal(ops.packed_linear(x[i : i + 1], packed, 200, 96, None)[0], whole[i])
-    for m in (2, 3, 9, 17, 100):
-        assert torch.equal(ops.packed_linear(x[:m], packed, 200, 96, None), whole[:m])
+        assert torch.equal(ops.packed_linear(x[i : i + 1], packed, 200, k, b)[0], whole[i])
+    for m in (2, 3, 9, 16, 17, 100):
+        assert torch.equal(ops.packed_linear(x[:m], packed, 200, k, b), whole[:m])
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        assert torch.equal(ops.packed_linear(x, packed, 200, 96, None), whole)
+        assert torch.equal(ops.packed_linear(x, packed, 200, k, b), whole)
     finally:
         torch.set_num_threads(threads)
 

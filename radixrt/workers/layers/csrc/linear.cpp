@@ -21,6 +21,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
 #include "linear_tiles.h"
 #include "ops.h"
@@ -111,71 +112,170 @@ void tile_f32(const float* x, int64_t ldx, const float* w, const Tile& t, float*
 #endif
 
 #if defined(__AVX2__)
-// AVX2 (bf16 without AVX512-BF16, float32 without AVX-512): rows r0 .. r0 + ROWS of block b, 8 columns a register, one FMA per weight and
-// row in K's order (bf16 pairs widened to float32 by shifting: the even element, then the odd).
-template <typename T, int ROWS>
-void tile_avx2(const T* x, int64_t ldx, const T* w, const Tile& t, int64_t b, T* y, int64_t ldy) {
-  constexpr bool bf16 = std::is_same_v<T, at::BFloat16>;
+// AVX2 (bf16 without AVX512-BF16, float32 without AVX-512), 8 columns a register, one FMA per weight
+// and row in K's order. Two kernels:
+//   - float32 weights [nb][K][16], rows as float32: 6 rows x 2 registers of accumulators a pass, so
+//     that 12 FMA chains are in flight (8 barely cover the FMA latency: measured 120 -> 170-185
+//     GFLOP/s at M >= 64 on an AVX2 AMD EPYC). bf16 weights come here widened, a tile at a time
+//     (`widened_tile`), once a call has more rows than one chunk: the widening is exact and K's
+//     order the same, so a row's bits do not depend on which kernel ran it.
+//   - bf16 weights as packed, for calls of up to 16 rows (decode at small batches) and odd K: pairs
+//     widened by shifting, the even element then the odd, 4 rows x 2 registers a pass (the widened
+//     weights take 4 registers).
+constexpr int64_t AVX2_ROWS = 6;
+
+// the bias of 8 columns from `col` (zero past `valid` columns, or without a bias)
+inline __m256 bias_half(const Tile& t, int64_t col, int64_t valid) {
+  if (!t.bias) return _mm256_setzero_ps();
+  alignas(32) float lanes[8] = {};
+  for (int64_t j = 0; j < 8 && j < valid; ++j) lanes[j] = t.bias[col + j];
+  return _mm256_load_ps(lanes);
+}
+
+template <typename Y, int ROWS>
+void tile_avx2_f32(const float* x, int64_t ldx, const float* w, const Tile& t, int64_t b, Y* y, int64_t ldy) {
   const int64_t col = t.col0 + b * BLOCK, width = std::min<int64_t>(BLOCK, t.n - col);
   __m256 acc[ROWS][2];
   for (int h = 0; h < 2; ++h) {
-    __m256 init = _mm256_setzero_ps();
-    if (t.bias) {
-      alignas(32) float lanes[8] = {};
-      for (int64_t j = 0; j < 8 && h * 8 + j < width; ++j) lanes[j] = t.bias[col + h * 8 + j];
-      init = _mm256_load_ps(lanes);
-    }
+    const __m256 init = bias_half(t, col + h * 8, width - h * 8);
     for (int r = 0; r < ROWS; ++r) acc[r][h] = init;
   }
-  if constexpr (bf16) {
-    const int64_t pairs = ceil_div(t.k, 2), full = t.k / 2;
-    const int32_t* wb = reinterpret_cast<const int32_t*>(w) + b * pairs * BLOCK;  // [pairs][16] of bf16 pairs
-    const __m256i high = _mm256_set1_epi32(static_cast<int32_t>(0xffff0000u));
-    const auto step = [&](int64_t p, const int32_t(&xpair)[ROWS]) {
-      __m256 even[2], odd[2];
-      for (int h = 0; h < 2; ++h) {
-        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + p * BLOCK + h * 8));
-        even[h] = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
-        odd[h] = _mm256_castsi256_ps(_mm256_and_si256(v, high));
-      }
-      for (int r = 0; r < ROWS; ++r) {
-        const __m256i xv = _mm256_set1_epi32(xpair[r]);
-        const __m256 xe = _mm256_castsi256_ps(_mm256_slli_epi32(xv, 16)), xo = _mm256_castsi256_ps(_mm256_and_si256(xv, high));
-        for (int h = 0; h < 2; ++h) acc[r][h] = _mm256_fmadd_ps(xo, odd[h], _mm256_fmadd_ps(xe, even[h], acc[r][h]));
-      }
-    };
-    int32_t xpair[ROWS];
-    for (int64_t p = 0; p < full; ++p) {
-      radixrt_linear::prefetch_ahead(wb + p * BLOCK);
-      for (int r = 0; r < ROWS; ++r) std::memcpy(&xpair[r], x + r * ldx + 2 * p, 4);
-      step(p, xpair);
-    }
-    if (full < pairs) {  // odd K: the last pair holds one element (its partner is the packing's zero)
-      for (int r = 0; r < ROWS; ++r) {
-        uint16_t last;
-        std::memcpy(&last, x + r * ldx + t.k - 1, 2);
-        xpair[r] = last;
-      }
-      step(full, xpair);
-    }
-  } else {
-    const float* wb = w + b * t.k * BLOCK;  // [K][16]
-    for (int64_t i = 0; i < t.k; ++i) {
-      radixrt_linear::prefetch_ahead(wb + i * BLOCK);
-      const __m256 w0 = _mm256_loadu_ps(wb + i * BLOCK), w1 = _mm256_loadu_ps(wb + i * BLOCK + 8);
-      for (int r = 0; r < ROWS; ++r) {
-        const __m256 xv = _mm256_set1_ps(x[r * ldx + i]);
-        acc[r][0] = _mm256_fmadd_ps(xv, w0, acc[r][0]);
-        acc[r][1] = _mm256_fmadd_ps(xv, w1, acc[r][1]);
-      }
+  const float* wb = w + b * t.k * BLOCK;  // [K][16]
+  for (int64_t i = 0; i < t.k; ++i) {
+    radixrt_linear::prefetch_ahead(wb + i * BLOCK);
+    const __m256 w0 = _mm256_loadu_ps(wb + i * BLOCK), w1 = _mm256_loadu_ps(wb + i * BLOCK + 8);
+    for (int r = 0; r < ROWS; ++r) {
+      const __m256 xv = _mm256_set1_ps(x[r * ldx + i]);
+      acc[r][0] = _mm256_fmadd_ps(xv, w0, acc[r][0]);
+      acc[r][1] = _mm256_fmadd_ps(xv, w1, acc[r][1]);
     }
   }
   for (int r = 0; r < ROWS; ++r) {
     alignas(32) float out[BLOCK];
     _mm256_store_ps(out, acc[r][0]);
     _mm256_store_ps(out + 8, acc[r][1]);
-    for (int64_t j = 0; j < width; ++j) y[r * ldy + col + j] = static_cast<T>(out[j]);
+    for (int64_t j = 0; j < width; ++j) y[r * ldy + col + j] = static_cast<Y>(out[j]);
   }
+}
+
+template <int ROWS>
+void tile_avx2_bf16(const at::BFloat16* x, int64_t ldx, const at::BFloat16* w, const Tile& t, int64_t b, at::BFloat16* y,
+                    int64_t ldy) {
+  const int64_t col = t.col0 + b * BLOCK, width = std::min<int64_t>(BLOCK, t.n - col);
+  __m256 acc[ROWS][2];
+  for (int h = 0; h < 2; ++h) {
+    const __m256 init = bias_half(t, col + h * 8, width - h * 8);
+    for (int r = 0; r < ROWS; ++r) acc[r][h] = init;
+  }
+  const int64_t pairs = ceil_div(t.k, 2), full = t.k / 2;
+  const int32_t* wb = reinterpret_cast<const int32_t*>(w) + b * pairs * BLOCK;  // [pairs][16] of bf16 pairs
+  const __m256i high = _mm256_set1_epi32(static_cast<int32_t>(0xffff0000u));
+  const auto step = [&](int64_t p, const int32_t(&xpair)[ROWS]) {
+    __m256 even[2], odd[2];
+    for (int h = 0; h < 2; ++h) {
+      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + p * BLOCK + h * 8));
+      even[h] = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+      odd[h] = _mm256_castsi256_ps(_mm256_and_si256(v, high));
+    }
+    for (int r = 0; r < ROWS; ++r) {
+      const __m256i xv = _mm256_set1_epi32(xpair[r]);
+      const __m256 xe = _mm256_castsi256_ps(_mm256_slli_epi32(xv, 16)), xo = _mm256_castsi256_ps(_mm256_and_si256(xv, high));
+      for (int h = 0; h < 2; ++h) acc[r][h] = _mm256_fmadd_ps(xo, odd[h], _mm256_fmadd_ps(xe, even[h], acc[r][h]));
+    }
+  };
+  int32_t xpair[ROWS];
+  for (int64_t p = 0; p < full; ++p) {
+    radixrt_linear::prefetch_ahead(wb + p * BLOCK);
+    for (int r = 0; r < ROWS; ++r) std::memcpy(&xpair[r], x + r * ldx + 2 * p, 4);
+    step(p, xpair);
+  }
+  if (full < pairs) {  // odd K: the last pair holds one element (its partner is the packing's zero)
+    for (int r = 0; r < ROWS; ++r) {
+      uint16_t last;
+      std::memcpy(&last, x + r * ldx + t.k - 1, 2);
+      xpair[r] = last;
+    }
+    step(full, xpair);
+  }
+  for (int r = 0; r < ROWS; ++r) {
+    alignas(32) float out[BLOCK];
+    _mm256_store_ps(out, acc[r][0]);
+    _mm256_store_ps(out + 8, acc[r][1]);
+    for (int64_t j = 0; j < width; ++j) y[r * ldy + col + j] = static_cast<at::BFloat16>(out[j]);
+  }
+}
+
+// x's rows as float32: bf16 widened into a buffer of the calling thread, kept between calls
+inline const float* widened_rows(const at::BFloat16* x, int64_t count) {
+  thread_local std::vector<float> buffer;
+  if (static_cast<int64_t>(buffer.size()) < count) buffer.resize(count);
+  int64_t i = 0;
+  for (; i + 8 <= count; i += 8) _mm256_storeu_ps(buffer.data() + i, radixrt_simd::load8(x + i));
+  for (; i < count; ++i) buffer[i] = static_cast<float>(x[i]);
+  return buffer.data();
+}
+
+// A tile's bf16 weights (packed [nb][K/2][16][2], K even) as float32 [nb][K][16], into a buffer of
+// this thread that the tile's later chunks reuse
+inline const float* widened_tile(const at::BFloat16* w, const Tile& t) {
+  thread_local std::vector<float> buffer;
+  const int64_t pairs = t.k / 2;
+  if (static_cast<int64_t>(buffer.size()) < t.nb * t.k * BLOCK) buffer.resize(t.nb * t.k * BLOCK);
+  const __m256i high = _mm256_set1_epi32(static_cast<int32_t>(0xffff0000u));
+  for (int64_t b = 0; b < t.nb; ++b) {
+    const int32_t* src = reinterpret_cast<const int32_t*>(w) + b * pairs * BLOCK;
+    float* dst = buffer.data() + b * t.k * BLOCK;
+    for (int64_t p = 0; p < pairs; ++p)
+      for (int h = 0; h < 2; ++h) {
+        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + p * BLOCK + h * 8));
+        _mm256_storeu_ps(dst + 2 * p * BLOCK + h * 8, _mm256_castsi256_ps(_mm256_slli_epi32(v, 16)));
+        _mm256_storeu_ps(dst + (2 * p + 1) * BLOCK + h * 8, _mm256_castsi256_ps(_mm256_and_si256(v, high)));
+      }
+  }
+  return buffer.data();
+}
+
+// bf16 weights as packed, in chunks of 8 rows, 4 rows a pass
+void linear_avx2_bf16(const at::BFloat16* xp, const at::BFloat16* wp, int64_t block_elems, const float* bias, int64_t m,
+                      int64_t n, int64_t k, int64_t blocks, at::BFloat16* yp) {
+  radixrt_linear::for_each_tile(m, n, k, blocks, bias, [&](int64_t tile, const Tile& t, int64_t r0, int64_t rows, bool) {
+    const at::BFloat16* w = wp + tile * TILE_BLOCKS * block_elems;
+    radixrt_linear::with_rows(rows, [&](auto r) {
+      constexpr int ROWS = decltype(r)::value, HALF = ROWS > 4 ? ROWS / 2 : ROWS;
+      for (int64_t b = 0; b < t.nb; ++b) {
+        tile_avx2_bf16<HALF>(xp + r0 * k, k, w, t, b, yp + r0 * n, n);
+        if constexpr (HALF < ROWS) tile_avx2_bf16<ROWS - HALF>(xp + (r0 + HALF) * k, k, w, t, b, yp + (r0 + HALF) * n, n);
+      }
+    });
+  });
+}
+
+template <typename T>
+void linear_avx2(const T* xp, const T* wp, int64_t block_elems, const float* bias, int64_t m, int64_t n, int64_t k,
+                 int64_t blocks, T* yp) {
+  constexpr bool bf16 = std::is_same_v<T, at::BFloat16>;
+  if constexpr (bf16) {  // widening a tile pays from ~3 chunks of rows on (measured: slower at 16 rows)
+    if (m <= 2 * radixrt_linear::MAX_ROWS || k % 2) return linear_avx2_bf16(xp, wp, block_elems, bias, m, n, k, blocks, yp);
+  }
+  const float* xf = nullptr;
+  if constexpr (bf16) {
+    xf = widened_rows(xp, m * k);
+  } else {
+    xf = xp;
+  }
+  radixrt_linear::for_each_tile(m, n, k, blocks, bias, [&](int64_t tile, const Tile& t, int64_t r0, int64_t rows, bool first) {
+    const T* w = wp + tile * TILE_BLOCKS * block_elems;
+    thread_local const float* wf = nullptr;
+    if constexpr (bf16) {
+      if (first) wf = widened_tile(w, t);
+    } else {
+      wf = w;
+    }
+    radixrt_linear::with_rows(rows, [&](auto r) {
+      if constexpr (decltype(r)::value <= AVX2_ROWS)
+        for (int64_t b = 0; b < t.nb; ++b) tile_avx2_f32<T, decltype(r)::value>(xf + r0 * k, k, wf, t, b, yp + r0 * n, n);
+    });
+  }, AVX2_ROWS);
 }
 #endif
 
@@ -210,14 +310,6 @@ void run_tile(const T* x, int64_t ldx, const T* w, const Tile& t, T* y, int64_t 
 #if defined(__AVX512F__)
   if constexpr (std::is_same_v<T, float>) return tile_f32<ROWS>(x, ldx, w, t, y, ldy);
 #endif
-#if defined(__AVX2__)
-  constexpr int HALF = ROWS > 4 ? ROWS / 2 : ROWS;  // rows per register pass: 2 accumulators each
-  for (int64_t b = 0; b < t.nb; ++b) {
-    tile_avx2<T, HALF>(x, ldx, w, t, b, y, ldy);
-    if constexpr (HALF < ROWS) tile_avx2<T, ROWS - HALF>(x + HALF * ldx, ldx, w, t, b, y + HALF * ldy, ldy);
-  }
-  return;
-#endif
   tile_generic<T, ROWS>(x, ldx, w, t, y, ldy);
 }
 
@@ -227,6 +319,17 @@ void linear_impl(const at::Tensor& x, const at::Tensor& packed, const float* bia
   const T* xp = x.data_ptr<T>();
   const T* wp = packed.data_ptr<T>();
   T* yp = y.data_ptr<T>();
+#if defined(__AVX2__)
+  constexpr bool avx512 =
+#if defined(__AVX512BF16__)
+      true;
+#elif defined(__AVX512F__)
+      std::is_same_v<T, float>;
+#else
+      false;
+#endif
+  if constexpr (!avx512) return linear_avx2<T>(xp, wp, block_elems, bias, m, n, k, blocks, yp);
+#endif
   radixrt_linear::for_each_tile(m, n, k, blocks, bias, [&](int64_t tile, const Tile& t, int64_t r0, int64_t rows, bool) {
     const T* w = wp + tile * TILE_BLOCKS * block_elems;
     radixrt_linear::with_rows(rows, [&](auto r) { run_tile<T, decltype(r)::value>(xp + r0 * k, k, w, t, yp + r0 * n, n); });

@@ -78,11 +78,11 @@ void row_passes_by_block(int64_t r0, int64_t count, int64_t nb, F&& f) {
       });
 }
 
-// run(tile_index, tile, first_row, rows, first) for every (tile, chunk of rows), on torch's threads;
-// `first`: the first chunk of its tile that this thread computes in this call
+// run(tile_index, tile, first_row, rows, first) for every (tile, chunk of up to `chunk_rows` rows), on
+// torch's threads; `first`: the first chunk of its tile that this thread computes in this call
 template <typename Run>
-void for_each_tile(int64_t m, int64_t n, int64_t k, int64_t blocks, const float* bias, Run&& run) {
-  const int64_t tiles = ceil_div(blocks, TILE_BLOCKS), chunks = ceil_div(m, MAX_ROWS);
+void for_each_tile(int64_t m, int64_t n, int64_t k, int64_t blocks, const float* bias, Run&& run, int64_t chunk_rows = MAX_ROWS) {
+  const int64_t tiles = ceil_div(blocks, TILE_BLOCKS), chunks = ceil_div(m, chunk_rows);
   // NOTE: a work item is (tile, group of row chunks): small M still spreads over the threads by
   // tiles, large M by chunks too; who computes an element never changes how it is computed
   const int64_t groups = std::max<int64_t>(1, std::min<int64_t>(chunks, at::get_num_threads() * 4 / std::max<int64_t>(tiles, 1)));
@@ -92,8 +92,8 @@ void for_each_tile(int64_t m, int64_t n, int64_t k, int64_t blocks, const float*
       const int64_t tile = item / groups, group = item % groups;
       const Tile t{k, n, tile * TILE_BLOCKS * BLOCK, std::min(TILE_BLOCKS, blocks - tile * TILE_BLOCKS), bias};
       for (int64_t c = group * per_group; c < std::min(chunks, (group + 1) * per_group); ++c) {
-        const int64_t r0 = c * MAX_ROWS;
-        run(tile, t, r0, std::min(MAX_ROWS, m - r0), c == group * per_group);
+        const int64_t r0 = c * chunk_rows;
+        run(tile, t, r0, std::min(chunk_rows, m - r0), c == group * per_group);
       }
     }
   });
