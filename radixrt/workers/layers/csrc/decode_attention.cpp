@@ -22,6 +22,7 @@
 
 #include "decode_rows.h"
 #include "ops.h"
+#include "work_split.h"
 
 namespace {
 
@@ -110,22 +111,29 @@ void decode_attention_impl(const at::Tensor& q, const at::Tensor& k_pool, const 
     return;
   }
   run_starts.push_back(batch);
-  at::parallel_for(0, runs * kv_heads, 1, [&](int64_t begin, int64_t end) {
+  // items (run, kv head) cost their query vectors times their keys: a prompt's later rows cost
+  // more, so the threads take runs of equal cost rather than equal count
+  std::vector<int64_t> cost_before{0};
+  for (int64_t run = 0; run < runs; ++run) {
+    const int64_t b = run_starts[run], rows = run_starts[run + 1] - b;
+    for (int64_t h = 0; h < kv_heads; ++h) cost_before.push_back(cost_before.back() + rows * (lens[b] + rows));
+  }
+  struct Scratch {
     std::vector<float> scores;
     float acc[kMaxGroup * 256], max[kMaxGroup], sum[kMaxGroup];
-    for (int64_t item = begin; item < end; ++item) {
-      const int64_t run = item / kv_heads, h = item % kv_heads, b = run_starts[run], rows = run_starts[run + 1] - b;
-      const T* qb = q_ptr + b * q_row + h * group * q_head;
-      if (rows == 1) {
-        attend(qb, q_head, k_ptr, v_ptr, slot_stride, slots + starts[b], lens[b], h, group, static_cast<float>(scale),
-               acc, max, sum, scores);
-      } else {
-        attend_several(qb, q_head, q_row, group, rows, k_ptr, v_ptr, slot_stride, slots + starts[b], lens[b], h,
-                       static_cast<float>(scale), acc, max, sum, scores);
-      }
-      for (int64_t r = 0; r < rows; ++r)
-        normalize_rows(acc + r * group * dim, sum + r * group, group, dim, out_ptr + ((b + r) * heads + h * group) * dim);
+  };
+  radixrt_work::for_each_by_cost<Scratch>(cost_before, [&](int64_t item, Scratch& s) {
+    const int64_t run = item / kv_heads, h = item % kv_heads, b = run_starts[run], rows = run_starts[run + 1] - b;
+    const T* qb = q_ptr + b * q_row + h * group * q_head;
+    if (rows == 1) {
+      attend(qb, q_head, k_ptr, v_ptr, slot_stride, slots + starts[b], lens[b], h, group, static_cast<float>(scale),
+             s.acc, s.max, s.sum, s.scores);
+    } else {
+      attend_several(qb, q_head, q_row, group, rows, k_ptr, v_ptr, slot_stride, slots + starts[b], lens[b], h,
+                     static_cast<float>(scale), s.acc, s.max, s.sum, s.scores);
     }
+    for (int64_t r = 0; r < rows; ++r)
+      normalize_rows(s.acc + r * group * dim, s.sum + r * group, group, dim, out_ptr + ((b + r) * heads + h * group) * dim);
   });
 }
 
