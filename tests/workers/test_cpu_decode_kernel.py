@@ -79,15 +79,54 @@ def test_a_prompts_rows_attended_together_get_the_bits_each_gets_alone(kernels, 
     q, k_pool, v_pool, slots, _, _ = make_case(heads, kv_heads, dim, [60] * 12, dtype, seed=dim)
     starts = torch.tensor([0] * 11 + [60])
     lens = torch.tensor([41 + j for j in range(11)] + [7])
+    assert_rows_get_their_bits_alone(kernels, q, k_pool, v_pool, slots, starts, lens)
+
+
+def assert_rows_get_their_bits_alone(kernels, q, k_pool, v_pool, slots, starts, lens):
+    """Each row of one decode_attention call equals the row attended alone, and the float64 softmax."""
+    dim = q.shape[-1]
     together = kernels.decode_attention(q, k_pool, v_pool, slots, starts, lens, dim**-0.5)
-    for b in range(12):
+    for b in range(q.shape[0]):
         alone = kernels.decode_attention(
             q[b : b + 1], k_pool, v_pool, slots, starts[b : b + 1], lens[b : b + 1], dim**-0.5
         )
         assert torch.equal(alone[0], together[b]), b
     expected = reference(q, k_pool, v_pool, slots, starts, lens, dim**-0.5)
-    tol = 1e-5 if dtype == torch.float32 else 8e-3
+    tol = 1e-5 if q.dtype == torch.float32 else 8e-3
     torch.testing.assert_close(together.double(), expected, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(
+    ("heads", "kv_heads", "dim"),
+    [(9, 3, 64), (4, 4, 128), (8, 2, 80), (6, 1, 96), (16, 1, 32), (4, 2, 256), (5, 5, 16)],
+)
+def test_a_long_prompts_rows_get_the_bits_each_gets_alone(kernels, dtype, heads, kv_heads, dim):
+    # 70 prompt rows over a 230-slot prefix and a second prompt of 9 rows over 60 slots: on AVX2
+    # builds the runs of rows go through the transposed Q.K and the tiled P.V (csrc/prompt_rows.h),
+    # with full and partial tiles of 6 query vectors, V blocks of 64 keys and a 256-key span crossed
+    rows = [(0, 230 + j + 1) for j in range(70)] + [(300, 60 + j + 1) for j in range(9)]
+    q, k_pool, v_pool, slots, _, _ = make_case(heads, kv_heads, dim, [5] * len(rows), dtype, seed=heads + dim)
+    starts = torch.tensor([s for s, _ in rows])
+    lens = torch.tensor([n for _, n in rows])
+    assert_rows_get_their_bits_alone(kernels, q, k_pool, v_pool, slots, starts, lens)
+
+
+def test_prompt_rows_over_a_sequence_too_long_to_pack_get_the_bits_each_gets_alone(kernels):
+    # 2.2M slots of bf16 K and V (over the 256 MB that prompt_rows.h may pack a call's sequences
+    # into): the rows take the unpacked loop (attend_rows) and still get their decode bits
+    n = 2_200_000
+    g = torch.Generator().manual_seed(7)
+    k_pool = torch.randn(n + 1, 1, 16, generator=g).bfloat16()
+    v_pool = torch.randn(n + 1, 1, 16, generator=g).bfloat16()
+    q = torch.randn(3, 1, 16, generator=g).bfloat16()
+    slots = torch.arange(1, n + 1)
+    starts = torch.zeros(3, dtype=torch.long)
+    lens = torch.tensor([n - 2, n - 1, n])
+    together = kernels.decode_attention(q, k_pool, v_pool, slots, starts, lens, 0.25)
+    for b in range(3):
+        alone = kernels.decode_attention(q[b : b + 1], k_pool, v_pool, slots, starts[b : b + 1], lens[b : b + 1], 0.25)
+        assert torch.equal(alone[0], together[b]), b
 
 
 def test_a_rows_result_does_not_depend_on_the_batch(kernels):

@@ -22,6 +22,7 @@
 
 #include "decode_rows.h"
 #include "ops.h"
+#include "prompt_rows.h"
 #include "work_split.h"
 
 namespace {
@@ -80,6 +81,73 @@ void attend_by_spans(const T* q_ptr, int64_t q_row, int64_t q_head, const T* k_p
   }
 }
 
+// the running cost of the items (run, kv head): query vectors times keys
+std::vector<int64_t> run_costs(const std::vector<int64_t>& run_starts, const int64_t* lens, int64_t kv_heads) {
+  std::vector<int64_t> cost_before{0};
+  for (size_t run = 0; run + 1 < run_starts.size(); ++run) {
+    const int64_t b = run_starts[run], rows = run_starts[run + 1] - b;
+    for (int64_t h = 0; h < kv_heads; ++h) cost_before.push_back(cost_before.back() + rows * (lens[b] + rows));
+  }
+  return cost_before;
+}
+
+#if defined(RADIXRT_PROMPT_ROWS)
+constexpr int64_t kMaxPackedFloats = int64_t{64} << 20;  // 256 MB of packed K/V, else attend_rows
+
+// Batches with prompt rows, by attend_prompt_rows: each prompt's sequence is packed once per kv
+// head, then every (run, kv head) item runs. False (nothing done) when the packing would not fit.
+template <typename T>
+bool attend_prompts(const T* q_ptr, int64_t q_row, int64_t q_head, const T* k_ptr, const T* v_ptr, int64_t slot_stride,
+                    const int64_t* slots, const int64_t* starts, const int64_t* lens, int64_t batch, int64_t heads,
+                    int64_t kv_heads, int64_t dim, float scale, std::vector<int64_t> run_starts, T* out_ptr) {
+  const int64_t group = heads / kv_heads, runs = static_cast<int64_t>(run_starts.size());
+  run_starts.push_back(batch);
+  // a run of several rows reads its prompt's slots up to its last row's: one sequence per start
+  std::vector<int64_t> seq_of(runs, -1), seq_start, seq_len;
+  int64_t packed_floats = 0;
+  for (int64_t run = 0; run < runs; ++run) {
+    const int64_t b = run_starts[run], last = run_starts[run + 1] - 1;
+    if (last == b) continue;
+    if (seq_start.empty() || seq_start.back() != starts[b]) {
+      seq_start.push_back(starts[b]);
+      seq_len.push_back(0);
+    }
+    seq_of[run] = static_cast<int64_t>(seq_start.size()) - 1;
+    seq_len.back() = std::max(seq_len.back(), lens[last]);
+  }
+  for (const int64_t len : seq_len) packed_floats += kv_heads * (len + kKeyLanes) * dim * (std::is_same_v<T, float> ? 1 : 2);
+  if (packed_floats > kMaxPackedFloats) return false;
+  const int64_t sequences = static_cast<int64_t>(seq_start.size());
+  std::vector<PackedSequence<T>> packed(sequences * kv_heads);
+  at::parallel_for(0, sequences * kv_heads, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t sq = i / kv_heads, h = i % kv_heads;
+      packed[i].pack(k_ptr, v_ptr, slot_stride, slots + seq_start[sq], seq_len[sq], h * dim, dim);
+    }
+  });
+  const auto attend = attend_for<T>(dim, group);
+  const auto attend_run = attend_prompt_rows_for<T>(dim);
+  struct Scratch {
+    std::vector<float> scores;
+    float acc[kPromptVectors * 256], max[kPromptVectors], sum[kPromptVectors];
+  };
+  radixrt_work::for_each_by_cost<Scratch>(run_costs(run_starts, lens, kv_heads), [&](int64_t item, Scratch& s) {
+    const int64_t run = item / kv_heads, h = item % kv_heads, b = run_starts[run], rows = run_starts[run + 1] - b;
+    const T* qb = q_ptr + b * q_row + h * group * q_head;
+    if (rows == 1) {
+      attend(qb, q_head, k_ptr, v_ptr, slot_stride, slots + starts[b], lens[b], h, group, scale, s.acc, s.max, s.sum,
+             s.scores);
+    } else {
+      attend_run(qb, q_head, q_row, group, rows, packed[seq_of[run] * kv_heads + h], lens[b], scale, s.acc, s.max, s.sum,
+                 s.scores);
+    }
+    for (int64_t r = 0; r < rows; ++r)
+      normalize_rows(s.acc + r * group * dim, s.sum + r * group, group, dim, out_ptr + ((b + r) * heads + h * group) * dim);
+  });
+  return true;
+}
+#endif
+
 template <typename T>
 void decode_attention_impl(const at::Tensor& q, const at::Tensor& k_pool, const at::Tensor& v_pool,
                            const at::Tensor& kv_indices, const at::Tensor& kv_starts, const at::Tensor& kv_lens,
@@ -97,27 +165,33 @@ void decode_attention_impl(const at::Tensor& q, const at::Tensor& k_pool, const 
   const auto attend = attend_for<T>(dim, group);
   const auto attend_several = attend_rows_for<T>(dim);
   // Runs of consecutive rows of one prompt (row b + 1 reads the slots of row b and one more) are
-  // attended together, up to kMaxGroup query vectors: their K/V rows are read once.
-  std::vector<int64_t> run_starts;
-  const int64_t max_run = std::max<int64_t>(1, kMaxGroup / group);
-  for (int64_t b = 0; b < batch; ++b) {
-    const bool extends = b > 0 && b - run_starts.back() < max_run && starts[b] == starts[b - 1] && lens[b] == lens[b - 1] + 1;
-    if (!extends) run_starts.push_back(b);
-  }
+  // attended together, up to max_vectors query vectors: their K/V rows are read once.
+  const auto runs_of = [&](int64_t max_vectors) {
+    std::vector<int64_t> run_starts;
+    const int64_t max_run = std::max<int64_t>(1, max_vectors / group);
+    for (int64_t b = 0; b < batch; ++b) {
+      const bool extends = b > 0 && b - run_starts.back() < max_run && starts[b] == starts[b - 1] && lens[b] == lens[b - 1] + 1;
+      if (!extends) run_starts.push_back(b);
+    }
+    return run_starts;
+  };
+  std::vector<int64_t> run_starts = runs_of(kMaxGroup);
   const int64_t runs = static_cast<int64_t>(run_starts.size());
   if (runs == batch && runs * kv_heads < 2 * at::get_num_threads() && *std::max_element(lens, lens + batch) > kSpan) {
     attend_by_spans<T>(q_ptr, q_row, q_head, k_ptr, v_ptr, slot_stride, slots, starts, lens, batch, q.size(1), kv_heads,
                        dim, static_cast<float>(scale), out_ptr);
     return;
   }
+#if defined(RADIXRT_PROMPT_ROWS)
+  if (runs < batch && attend_prompts<T>(q_ptr, q_row, q_head, k_ptr, v_ptr, slot_stride, slots, starts, lens, batch, heads,
+                                        kv_heads, dim, static_cast<float>(scale), runs_of(kPromptVectors), out_ptr)) {
+    return;
+  }
+#endif
   run_starts.push_back(batch);
   // items (run, kv head) cost their query vectors times their keys: a prompt's later rows cost
   // more, so the threads take runs of equal cost rather than equal count
-  std::vector<int64_t> cost_before{0};
-  for (int64_t run = 0; run < runs; ++run) {
-    const int64_t b = run_starts[run], rows = run_starts[run + 1] - b;
-    for (int64_t h = 0; h < kv_heads; ++h) cost_before.push_back(cost_before.back() + rows * (lens[b] + rows));
-  }
+  const std::vector<int64_t> cost_before = run_costs(run_starts, lens, kv_heads);
   struct Scratch {
     std::vector<float> scores;
     float acc[kMaxGroup * 256], max[kMaxGroup], sum[kMaxGroup];
