@@ -46,10 +46,13 @@ def test_with_a_compiler_stats_show_the_cpu_kernels_where_they_apply(tiny_model_
         kernels = engine.stats()["kernels"]
     linear = kernels.pop("linear")
     assert "batch-invariant: " in linear and "(" in linear  # the measured choice, per shape
-    # the decode kernel or torch's SDPA, whichever measured faster here (the kernel when invariant)
+    # the decode kernel or torch's SDPA, whichever measured faster here (the kernel when invariant);
+    # float32 prefill the same, its kernel being the prompt rows as decode rows
     assert re.fullmatch(MEASURED_DECODE, kernels.pop("decode_attention"))
-    # float32: prefill attention is torch's SDPA, and shared-prefix decode (bf16 only) is off
-    assert kernels == {**{k: v for k, v in NO_KERNELS.items() if k != "decode_attention"}, "rms_norm": "cpu_kernels",
+    assert re.fullmatch(MEASURED_DECODE, kernels.pop("extend_attention"))
+    # shared-prefix decode (bf16 only) is off
+    dropped = ("decode_attention", "extend_attention")
+    assert kernels == {**{k: v for k, v in NO_KERNELS.items() if k not in dropped}, "rms_norm": "cpu_kernels",
                        "silu_and_mul": "cpu_kernels", "rotary": "cpu_kernels", "decode_layer": "cpu_kernels"}  # fmt: skip
 
 

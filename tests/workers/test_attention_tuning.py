@@ -34,16 +34,15 @@ def fail(*args, **kwargs):
 
 def test_the_measurement_checks_every_candidate_and_times_both_of_each_op():
     m = attention_tuning.measure(9, 3, 64, torch.bfloat16, cpu_kernels.load(), EXTEND)
-    assert m.tried == {"extend": (KERNEL, TORCH) if EXTEND else (TORCH,), "decode": (KERNEL, TORCH)}
+    # prefill's kernel: extend_attention, or (without it) the prompt rows through decode_attention
+    assert m.tried == {"extend": (KERNEL, TORCH), "decode": (KERNEL, TORCH)}
     assert m.correct == m.tried  # ours and torch's both match the float64 softmax
-    assert set(m.seconds["decode"]) == {KERNEL, TORCH} and all(s > 0 for s in m.seconds["decode"].values())
-    if EXTEND:
-        assert set(m.seconds["extend"]) == {KERNEL, TORCH} and all(s > 0 for s in m.seconds["extend"].values())
-    else:
-        assert m.seconds["extend"] == {}  # one candidate: nothing to time
+    for op in ("extend", "decode"):
+        assert set(m.seconds[op]) == {KERNEL, TORCH} and all(s > 0 for s in m.seconds[op].values())
     choice, wrong = attention_tuning.choose(m)
-    assert not wrong and choice.decode in (KERNEL, TORCH)
+    assert not wrong and choice.decode in (KERNEL, TORCH) and choice.extend in (KERNEL, TORCH)
     assert choice.why["decode_attention"].startswith("measured ")
+    assert choice.why["extend_attention"].startswith("measured ")
 
 
 def test_choose_keeps_the_kernel_unless_torch_is_more_than_5_percent_faster():
@@ -116,7 +115,8 @@ def test_a_decode_kernel_that_gives_wrong_results_is_never_chosen(cache, monkeyp
     m = attention_tuning.measure(4, 2, 32, torch.float32, ops, False)
     assert m.correct["decode"] == (TORCH,) and KERNEL not in m.seconds["decode"]
     choice, wrong = attention_tuning.choose(m)
-    assert choice.decode == TORCH and wrong == {"decode"}
+    # float32: the prompt rows' kernel is the same decode_attention, wrong for prefill too
+    assert choice.decode == TORCH and choice.extend == TORCH and wrong == {"decode", "extend"}
     monkeypatch.setattr(cpu_kernels, "load", lambda: ops)
     backend = create_backend("torch", "cpu", num_heads=4, num_kv_heads=2, head_dim=32, dtype=torch.float32)
     assert backend.cpu_kernels is None  # batch-invariant forwards do not get it either
@@ -175,6 +175,17 @@ def test_invariant_batches_use_the_kernels_whatever_was_measured(dtype):
     assert torch_won._decode.slots is not None and torch_won._extend_group is None and torch_won._extends
     tolerance = 2e-2 if dtype == torch.bfloat16 else 1e-5
     torch.testing.assert_close(plain.float(), expected.float(), rtol=tolerance, atol=tolerance)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_without_the_extend_kernel_prompt_rows_take_decode_attention_where_it_measured_faster(dtype):
+    won = TorchAttentionBackend(9, 3, 64, None, cpu_kernels.load(), False, AttentionChoice(KERNEL, TORCH))
+    invariant = attend(won, mixed_batch(invariant=True), dtype)
+    plain = attend(won, mixed_batch(invariant=False), dtype)
+    assert won._decode.has_prompt_rows and not won._extends  # not SDPA
+    # nor the padded SDPA batch that decode rows would take (torch won decode): the kernel takes all rows
+    assert won._decode.slots is None
+    assert torch.equal(plain, invariant)
 
 
 @needs_extend

@@ -14,7 +14,7 @@ import torch
 from radixrt.workers.forward_batch import ForwardBatch
 from radixrt.workers.layers import cpu_kernels
 from radixrt.workers.layers.attention import create_backend
-from radixrt.workers.layers.attention.torch_backend import TorchAttentionBackend
+from radixrt.workers.layers.attention.torch_backend import TORCH, AttentionChoice, TorchAttentionBackend
 
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
                                 reason="no C++ compiler")  # fmt: skip
@@ -233,7 +233,8 @@ def test_backend_kernel_and_padded_paths_agree_on_a_mixed_batch(kernels, dtype):
     v = torch.randn(tokens, kv_heads, dim, generator=g).to(dtype)
     outs = []
     for pool, kernel_module in zip(pools, [kernels, None]):
-        backend = TorchAttentionBackend(heads, kv_heads, dim, cpu_kernels=kernel_module)
+        # prefill by SDPA in both (without extend_attention, its kernel would be decode_attention)
+        backend = TorchAttentionBackend(heads, kv_heads, dim, cpu_kernels=kernel_module, choice=AttentionChoice(TORCH))
         backend.prepare(batch)
         outs.append(backend.attend(q, k, v, 0, pool))
     tol = 1e-5 if dtype == torch.float32 else 1.6e-2

@@ -49,12 +49,12 @@ def test_the_torch_backend_reports_what_was_measured_and_what_invariant_batches_
         "extend_attention": "torch (measured 1.80x faster); batch-invariant: cpu_kernels",
         "shared_prefix_decode": "cpu_kernels",  # whichever decode candidate won
     }
-    # float32: no prefill kernel to measure, the decode kernel measured slower
-    why = {"decode_attention": "measured 1.30x faster"}
+    # float32: prefill's kernel is decode_attention (prompt rows as decode rows); both measured slower
+    why = {"decode_attention": "measured 1.30x faster", "extend_attention": "measured 1.20x faster"}
     backend = TorchAttentionBackend(4, 2, 64, None, loaded, False, AttentionChoice("torch", "torch", why))
     assert backend.implementations() == {
         "decode_attention": "torch (measured 1.30x faster); batch-invariant: cpu_kernels",
-        "extend_attention": "torch",
+        "extend_attention": "torch (measured 1.20x faster); batch-invariant: cpu_kernels",
         "shared_prefix_decode": "off",
     }
 

@@ -2,7 +2,8 @@
 
 For one (heads, kv heads, head_dim, dtype), two ops each have two candidates, both run through the
 torch attention backend's own `prepare` / `attend` on one layer of a small pool (the served code):
-  extend  prefill: our `extend_attention` kernel (bf16 on AVX512-BF16) vs torch's
+  extend  prefill: our `extend_attention` kernel (bf16 on AVX512-BF16; elsewhere the prompt rows
+          attended as decode rows by `decode_attention`) vs torch's
           `F.scaled_dot_product_attention` per request (ATen's CPU flash attention: AMX on the
           Xeons that have it), on one request of 512 new tokens over a 512-token cached prefix and
           one of 1,024 new tokens (the two times are added)
@@ -37,7 +38,7 @@ from radixrt.workers.layers.other_load import OtherLoad
 
 logger = logging.getLogger(__name__)
 
-TUNING_VERSION = 2  # bumped whenever how candidates are measured changes
+TUNING_VERSION = 3  # bumped whenever how candidates are measured changes
 PREFILLS = ((512, 512), (0, 1024))  # (cached prefix, new tokens) of the timed prefill requests
 DECODE_BATCH, DECODE_LEN = 16, 1024
 # the correctness check's batches: (cached prefix, new tokens) per request
@@ -45,6 +46,7 @@ CHECK_PREFILLS = ((0, 37), (100, 5), (17, 1), (250, 64), (3, 3))
 CHECK_DECODES = (1, 40, 130, 257, 70)  # sequence lengths
 ROUNDS = 5
 MIN_SAMPLE_S = 5e-3  # calls are repeated until a sample lasts this long
+WRONG = "the kernel gave wrong results"
 KERNEL_MARGIN = 1.05  # the kernel is kept unless torch takes less than 1/KERNEL_MARGIN of its time
 OPS = {"extend": "extend_attention", "decode": "decode_attention"}  # op -> its name in implementations()
 
@@ -78,8 +80,9 @@ def cache_file() -> Path:
 
 
 def candidates(extend_kernel: bool) -> dict[str, tuple[str, ...]]:
-    """The candidates of each op: prefill has two where the extend kernel takes the shape."""
-    return {"extend": (KERNEL, TORCH) if extend_kernel else (TORCH,), "decode": (KERNEL, TORCH)}
+    """The candidates of each op (prefill's kernel is decode_attention where extend_attention does not
+    take the shape)."""
+    return {"extend": (KERNEL, TORCH), "decode": (KERNEL, TORCH)}
 
 
 def choose(m: AttentionMeasurement) -> tuple[AttentionChoice, set[str]]:
@@ -89,7 +92,7 @@ def choose(m: AttentionMeasurement) -> tuple[AttentionChoice, set[str]]:
         seconds, correct = m.seconds.get(op, {}), m.correct.get(op, ())
         if KERNEL in m.tried.get(op, ()) and KERNEL not in correct:
             wrong.add(op)
-            why[name] = "the kernel gave wrong results"
+            why[name] = WRONG
         if KERNEL in seconds and TORCH in seconds:
             kernel, torch_s = seconds[KERNEL], seconds[TORCH]
             used[op] = KERNEL if kernel <= KERNEL_MARGIN * torch_s else TORCH

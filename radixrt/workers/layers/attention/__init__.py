@@ -44,11 +44,12 @@ def create_backend(
                 extend_kernel = cpu_kernels.supports_extend(head_dim, dtype)
             if kernels is not None:
                 choice, wrong = attention_tuning.plan(num_heads, num_kv_heads, head_dim, dtype, kernels, extend_kernel)
-                # a kernel that gave wrong results here serves no forward, batch-invariant ones included
-                extend_kernel = extend_kernel and "extend" not in wrong
-                if "decode" in wrong:  # then none of them is trusted
-                    why = {"decode_attention": choice.why["decode_attention"]}
+                # a kernel that gave wrong results here serves no forward, batch-invariant ones included;
+                # without extend_attention, prompt rows run decode_attention
+                if "decode" in wrong or ("extend" in wrong and not extend_kernel):  # then none is trusted
+                    why = {op: text for op, text in choice.why.items() if text == attention_tuning.WRONG}
                     kernels, extend_kernel, choice = None, False, AttentionChoice(TORCH, TORCH, why)
+                extend_kernel = extend_kernel and "extend" not in wrong
         return TorchAttentionBackend(num_heads, num_kv_heads, head_dim, scale, kernels, extend_kernel, choice)
     from radixrt.workers.layers.attention import flashinfer_backend
 

@@ -10,9 +10,9 @@ them share a 64-slot tile (wide forks, many conversations after one system promp
 `shared_prefix_decode`, which reads a prefix once for all the requests that share it;
 elsewhere, or where the kernels could not be built, as one padded batch gathered from the pool.
 Prefilling requests (new prompt tokens, even just one) are attended by `extend_attention` in bf16
-on AVX512-BF16 CPUs, all in one call; otherwise one at a time with
-`F.scaled_dot_product_attention`, except in batch-invariant forwards, which attend every prompt row
-as a decode row (`decode_attention`, each row over its own prefix). All index and mask tensors are built once per forward in
+on AVX512-BF16 CPUs, all in one call; otherwise every prompt row as a decode row
+(`decode_attention`, each row over its own prefix) in batch-invariant forwards and where that
+measured faster, else one request at a time with `F.scaled_dot_product_attention`. All index and mask tensors are built once per forward in
 `prepare`, not per layer.
 
 Where the kernels run, which of them a forward uses was measured on this CPU at start
@@ -135,7 +135,8 @@ class TorchAttentionBackend(AttentionBackend):
 
     def implementations(self) -> dict[str, str]:
         decode = self._describe("decode_attention", self.choice.decode, self.cpu_kernels is not None)
-        extend = self._describe("extend_attention", self.choice.extend, self.extend_kernel)
+        # without extend_attention, the kernel that takes prompt rows is decode_attention
+        extend = self._describe("extend_attention", self.choice.extend, self.cpu_kernels is not None)
         # NOTE: shared_prefix_decode runs under the same conditions as extend_attention
         shared = KERNEL if self.extend_kernel else "off"
         return {"decode_attention": decode, "extend_attention": extend, "shared_prefix_decode": shared}
@@ -156,8 +157,9 @@ class TorchAttentionBackend(AttentionBackend):
         # Where extend_attention does not run (float32; CPUs without AVX512-BF16), a batch-invariant
         # forward attends its prompt rows as decode rows: row j of a prompt by decode_attention over
         # the first P + j + 1 slots, the loop a decode step of that token runs, whatever the batch
-        # and however the prompt was split (SDPA's rows depend on both).
-        rows_as_decode = batch.invariant and kernels and not self.extend_kernel
+        # and however the prompt was split (SDPA's rows depend on both). Other forwards do too
+        # where that measured faster than SDPA (`choice.extend`: AVX2 builds, csrc/prompt_rows.h).
+        rows_as_decode = kernels and not self.extend_kernel and (batch.invariant or self.choice.extend == KERNEL)
         decode_ids = [i for i, p in enumerate(batch.prefill) if not p or rows_as_decode]
         self._decode = None
         if decode_ids:
@@ -175,10 +177,11 @@ class TorchAttentionBackend(AttentionBackend):
                 and _shares_a_tile(batch.kv_indices, starts, lens)
             )
             torch_decode = self.choice.decode == TORCH and not batch.invariant and not shared
-            padded = not kernels or torch_decode
+            prompt_rows = rows_as_decode and any(batch.prefill)
+            padded = not kernels or (torch_decode and not prompt_rows)  # prompt rows take the kernel
             self._decode = _prepare_decode(batch, starts, lens, None if all_decode else rows, padded)
             self._decode.shared_prefix = shared
-            self._decode.has_prompt_rows = rows_as_decode and any(batch.prefill)
+            self._decode.has_prompt_rows = prompt_rows
         prefill_ids = [i for i, p in enumerate(batch.prefill) if p and not rows_as_decode]
         self._extend_group, self._extends = None, []
         # batch-invariant forwards always take the kernel: its rows never depend on the batch
