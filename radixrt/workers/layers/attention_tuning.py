@@ -79,10 +79,8 @@ def cache_file() -> Path:
     return cpu_kernels.build_dir() / "attention_tuning.json"
 
 
-def candidates(extend_kernel: bool) -> dict[str, tuple[str, ...]]:
-    """The candidates of each op (prefill's kernel is decode_attention where extend_attention does not
-    take the shape)."""
-    return {"extend": (KERNEL, TORCH), "decode": (KERNEL, TORCH)}
+# each op's candidates (prefill's kernel is decode_attention where extend_attention does not take the shape)
+CANDIDATES = {"extend": (KERNEL, TORCH), "decode": (KERNEL, TORCH)}
 
 
 def choose(m: AttentionMeasurement) -> tuple[AttentionChoice, set[str]]:
@@ -108,7 +106,7 @@ def choose(m: AttentionMeasurement) -> tuple[AttentionChoice, set[str]]:
 
 def measure(num_heads: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype, ops: Any, extend_kernel: bool):
     """Check, then time, each op's candidates; `ops` is the `torch.ops.radixrt` namespace."""
-    tried = candidates(extend_kernel)
+    tried = dict(CANDIDATES)
     correct, seconds = {}, {}
     for op, names in tried.items():
         new = {
@@ -135,7 +133,7 @@ def cached_measure(
         found = None if entry is None else AttentionMeasurement.from_json(entry)
     except (AttributeError, KeyError, TypeError, ValueError):
         found = None  # written by another version: measure again
-    if found is not None and found.tried == candidates(extend_kernel):
+    if found is not None and found.tried == CANDIDATES:
         return found
     start = time.perf_counter()
     with OtherLoad() as load:

@@ -93,18 +93,22 @@ std::vector<int64_t> run_costs(const std::vector<int64_t>& run_starts, const int
 
 #if defined(RADIXRT_PROMPT_ROWS)
 constexpr int64_t kMaxPackedFloats = int64_t{64} << 20;  // 256 MB of packed K/V, else attend_rows
+constexpr int64_t kRunVectors = kPromptVectors;
+#else
+constexpr int64_t kRunVectors = kMaxGroup;
+#endif
 
-// Batches with prompt rows, by attend_prompt_rows: each prompt's sequence is packed once per kv
-// head, then every (run, kv head) item runs. False (nothing done) when the packing would not fit.
+#if defined(RADIXRT_PROMPT_ROWS)
+// The sequences that the runs of several rows read, packed once per kv head for attend_prompt_rows
+// (a run reads its prompt's slots up to its last row's: one sequence per start); seq_of[run] is
+// the run's sequence. False (nothing packed) when the packing would pass kMaxPackedFloats.
 template <typename T>
-bool attend_prompts(const T* q_ptr, int64_t q_row, int64_t q_head, const T* k_ptr, const T* v_ptr, int64_t slot_stride,
-                    const int64_t* slots, const int64_t* starts, const int64_t* lens, int64_t batch, int64_t heads,
-                    int64_t kv_heads, int64_t dim, float scale, std::vector<int64_t> run_starts, T* out_ptr) {
-  const int64_t group = heads / kv_heads, runs = static_cast<int64_t>(run_starts.size());
-  run_starts.push_back(batch);
-  // a run of several rows reads its prompt's slots up to its last row's: one sequence per start
-  std::vector<int64_t> seq_of(runs, -1), seq_start, seq_len;
-  int64_t packed_floats = 0;
+bool pack_prompts(const T* k_ptr, const T* v_ptr, int64_t slot_stride, const int64_t* slots, const int64_t* starts,
+                  const int64_t* lens, const std::vector<int64_t>& run_starts, int64_t kv_heads, int64_t dim,
+                  std::vector<PackedSequence<T>>& packed, std::vector<int64_t>& seq_of) {
+  const int64_t runs = static_cast<int64_t>(run_starts.size()) - 1;
+  std::vector<int64_t> seq_start, seq_len;
+  seq_of.assign(runs, -1);
   for (int64_t run = 0; run < runs; ++run) {
     const int64_t b = run_starts[run], last = run_starts[run + 1] - 1;
     if (last == b) continue;
@@ -115,34 +119,16 @@ bool attend_prompts(const T* q_ptr, int64_t q_row, int64_t q_head, const T* k_pt
     seq_of[run] = static_cast<int64_t>(seq_start.size()) - 1;
     seq_len.back() = std::max(seq_len.back(), lens[last]);
   }
+  int64_t packed_floats = 0;
   for (const int64_t len : seq_len) packed_floats += kv_heads * (len + kKeyLanes) * dim * (std::is_same_v<T, float> ? 1 : 2);
   if (packed_floats > kMaxPackedFloats) return false;
   const int64_t sequences = static_cast<int64_t>(seq_start.size());
-  std::vector<PackedSequence<T>> packed(sequences * kv_heads);
+  packed.resize(sequences * kv_heads);
   at::parallel_for(0, sequences * kv_heads, 1, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       const int64_t sq = i / kv_heads, h = i % kv_heads;
       packed[i].pack(k_ptr, v_ptr, slot_stride, slots + seq_start[sq], seq_len[sq], h * dim, dim);
     }
-  });
-  const auto attend = attend_for<T>(dim, group);
-  const auto attend_run = attend_prompt_rows_for<T>(dim);
-  struct Scratch {
-    std::vector<float> scores;
-    float acc[kPromptVectors * 256], max[kPromptVectors], sum[kPromptVectors];
-  };
-  radixrt_work::for_each_by_cost<Scratch>(run_costs(run_starts, lens, kv_heads), [&](int64_t item, Scratch& s) {
-    const int64_t run = item / kv_heads, h = item % kv_heads, b = run_starts[run], rows = run_starts[run + 1] - b;
-    const T* qb = q_ptr + b * q_row + h * group * q_head;
-    if (rows == 1) {
-      attend(qb, q_head, k_ptr, v_ptr, slot_stride, slots + starts[b], lens[b], h, group, scale, s.acc, s.max, s.sum,
-             s.scores);
-    } else {
-      attend_run(qb, q_head, q_row, group, rows, packed[seq_of[run] * kv_heads + h], lens[b], scale, s.acc, s.max, s.sum,
-                 s.scores);
-    }
-    for (int64_t r = 0; r < rows; ++r)
-      normalize_rows(s.acc + r * group * dim, s.sum + r * group, group, dim, out_ptr + ((b + r) * heads + h * group) * dim);
   });
   return true;
 }
@@ -182,29 +168,42 @@ void decode_attention_impl(const at::Tensor& q, const at::Tensor& k_pool, const 
                        dim, static_cast<float>(scale), out_ptr);
     return;
   }
+  // On AVX2 builds runs grow to kPromptVectors and read their sequence packed (prompt_rows.h)
 #if defined(RADIXRT_PROMPT_ROWS)
-  if (runs < batch && attend_prompts<T>(q_ptr, q_row, q_head, k_ptr, v_ptr, slot_stride, slots, starts, lens, batch, heads,
-                                        kv_heads, dim, static_cast<float>(scale), runs_of(kPromptVectors), out_ptr)) {
-    return;
+  std::vector<PackedSequence<T>> packed;
+  std::vector<int64_t> seq_of;
+  const auto attend_packed = attend_prompt_rows_for<T>(dim);
+  if (runs < batch) {
+    std::vector<int64_t> longer = runs_of(kPromptVectors);
+    longer.push_back(batch);
+    if (pack_prompts<T>(k_ptr, v_ptr, slot_stride, slots, starts, lens, longer, kv_heads, dim, packed, seq_of)) {
+      longer.pop_back();
+      run_starts = std::move(longer);
+    }
   }
 #endif
   run_starts.push_back(batch);
   // items (run, kv head) cost their query vectors times their keys: a prompt's later rows cost
   // more, so the threads take runs of equal cost rather than equal count
-  const std::vector<int64_t> cost_before = run_costs(run_starts, lens, kv_heads);
   struct Scratch {
     std::vector<float> scores;
-    float acc[kMaxGroup * 256], max[kMaxGroup], sum[kMaxGroup];
+    float acc[kRunVectors * 256], max[kRunVectors], sum[kRunVectors];
   };
-  radixrt_work::for_each_by_cost<Scratch>(cost_before, [&](int64_t item, Scratch& s) {
+  radixrt_work::for_each_by_cost<Scratch>(run_costs(run_starts, lens, kv_heads), [&](int64_t item, Scratch& s) {
     const int64_t run = item / kv_heads, h = item % kv_heads, b = run_starts[run], rows = run_starts[run + 1] - b;
     const T* qb = q_ptr + b * q_row + h * group * q_head;
+    const float sc = static_cast<float>(scale);
     if (rows == 1) {
-      attend(qb, q_head, k_ptr, v_ptr, slot_stride, slots + starts[b], lens[b], h, group, static_cast<float>(scale),
-             s.acc, s.max, s.sum, s.scores);
+      attend(qb, q_head, k_ptr, v_ptr, slot_stride, slots + starts[b], lens[b], h, group, sc, s.acc, s.max, s.sum,
+             s.scores);
+#if defined(RADIXRT_PROMPT_ROWS)
+    } else if (!packed.empty()) {
+      attend_packed(qb, q_head, q_row, group, rows, packed[seq_of[run] * kv_heads + h], lens[b], sc, s.acc, s.max, s.sum,
+                    s.scores);
+#endif
     } else {
-      attend_several(qb, q_head, q_row, group, rows, k_ptr, v_ptr, slot_stride, slots + starts[b], lens[b], h,
-                     static_cast<float>(scale), s.acc, s.max, s.sum, s.scores);
+      attend_several(qb, q_head, q_row, group, rows, k_ptr, v_ptr, slot_stride, slots + starts[b], lens[b], h, sc, s.acc,
+                     s.max, s.sum, s.scores);
     }
     for (int64_t r = 0; r < rows; ++r)
       normalize_rows(s.acc + r * group * dim, s.sum + r * group, group, dim, out_ptr + ((b + r) * heads + h * group) * dim);
