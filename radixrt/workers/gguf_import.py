@@ -27,20 +27,9 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from radixrt.workers.gguf_tokenizer import build_tokenizer, tokenizer_config
+from radixrt.workers.model_store import IMPORT_FORMAT, MARKER, is_complete
 
 logger = logging.getLogger(__name__)
-
-# Bump when the folder layout or conversion changes, so cached imports are redone.
-IMPORT_FORMAT = 1
-MARKER = "radixrt_import.json"
-OUTPUT_FILES = (
-    "config.json",
-    "model.safetensors",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "generation_config.json",
-    MARKER,
-)
 
 
 @dataclass(frozen=True)
@@ -214,11 +203,6 @@ def _move_into_place(tmp: Path, out_dir: Path) -> Path:
             raise
         logger.info("%s was imported concurrently; keeping that copy", out_dir)
     return out_dir
-
-
-def is_complete(folder: Path) -> bool:
-    """Whether `folder` holds every file an import writes."""
-    return all((folder / name).is_file() for name in OUTPUT_FILES)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

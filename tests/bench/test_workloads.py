@@ -38,7 +38,9 @@ def test_workload_programs_finish_well_formed_on_radixrt(name, radixrt_session, 
     assert all(d is not None for d in figures["output_digests"])
 
 
-@pytest.mark.parametrize("name", list(WORKLOADS))
+# tree_of_thought (~30 s here: 39 sampled gens of 256 tokens) asks the transformers backend nothing that
+# tip_suggestion and llm_judge do not: forks, sampling, stop strings
+@pytest.mark.parametrize("name", [name for name in WORKLOADS if name != "tree_of_thought"])
 def test_workload_programs_finish_well_formed_on_transformers(name, hf_session, encode):
     run = _run(name, hf_session, encode)  # multi_turn's check: exactly the asked tokens under ignore_eos
     assert run.figures["problems"] == []

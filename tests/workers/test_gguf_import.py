@@ -17,9 +17,9 @@ import torch
 from tokenizers import Tokenizer
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Qwen2Config
 
-from radixrt.workers.gguf_import import OUTPUT_FILES, import_gguf, read_metadata, unpermute_rope
+from radixrt.workers.gguf_import import import_gguf, read_metadata, unpermute_rope
 from radixrt.workers.gguf_tokenizer import build_tokenizer
-from radixrt.workers.model_store import embedded_gguf, resolve_model
+from radixrt.workers.model_store import OUTPUT_FILES, embedded_gguf, resolve_model
 
 TEXTS = [
     "Hello world",

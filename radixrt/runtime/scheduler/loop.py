@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from radixrt.errors import RadixRTError
@@ -55,23 +56,27 @@ class Scheduler:
         self.args = args
         self.io = io
         if runner is None:
-            from radixrt.workers.model_runner import ModelRunner
             from radixrt.workers.model_store import resolve_model
 
             model_dir = str(resolve_model(args.model))
-            runner = ModelRunner(
-                model_dir,
-                dtype=args.dtype,
-                device=args.device,
-                load_format=args.load_format,
-                attention_backend=args.attention_backend,
-                quantization=args.quantization,
-                fingerprint_weights=bool(args.cache_dir),
-            )
+        with ThreadPoolExecutor(1) as pool:
+            loading = pool.submit(load_tokenizer, model_dir)  # while the model loads
+            if runner is None:
+                from radixrt.workers.model_runner import ModelRunner
+
+                runner = ModelRunner(
+                    model_dir,
+                    dtype=args.dtype,
+                    device=args.device,
+                    load_format=args.load_format,
+                    attention_backend=args.attention_backend,
+                    quantization=args.quantization,
+                    fingerprint_weights=bool(args.cache_dir),
+                )
+            tokenizer = loading.result()
         self.runner = runner
         cfg = runner.model_config
         self.context_length = args.context_length or cfg.max_position_embeddings
-        tokenizer = load_tokenizer(model_dir)
         self.eos_ids = sorted(set(cfg.eos_token_ids) | ({tokenizer.eos_token_id} - {None}))
         num_slots = args.kv_slots or runner.suggest_num_slots(args.mem_fraction)
         layers, kv_heads, head_dim = runner.kv_shape()

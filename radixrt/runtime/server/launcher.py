@@ -1,7 +1,8 @@
 """`radixrt serve`: the frontend in this process, the worker as a child process.
 
 Start-up order: resolve the model, bind the HTTP and ZMQ ports (a taken port fails before the
-model loads), start the worker, wait for its WorkerReady, then serve.
+model loads), start the worker, load the tokenizer while it loads the model, wait for its
+WorkerReady, then serve.
 
 SIGINT/SIGTERM drain: new requests get 503, running ones have `--shutdown-grace` seconds to
 finish (a second signal cuts that short), then both processes stop. A worker that dies fails
@@ -21,7 +22,7 @@ import signal
 import socket
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import uvicorn
 
@@ -29,7 +30,7 @@ from radixrt.runtime.config import ServerArgs
 from radixrt.runtime.http.app import create_app
 from radixrt.runtime.server.frontend import Frontend
 from radixrt.runtime.server.server_handle import ServerHandle, launch_server
-from radixrt.runtime.server.worker import setup_logging
+from radixrt.runtime.server.worker import exit_now, setup_logging
 from radixrt.runtime.server.worker_supervisor import WorkerProcess
 from radixrt.runtime.server.zmq_io import FrontendWorkerLink, WorkerAddresses
 from radixrt.runtime.server.zmq_server import ZmqOptions, ZmqServer
@@ -48,19 +49,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ServerArgs.add_cli_args(parser)
 
 
-def main(ns: argparse.Namespace) -> int:
+def main(ns: argparse.Namespace) -> NoReturn:
+    """`radixrt serve`; ends the process when serving ends."""
     args = ServerArgs.from_cli(ns)
     setup_logging(args.log_level, "frontend")
     try:
-        return asyncio.run(serve(args))
+        code = asyncio.run(serve(args))
     except (RuntimeError, OSError, ValueError) as e:
         logger.error("radixrt serve failed: %s", e)
-        return 1
+        code = 1
+    exit_now(code)
 
 
 async def serve(args: ServerArgs) -> int:
     """Serve until SIGINT/SIGTERM (exit status 0) or the worker's death without restart (1)."""
-    from radixrt.runtime.server.tokenizer_manager import TokenizerManager
+    from radixrt.runtime.server.tokenizer_manager import TokenizerManager, load_tokenizer
     from radixrt.workers.model_store import resolve_model
 
     signals = _Signals()
@@ -81,10 +84,12 @@ async def serve(args: ServerArgs) -> int:
         stack.push_async_callback(worker.stop)
         await worker.start()
         logger.info("worker %d is loading %s; HTTP will listen on %s:%d", worker.pid, model_dir, args.host, args.port)
+        tokenizer = asyncio.ensure_future(asyncio.to_thread(load_tokenizer, model_dir))  # while the worker loads
         ready = await _unless_stopped(signals.stop, link.wait_ready(worker.alive, READY_TIMEOUT_S))
         if ready is None:
             return 0
-        frontend = Frontend(link, TokenizerManager(model_dir, args, ready.context_length), worker.pid)
+        tokenizers = TokenizerManager(model_dir, args, ready.context_length, await tokenizer)
+        frontend = Frontend(link, tokenizers, worker.pid)
         tasks = [asyncio.ensure_future(frontend.run()), asyncio.ensure_future(zmq_server.run(frontend))]
         stack.callback(lambda: [t.cancel() for t in tasks])
         http = await _start_http(create_app(frontend, args), http_sock, args.log_level)

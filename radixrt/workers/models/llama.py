@@ -124,7 +124,10 @@ class LlamaDecoderLayer(DirectCall, nn.Module):
 class LlamaModel(nn.Module):
     def __init__(self, config: ModelConfig, dtype: torch.dtype):
         super().__init__()
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, dtype=dtype)
+        # a given weight skips the random init, whose normal_ on the meta device (build_model) would
+        # import torch._dynamo: ~3 s of every start
+        weight = torch.empty(config.vocab_size, config.hidden_size, dtype=dtype)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, _weight=weight)
         self.layers = nn.ModuleList(LlamaDecoderLayer(config, dtype) for _ in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
 

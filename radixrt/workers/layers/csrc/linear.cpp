@@ -122,7 +122,7 @@ void tile_f32(const float* x, int64_t ldx, const float* w, const Tile& t, float*
 //   - bf16 weights as packed, for calls of up to 16 rows (decode at small batches) and odd K: pairs
 //     widened by shifting, the even element then the odd, 4 rows x 2 registers a pass (the widened
 //     weights take 4 registers).
-constexpr int64_t AVX2_ROWS = 6;
+constexpr int64_t AVX2_TILE_ROWS = 6;
 
 // the bias of 8 columns from `col` (zero past `valid` columns, or without a bias)
 inline __m256 bias_half(const Tile& t, int64_t col, int64_t valid) {
@@ -272,10 +272,10 @@ void linear_avx2(const T* xp, const T* wp, int64_t block_elems, const float* bia
       wf = w;
     }
     radixrt_linear::with_rows(rows, [&](auto r) {
-      if constexpr (decltype(r)::value <= AVX2_ROWS)
+      if constexpr (decltype(r)::value <= AVX2_TILE_ROWS)
         for (int64_t b = 0; b < t.nb; ++b) tile_avx2_f32<T, decltype(r)::value>(xf + r0 * k, k, wf, t, b, yp + r0 * n, n);
     });
-  }, AVX2_ROWS);
+  }, AVX2_TILE_ROWS);
 }
 #endif
 

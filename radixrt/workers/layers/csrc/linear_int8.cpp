@@ -39,11 +39,11 @@ using radixrt_linear::ceil_div;
 using radixrt_linear::Tile;
 using radixrt_linear::TILE_BLOCKS;
 using radixrt_quant::GROUP;
+using radixrt_quant::HALF_ROWS;
 using radixrt_quant::GROUP_QUADS;
 using radixrt_quant::QUAD;
 using radixrt_quant::QuantizedRows;
 
-constexpr int64_t HALF_ROWS = 4;  // rows per register pass: int32 and float32 sums for 2 blocks each
 
 // where quad p of block b starts, in 64-byte units
 inline int64_t tile_quad(int64_t b, int64_t p, int64_t quads, int64_t blocks) {
@@ -145,7 +145,7 @@ void tile_vnni(const uint8_t* w, const Epilogue& e, int64_t r0, const Tile& t, T
 #endif
 
 #if defined(__AVX2__) && !defined(__AVX512VNNI__)
-constexpr int64_t AVX2_ROWS = 2;  // rows per register pass: 4 int32 sums each for a 2-block tile
+constexpr int64_t AVX2_PASS_ROWS = 2;  // rows per register pass: 4 int32 sums each for a 2-block tile
 
 // AVX2 (no VNNI): rows r0 .. r0 + ROWS and the NB blocks of the tile, 8 columns a register, in one
 // pass over the tile's interleaved stream. The stored Q + 128 is turned back into Q with one XOR,
@@ -244,10 +244,10 @@ void int8_impl(const at::Tensor& x, const at::Tensor& packed, const Epilogue& sc
       });
     }
 #elif defined(__AVX2__)
-    for (int64_t h = r0; h < r0 + count; h += AVX2_ROWS) {
-      radixrt_linear::with_rows(std::min(AVX2_ROWS, r0 + count - h), [&](auto r) {
+    for (int64_t h = r0; h < r0 + count; h += AVX2_PASS_ROWS) {
+      radixrt_linear::with_rows(std::min(AVX2_PASS_ROWS, r0 + count - h), [&](auto r) {
         constexpr int R = decltype(r)::value;
-        if constexpr (R <= AVX2_ROWS) {
+        if constexpr (R <= AVX2_PASS_ROWS) {
           if (t.nb == TILE_BLOCKS) tile_avx2<T, R, TILE_BLOCKS>(w, e, h, t, yp + h * n, n);
           else tile_avx2<T, R, 1>(w, e, h, t, yp + h * n, n);
         }

@@ -34,6 +34,7 @@ using radixrt_linear::ceil_div;
 using radixrt_linear::Tile;
 using radixrt_linear::TILE_BLOCKS;
 using radixrt_quant::GROUP;
+using radixrt_quant::HALF_ROWS;
 using radixrt_quant::GROUP_QUADS;
 using radixrt_quant::QUAD;
 using radixrt_quant::QuantizedRows;
@@ -41,7 +42,6 @@ using radixrt_quant::QuantizedRows;
 constexpr int64_t NIBBLE_BYTES = BLOCK * GROUP / 2;                     // 256
 constexpr int64_t GROUP_BYTES = NIBBLE_BYTES + 2 * BLOCK * 2;           // + d and m: 320
 constexpr int64_t GGUF_BLOCK_BYTES = 4 + GROUP / 2;                     // ggml's block_q4_1: d, m, qs[16]
-constexpr int64_t HALF_ROWS = 4;  // rows per register pass: int32 and float32 sums for 2 blocks each
 
 // GGUF rows [n][K/32] of block_q4_1 {d, m, qs[j] = q[j] | q[j + 16] << 4} -> the packed layout
 at::Tensor pack_q4_1_weight(const at::Tensor& raw, int64_t k) {

@@ -26,6 +26,7 @@ constexpr int64_t QUAD = 4;    // int8 values per VPDPBUSD lane
 constexpr int64_t GROUP = 32;  // activation values sharing a scale (8 quads); GGUF's block size too
 constexpr int64_t GROUP_QUADS = GROUP / QUAD;
 constexpr float XMAX = 127.f;
+constexpr int64_t HALF_ROWS = 4;  // rows per register pass of the integer tiles: int32 and float32 sums for 2 blocks each
 
 struct QuantizedRows {
   int64_t padded, groups;
