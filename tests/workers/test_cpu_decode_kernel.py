@@ -103,8 +103,9 @@ def assert_rows_get_their_bits_alone(kernels, q, k_pool, v_pool, slots, starts, 
 )
 def test_a_long_prompts_rows_get_the_bits_each_gets_alone(kernels, dtype, heads, kv_heads, dim):
     # 70 prompt rows over a 230-slot prefix and a second prompt of 9 rows over 60 slots: on AVX2
-    # builds the runs of rows go through the transposed Q.K and the tiled P.V (csrc/prompt_rows.h),
-    # with full and partial tiles of 6 query vectors, V blocks of 64 keys and a 256-key span crossed
+    # builds the runs of the 70 go through the transposed Q.K and the tiled P.V (csrc/prompt_rows.h),
+    # with full and partial tiles of 6 query vectors, V blocks of 64 keys and a 256-key span crossed;
+    # the 9 (too few to pay for packing) are read in place in the same call
     rows = [(0, 230 + j + 1) for j in range(70)] + [(300, 60 + j + 1) for j in range(9)]
     q, k_pool, v_pool, slots, _, _ = make_case(heads, kv_heads, dim, [5] * len(rows), dtype, seed=heads + dim)
     starts = torch.tensor([s for s, _ in rows])
@@ -114,17 +115,18 @@ def test_a_long_prompts_rows_get_the_bits_each_gets_alone(kernels, dtype, heads,
 
 def test_prompt_rows_over_a_sequence_too_long_to_pack_get_the_bits_each_gets_alone(kernels):
     # 2.2M slots of bf16 K and V (over the 256 MB that prompt_rows.h may pack a call's sequences
-    # into): the rows take the unpacked loop (attend_rows) and still get their decode bits
-    n = 2_200_000
+    # into), 32 rows (enough to be packed, decode_attention.cpp's kMinPackedRows): the rows take
+    # the unpacked loop (attend_rows) and still get their decode bits
+    n, rows = 2_200_000, 32
     g = torch.Generator().manual_seed(7)
     k_pool = torch.randn(n + 1, 1, 16, generator=g).bfloat16()
     v_pool = torch.randn(n + 1, 1, 16, generator=g).bfloat16()
-    q = torch.randn(3, 1, 16, generator=g).bfloat16()
+    q = torch.randn(rows, 1, 16, generator=g).bfloat16()
     slots = torch.arange(1, n + 1)
-    starts = torch.zeros(3, dtype=torch.long)
-    lens = torch.tensor([n - 2, n - 1, n])
+    starts = torch.zeros(rows, dtype=torch.long)
+    lens = torch.arange(n - rows + 1, n + 1)
     together = kernels.decode_attention(q, k_pool, v_pool, slots, starts, lens, 0.25)
-    for b in range(3):
+    for b in range(rows):
         alone = kernels.decode_attention(q[b : b + 1], k_pool, v_pool, slots, starts[b : b + 1], lens[b : b + 1], 0.25)
         assert torch.equal(alone[0], together[b]), b
 
