@@ -32,8 +32,6 @@ OUTPUT_FILES = (
     "generation_config.json",
     MARKER,
 )
-
-
 _DEFAULT_NAMES = ("default", DEFAULT_MODEL)
 _ACCEPTED = (
     f"accepted: {' or '.join(repr(n) for n in _DEFAULT_NAMES)} (the embedded model), or a local folder "
