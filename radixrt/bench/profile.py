@@ -1,5 +1,6 @@
 """`python -m radixrt.bench.profile`: where one forward's time goes (torch.profiler), for a
-prefill of 1,024 new tokens, decode steps at batch 1, 16 and 64, and a decode step of 32
+prefill of 1,024 new tokens, 16 prompts of 128 new tokens after one shared 600-token prefix
+(few_shot's questions after their subject's examples), decode steps at batch 1, 16 and 64, and a decode step of 32
 requests after one shared 1,000-token prefix, on the model runner alone."""
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     runner = ModelRunner(resolve_model(args.model), dtype=args.dtype, device="cpu", quantization=args.quantization)
     pool = KVPool(70_000, *runner.kv_shape(), dtype=runner.dtype)
-    steps = {"prefill, 1,024 new tokens": _prefill(1024), "decode, batch 1, 64-token contexts": _decode(1, 64),
+    steps = {"prefill, 1,024 new tokens": _prefill(1, 1024),
+             "prefill, 16 x 128 new tokens after one shared 600-token prefix": _prefill(16, 128, shared=600),
+             "decode, batch 1, 64-token contexts": _decode(1, 64),
              "decode, batch 16, 512-token contexts": _decode(16, 512),
              "decode, batch 64, 64-token contexts": _decode(64, 64),
              "decode, 32 requests of 300 tokens after one 1,000-token prefix": _decode(32, 300, shared=1000)}  # fmt: skip
@@ -42,9 +45,10 @@ def main(argv: list[str] | None = None) -> None:
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows))
 
 
-def _prefill(n: int) -> ForwardBatch:
-    ids = torch.randint(100, 20_000, (n,)).tolist()
-    return ForwardBatch.build([ids], [list(range(1, n + 1))])
+def _prefill(batch: int, n: int, shared: int = 0) -> ForwardBatch:
+    prefix = list(range(1, 1 + shared))
+    slots = [prefix + list(range(1 + shared + i * n, 1 + shared + (i + 1) * n)) for i in range(batch)]
+    return ForwardBatch.build([torch.randint(100, 20_000, (n,)).tolist() for _ in range(batch)], slots)
 
 
 def _decode(batch: int, context: int, shared: int = 0) -> ForwardBatch:

@@ -113,6 +113,39 @@ def test_a_long_prompts_rows_get_the_bits_each_gets_alone(kernels, dtype, heads,
     assert_rows_get_their_bits_alone(kernels, q, k_pool, v_pool, slots, starts, lens)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("heads", "kv_heads", "dim"), [(9, 3, 64), (4, 2, 128), (16, 1, 32)])
+def test_prompts_after_a_shared_prefix_get_the_bits_each_gets_alone(kernels, dtype, heads, kv_heads, dim):
+    # chains of rows after one 200-slot prefix (few-shot questions, a select's choices): on AVX2
+    # builds the prefix is packed once and the chains that share it read it from there. Rows of
+    # each chain, then the slots before its first row:
+    g = torch.Generator().manual_seed(dim)
+    free = (torch.randperm(POOL_SLOTS - 1, generator=g) + 1).tolist()
+    prefix, free = free[:200], free[200:]
+    chains = [
+        (12, prefix),  # begins the family: packed because the next ones share with it
+        (9, prefix),
+        (40, prefix),  # long enough to be packed on its own
+        (10, free[:150]),  # shares nothing: read in place, and begins a family of its own
+        (8, prefix),  # shares nothing with that family: read in place
+        (3, prefix),  # a token and two drafts: read in place
+        (10, prefix[:20] + free[150:450]),  # shares too little of its keys: read in place
+        (16, prefix[:100]),  # a shorter shared prefix, not a multiple of 16 slots
+    ]
+    indices, starts, lens = [], [], []
+    for rows, before in chains:
+        start = len(indices)
+        indices += before + free[450 + start : 450 + start + rows]
+        starts += [start] * rows
+        lens += [len(before) + j + 1 for j in range(rows)]
+    q = torch.randn(len(lens), heads, dim, generator=g).to(dtype)
+    k_pool = torch.randn(POOL_SLOTS, kv_heads, dim, generator=g).to(dtype)
+    v_pool = torch.randn(POOL_SLOTS, kv_heads, dim, generator=g).to(dtype)
+    slots = torch.tensor(indices)
+    assert slots.max() < POOL_SLOTS
+    assert_rows_get_their_bits_alone(kernels, q, k_pool, v_pool, slots, torch.tensor(starts), torch.tensor(lens))
+
+
 def test_prompt_rows_over_a_sequence_too_long_to_pack_get_the_bits_each_gets_alone(kernels):
     # 2.2M slots of bf16 K and V (over the 256 MB that prompt_rows.h may pack a call's sequences
     # into), 32 rows (enough to be packed, decode_attention.cpp's kMinPackedRows): the rows take

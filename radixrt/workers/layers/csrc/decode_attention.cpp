@@ -93,17 +93,28 @@ std::vector<int64_t> run_costs(const std::vector<int64_t>& run_starts, const int
 
 #if defined(RADIXRT_PROMPT_ROWS)
 constexpr int64_t kMaxPackedFloats = int64_t{64} << 20;  // 256 MB of packed K/V, else attend_rows
+constexpr int64_t kKeptPackedFloats = int64_t{16} << 20;  // packing buffers kept between calls, at most
 constexpr int64_t kMinPackedRows = 32;  // a sequence's rows that pay for packing it (see decode_attention_impl)
+constexpr int64_t kMinSharingRows = 8;  // ... where most of its keys are packed already (a shared prefix)
 constexpr int64_t kRunVectors = kPromptVectors;
 #else
 constexpr int64_t kRunVectors = kMaxGroup;
 #endif
 
 #if defined(RADIXRT_PROMPT_ROWS)
+// How many leading keys (a multiple of 16) the sequence (slots b, len_b) may take from the packing
+// of (slots a, len_a): their common prefix, when it holds at least half of b's keys, else 0
+inline int64_t shared_prefix_keys(const int64_t* a, int64_t len_a, const int64_t* b, int64_t len_b) {
+  const int64_t n = std::min(len_a, len_b);
+  const int64_t common = std::mismatch(a, a + n, b).first - a;
+  const int64_t keys = common / (2 * kKeyLanes) * (2 * kKeyLanes);
+  return 2 * keys >= len_b ? keys : 0;
+}
+
 // The sequences that the runs of long chains read, packed once per kv head for attend_prompt_rows
 // (a run reads its prompt's slots up to its last row's: one sequence per start); seq_of[run] is
 // the run's sequence, -1 for runs read in place. False (nothing packed) when the packing would
-// pass kMaxPackedFloats.
+// pass kMaxPackedFloats. `packed` only grows: its first sequences x kv_heads entries are used.
 template <typename T>
 bool pack_prompts(const T* k_ptr, const T* v_ptr, int64_t slot_stride, const int64_t* slots, const int64_t* starts,
                   const int64_t* lens, const std::vector<int64_t>& run_starts, const std::vector<bool>& long_chain,
@@ -126,13 +137,31 @@ bool pack_prompts(const T* k_ptr, const T* v_ptr, int64_t slot_stride, const int
   for (const int64_t len : seq_len) packed_floats += kv_heads * (len + kKeyLanes) * dim * (std::is_same_v<T, float> ? 1 : 2);
   if (packed_floats > kMaxPackedFloats) return false;
   const int64_t sequences = static_cast<int64_t>(seq_start.size());
-  packed.resize(sequences * kv_heads);
-  at::parallel_for(0, sequences * kv_heads, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      const int64_t sq = i / kv_heads, h = i % kv_heads;
-      packed[i].pack(k_ptr, v_ptr, slot_stride, slots + seq_start[sq], seq_len[sq], h * dim, dim);
+  if (static_cast<int64_t>(packed.size()) < sequences * kv_heads) packed.resize(sequences * kv_heads);
+  // a sequence that begins with the slots of the last one packed whole (prompts after a shared
+  // prefix: few-shot questions, the choices of a select) takes that prefix from it
+  std::vector<int64_t> root(sequences, -1), prefix_keys(sequences, 0);
+  for (int64_t sq = 1, whole = 0; sq < sequences; ++sq) {
+    const int64_t keys =
+        shared_prefix_keys(slots + seq_start[whole], seq_len[whole], slots + seq_start[sq], seq_len[sq]);
+    if (keys > 0) {
+      root[sq] = whole;
+      prefix_keys[sq] = keys;
+    } else {
+      whole = sq;
     }
-  });
+  }
+  for (const bool sharing : {false, true}) {  // the whole ones first: the others read them
+    at::parallel_for(0, sequences * kv_heads, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        const int64_t sq = i / kv_heads, h = i % kv_heads;
+        if ((root[sq] >= 0) != sharing) continue;
+        const PackedSequence<T>* prefix = sharing ? &packed[root[sq] * kv_heads + h] : nullptr;
+        packed[i].pack(k_ptr, v_ptr, slot_stride, slots + seq_start[sq], seq_len[sq], h * dim, dim, prefix,
+                       prefix_keys[sq]);
+      }
+    });
+  }
   return true;
 }
 #endif
@@ -176,21 +205,45 @@ void decode_attention_impl(const at::Tensor& q, const at::Tensor& k_pool, const 
   }
   // On AVX2 builds runs grow to kPromptVectors and read their sequence packed (prompt_rows.h)
 #if defined(RADIXRT_PROMPT_ROWS)
-  std::vector<PackedSequence<T>> packed;
+  // kept from call to call on the calling thread: packing then writes memory that is already
+  // mapped (fresh buffers cost as much as the packing itself). The lambdas below run on other
+  // threads, so they reach it through this reference, never by its thread_local name.
+  thread_local std::vector<PackedSequence<T>> kept_packed;
+  std::vector<PackedSequence<T>>& packed = kept_packed;
+  bool any_packed = false;
   std::vector<int64_t> seq_of;
   const auto attend_packed = attend_prompt_rows_for<T>(dim);
-  // only chains of kMinPackedRows rows or more: packing reads and writes the whole sequence, which
-  // a decoding request's few drafts or a short extend never pay back (their runs read it in place).
-  // Measured on an AVX2 AMD EPYC, 10 chains over 2,000 slots (bf16, 9 heads / 3 kv heads, dim 64),
-  // ms per call packed / in place: 16 rows 16.1 / 14.1, 32 rows 27.0 / 28.5, 64 rows 41.4 / 58.7,
-  // 128 rows 81.8 / 120.4; 2 rows (a token and one draft) over 3,000 slots 14.9 / 2.4.
+  // Packing reads and writes a sequence's keys, which a decoding request's few drafts or a short
+  // extend never pay back: their runs read K/V in place. So only chains of kMinPackedRows rows or
+  // more are packed, and chains of kMinSharingRows or more whose keys come mostly from a prefix
+  // they share with the chain that began their family (packed once for all of them, with it).
+  // Measured on an AVX2 AMD EPYC (bf16, 9 heads / 3 kv heads, dim 64, 2 threads), ms per call packed
+  // / in place: 10 chains over 2,000 slots of their own, 8 rows 7.1 / 5.7, 16 rows 13.3 / 14.0, 24
+  // rows 20.9 / 22.1; 32 chains over one shared 1,300-slot prefix, 8 rows 7.5 / 15.1, 16 rows 19.0 /
+  // 23.0, 20 rows 19.1 / 31.0; before packing was vectorized and shared, 2 rows (a token and one
+  // draft) over 3,000 slots 14.9 / 2.4.
   bool any_long = false;
+  const auto mark = [&](int64_t first, int64_t end) {
+    std::fill(long_chain.begin() + first, long_chain.begin() + end, true);
+    any_long = true;
+  };
+  int64_t family = -1, family_end = -1;  // the rows of the chain that began the current family
   for (int64_t b = 0, first = 0; b <= batch; ++b) {
     if (b < batch && chained(b)) continue;
-    if (b - first >= kMinPackedRows) {
-      std::fill(long_chain.begin() + first, long_chain.begin() + b, true);
-      any_long = true;
+    const int64_t rows = b - first;
+    if (rows >= kMinSharingRows) {
+      const bool shares = family >= 0 &&
+                          shared_prefix_keys(slots + starts[family], lens[family_end - 1], slots + starts[first],
+                                             lens[b - 1]) > 0;
+      if (shares) {
+        mark(family, family_end);
+        mark(first, b);
+      } else {
+        family = first;
+        family_end = b;
+      }
     }
+    if (rows >= kMinPackedRows) mark(first, b);
     first = b;
   }
   if (any_long) {
@@ -198,6 +251,7 @@ void decode_attention_impl(const at::Tensor& q, const at::Tensor& k_pool, const 
     longer.push_back(batch);
     if (pack_prompts<T>(k_ptr, v_ptr, slot_stride, slots, starts, lens, longer, long_chain, kv_heads, dim, packed,
                         seq_of)) {
+      any_packed = true;
       longer.pop_back();
       run_starts = std::move(longer);
     }
@@ -218,7 +272,7 @@ void decode_attention_impl(const at::Tensor& q, const at::Tensor& k_pool, const 
       attend(qb, q_head, k_ptr, v_ptr, slot_stride, slots + starts[b], lens[b], h, group, sc, s.acc, s.max, s.sum,
              s.scores);
 #if defined(RADIXRT_PROMPT_ROWS)
-    } else if (!packed.empty() && seq_of[run] >= 0) {
+    } else if (any_packed && seq_of[run] >= 0) {
       attend_packed(qb, q_head, q_row, group, rows, packed[seq_of[run] * kv_heads + h], lens[b], sc, s.acc, s.max, s.sum,
                     s.scores);
 #endif
@@ -229,6 +283,11 @@ void decode_attention_impl(const at::Tensor& q, const at::Tensor& k_pool, const 
     for (int64_t r = 0; r < rows; ++r)
       normalize_rows(s.acc + r * group * dim, s.sum + r * group, group, dim, out_ptr + ((b + r) * heads + h * group) * dim);
   });
+#if defined(RADIXRT_PROMPT_ROWS)
+  int64_t kept = 0;
+  for (const auto& seq : packed) kept += seq.floats();
+  if (kept > kKeptPackedFloats) std::vector<PackedSequence<T>>().swap(packed);
+#endif
 }
 
 }  // namespace

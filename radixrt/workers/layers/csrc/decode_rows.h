@@ -134,7 +134,7 @@ inline void prefetch_row(const T* row, int64_t bytes) {
   for (int64_t offset = 0; offset < bytes; offset += 64) __builtin_prefetch(reinterpret_cast<const char*>(row) + offset);
 }
 
-// exp(x) for x <= 0 (scores minus their max), in place: x = k ln2 + r with |r| <= ln2 / 2, exp(r) by
+// exp(x) for x <= 0 (scores minus their max): x = k ln2 + r with |r| <= ln2 / 2, exp(r) by
 // its degree-7 Taylor polynomial (relative error below 2e-7), 2^k put into the float's exponent
 // bits. Below -87 the result is 0. The vector lanes and the scalar tail do the same fused
 // multiply-adds, so a value's result does not depend on where it lies in x. (Written as a plain
@@ -152,24 +152,20 @@ inline float exp_nonpositive_one(float x) {
   return p * scale;
 }
 
-inline void exp_nonpositive(float* x, int64_t n) {
-  int64_t i = 0;
 #if defined(__AVX2__)
-  for (; i + 8 <= n; i += 8) {
-    const __m256 v = _mm256_max_ps(_mm256_loadu_ps(x + i), _mm256_set1_ps(-87.f));
-    const __m256 k = _mm256_floor_ps(_mm256_fmadd_ps(v, _mm256_set1_ps(1.44269504f), _mm256_set1_ps(0.5f)));
-    const __m256 r = _mm256_fnmadd_ps(k, _mm256_set1_ps(1.42860677e-6f), _mm256_fnmadd_ps(k, _mm256_set1_ps(0.693145752f), v));
-    __m256 p = _mm256_set1_ps(1.f / 5040);
-    for (const float c : {1.f / 720, 1.f / 120, 1.f / 24, 1.f / 6, 0.5f, 1.f, 1.f}) p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
-    const __m256i scale = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
-    _mm256_storeu_ps(x + i, _mm256_mul_ps(p, _mm256_castsi256_ps(scale)));
-  }
-#endif
-  for (; i < n; ++i) x[i] = exp_nonpositive_one(x[i]);
+inline __m256 exp8_nonpositive(__m256 x) {  // exp_nonpositive_one on 8 lanes
+  const __m256 v = _mm256_max_ps(x, _mm256_set1_ps(-87.f));
+  const __m256 k = _mm256_floor_ps(_mm256_fmadd_ps(v, _mm256_set1_ps(1.44269504f), _mm256_set1_ps(0.5f)));
+  const __m256 r = _mm256_fnmadd_ps(k, _mm256_set1_ps(1.42860677e-6f), _mm256_fnmadd_ps(k, _mm256_set1_ps(0.693145752f), v));
+  __m256 p = _mm256_set1_ps(1.f / 5040);
+  for (const float c : {1.f / 720, 1.f / 120, 1.f / 24, 1.f / 6, 0.5f, 1.f, 1.f}) p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+  const __m256i scale = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(scale));
 }
+#endif
 
-// max and sum over 16 interleaved partials (a loop the compiler vectorizes; a plain running
-// sum is a chain of dependent adds), in an order that depends on n only
+// max over 16 interleaved partials (a loop the compiler vectorizes), in an order that depends on n
+// only
 inline float max_of(const float* x, int64_t n) {
   float part[16];
   std::fill(part, part + 16, -std::numeric_limits<float>::infinity());
@@ -179,19 +175,6 @@ inline float max_of(const float* x, int64_t n) {
   }
   for (; i < n; ++i) part[0] = std::max(part[0], x[i]);
   return *std::max_element(part, part + 16);
-}
-
-inline float sum_of(const float* x, int64_t n) {
-  float part[16] = {};
-  int64_t i = 0;
-  for (; i + 16 <= n; i += 16) {
-    for (int j = 0; j < 16; ++j) part[j] += x[i + j];
-  }
-  for (; i < n; ++i) part[0] += x[i];
-  for (int width = 8; width > 0; width /= 2) {
-    for (int j = 0; j < width; ++j) part[j] += part[j + width];
-  }
-  return part[0];
 }
 
 // scores[i * stride + l] = qv[i] . (K row of slots[l]) for l < len and the first `vectors` query
@@ -248,13 +231,40 @@ inline void load_queries(const T* q, int64_t q_head_stride, int64_t vectors, flo
   }
 }
 
+// x[i] -> exp(x[i] - max) in place, and their sum: one pass, the sum in sum_of's order (16
+// interleaved partials over whole blocks of 16, the rest into the first, then a tree)
+inline float exp_shifted_sum(float* x, int64_t n, float max) {
+  alignas(32) float part[16] = {};
+  int64_t i = 0;
+#if defined(__AVX2__)
+  const __m256 shift = _mm256_set1_ps(max);
+  __m256 low = _mm256_setzero_ps(), high = _mm256_setzero_ps();
+  for (; i + 16 <= n; i += 16) {
+    const __m256 a = exp8_nonpositive(_mm256_sub_ps(_mm256_loadu_ps(x + i), shift));
+    const __m256 b = exp8_nonpositive(_mm256_sub_ps(_mm256_loadu_ps(x + i + 8), shift));
+    _mm256_storeu_ps(x + i, a);
+    _mm256_storeu_ps(x + i + 8, b);
+    low = _mm256_add_ps(low, a);
+    high = _mm256_add_ps(high, b);
+  }
+  _mm256_store_ps(part, low);
+  _mm256_store_ps(part + 8, high);
+#else
+  for (; i + 16 <= n; i += 16) {
+    for (int j = 0; j < 16; ++j) part[j] += x[i + j] = exp_nonpositive_one(x[i + j] - max);
+  }
+#endif
+  for (; i < n; ++i) part[0] += x[i] = exp_nonpositive_one(x[i] - max);
+  for (int width = 8; width > 0; width /= 2) {
+    for (int j = 0; j < width; ++j) part[j] += part[j + width];
+  }
+  return part[0];
+}
+
 // one query vector's scores in place -> exp(score - max), with that max and the sum
 inline void exponentiate(float* s, int64_t len, float* max_out, float* sum_out) {
-  const float max = max_of(s, len);
-  for (int64_t l = 0; l < len; ++l) s[l] -= max;
-  exp_nonpositive(s, len);
-  *max_out = max;
-  *sum_out = sum_of(s, len);
+  *max_out = max_of(s, len);
+  *sum_out = exp_shifted_sum(s, len, *max_out);
 }
 
 // out[g * dim + d] = sum over keys s0 <= l < s1, in order, of weights[g * stride + l] * V[slots[l]][d]

@@ -14,8 +14,9 @@
 //     order: attend_rows' sums, lane by lane.
 // So every vector gets attend_one's bits (tests/workers/test_cpu_decode_kernel.py checks it). K
 // (transposed) and V (widened, for bf16) are packed once per sequence and kv head, for all the
-// runs that read them. On an AVX2 AMD EPYC, a 1,024-row prompt of the embedded model's shape
-// (9 heads, 3 kv heads, 64 dims) took 22.5 ms a layer on one thread against attend_rows' 36.4.
+// runs that read them, and a prefix that several sequences share once for all of them. On an AVX2
+// AMD EPYC, a 1,024-row prompt of the embedded model's shape (9 heads, 3 kv heads, 64 dims) took
+// 22.5 ms a layer on one thread against attend_rows' 36.4.
 #pragma once
 
 #include "decode_rows.h"
@@ -30,34 +31,88 @@ constexpr int64_t kKeyLanes = 8;
 constexpr int kTileVectors = 6;  // query vectors whose FMAs share each K or V load
 constexpr int64_t kValueBlock = 64;  // keys whose V rows (16 KB at head_dim 64) every vector reads in turn
 
+// Loads 8 values as float32 lanes
+inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+inline __m256 load8(const at::BFloat16* p) {
+  return Vec16::widen(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+
+// r[i][j] -> r[j][i] for 8 x 8 float32
+inline void transpose8(__m256* r) {
+  __m256 t[8], u[8];
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 8; i += 4) {
+    u[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+    u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xee);
+    u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+    u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xee);
+  }
+  for (int i = 0; i < 4; ++i) {
+    r[i] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x20);
+    r[i + 4] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x31);
+  }
+}
+
 // One sequence's K of one kv head, transposed into [ceil(len / 8)][dim][8] (zeros past len), and
-// its V rows as float32 (widened from bf16; for float32 pools, pointers into the pool)
+// its V rows as float32 (widened from bf16; for float32 pools, pointers into the pool). A sequence
+// that starts with another one's slots (prompts after one shared prefix) takes that prefix's
+// packing from it (`shared` groups of 8 keys, an even number, so that the pairs of groups the
+// score loop reads never straddle the two) and packs only the rest. The buffers are kept from call
+// to call (decode_attention.cpp), so packing writes memory that is already mapped.
 template <typename T>
 struct PackedSequence {
   std::vector<float> kt, v;
   std::vector<const float*> v_rows;
+  const float* shared_kt = nullptr;
+  int64_t shared = 0;
 
+  const float* group(int64_t g, int64_t dim) const {
+    return g < shared ? shared_kt + g * dim * kKeyLanes : kt.data() + (g - shared) * dim * kKeyLanes;
+  }
+
+  // `prefix` (packed already, or null) covers the first prefix_keys slots (a multiple of 16, at most
+  // its own length) of this sequence
   void pack(const T* k_pool, const T* v_pool, int64_t slot_stride, const int64_t* slots, int64_t len,
-            int64_t head_offset, int64_t dim) {
+            int64_t head_offset, int64_t dim, const PackedSequence* prefix = nullptr, int64_t prefix_keys = 0) {
+    alignas(64) static const T zeros[256] = {};  // the keys past len of the last group of 8
     const int64_t groups = (len + kKeyLanes - 1) / kKeyLanes;
-    kt.assign(groups * dim * kKeyLanes, 0.f);
-    for (int64_t m = 0; m < len; ++m) {
-      const T* k = k_pool + slots[m] * slot_stride + head_offset;
-      float* dst = kt.data() + (m / kKeyLanes) * dim * kKeyLanes + m % kKeyLanes;
-      for (int64_t d = 0; d < dim; ++d) dst[d * kKeyLanes] = static_cast<float>(k[d]);
+    shared = prefix ? prefix_keys / kKeyLanes : 0;
+    shared_kt = prefix ? prefix->kt.data() : nullptr;
+    kt.resize((groups - shared) * dim * kKeyLanes);
+    for (int64_t g = shared; g < groups; ++g) {
+      const T* keys[kKeyLanes];
+      for (int64_t j = 0; j < kKeyLanes; ++j) {
+        const int64_t m = g * kKeyLanes + j;
+        keys[j] = m < len ? k_pool + slots[m] * slot_stride + head_offset : zeros;
+      }
+      float* dst = kt.data() + (g - shared) * dim * kKeyLanes;
+      for (int64_t d = 0; d < dim; d += 8) {
+        __m256 r[kKeyLanes];
+        for (int64_t j = 0; j < kKeyLanes; ++j) r[j] = load8(keys[j] + d);
+        transpose8(r);
+        for (int64_t j = 0; j < 8; ++j) _mm256_storeu_ps(dst + (d + j) * kKeyLanes, r[j]);
+      }
     }
     v_rows.resize(len);
+    const int64_t first = shared * kKeyLanes;
+    if (prefix) std::copy(prefix->v_rows.begin(), prefix->v_rows.begin() + first, v_rows.begin());
     if constexpr (std::is_same_v<T, float>) {
-      for (int64_t m = 0; m < len; ++m) v_rows[m] = v_pool + slots[m] * slot_stride + head_offset;
+      for (int64_t m = first; m < len; ++m) v_rows[m] = v_pool + slots[m] * slot_stride + head_offset;
     } else {
-      v.resize(len * dim);
-      for (int64_t m = 0; m < len; ++m) {
+      v.resize((len - first) * dim);
+      for (int64_t m = first; m < len; ++m) {
         const T* src = v_pool + slots[m] * slot_stride + head_offset;
-        for (int64_t d = 0; d < dim; d += 16) Vec16::load(src + d).store(v.data() + m * dim + d);
-        v_rows[m] = v.data() + m * dim;
+        float* dst = v.data() + (m - first) * dim;
+        for (int64_t d = 0; d < dim; d += 16) Vec16::load(src + d).store(dst + d);
+        v_rows[m] = dst;
       }
     }
   }
+
+  int64_t floats() const { return static_cast<int64_t>(kt.capacity() + v.capacity()); }
 };
 
 // scores of NV query vectors (scaled, float32 [dim]) for NG groups of 8 keys: for each lane l the
@@ -141,9 +196,8 @@ void attend_prompt_rows(const T* q, int64_t q_head_stride, int64_t q_row_stride,
       scaled.store(qs + i * dim + c * 16);
     }
   }
-  const int64_t group_floats = dim * kKeyLanes;
   for (int64_t g = 0; g < groups; g += 2) {
-    const float* kt = seq.kt.data() + g * group_floats;
+    const float* kt = seq.group(g, dim);
     const bool pair = g + 1 < groups;
     const auto run = [&](auto nv, int64_t i) {
       constexpr int NV = decltype(nv)::value;
