@@ -1,5 +1,5 @@
 """`python -m radixrt.bench.profile`: where one forward's time goes (torch.profiler), for a
-prefill of 1,024 new tokens, 16 prompts of 128 new tokens after one shared 600-token prefix
+prefill of 1,024 new tokens, 8 prompts of 128 new tokens after one shared 600-token prefix
 (few_shot's questions after their subject's examples), decode steps at batch 1, 16 and 64, and a decode step of 32
 requests after one shared 1,000-token prefix, on the model runner alone."""
 
@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> None:
     runner = ModelRunner(resolve_model(args.model), dtype=args.dtype, device="cpu", quantization=args.quantization)
     pool = KVPool(70_000, *runner.kv_shape(), dtype=runner.dtype)
     steps = {"prefill, 1,024 new tokens": _prefill(1, 1024),
-             "prefill, 16 x 128 new tokens after one shared 600-token prefix": _prefill(16, 128, shared=600),
+             "prefill, 8 x 128 new tokens after one shared 600-token prefix": _prefill(8, 128, shared=600),
              "decode, batch 1, 64-token contexts": _decode(1, 64),
              "decode, batch 16, 512-token contexts": _decode(16, 512),
              "decode, batch 64, 64-token contexts": _decode(64, 64),

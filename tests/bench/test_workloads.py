@@ -167,7 +167,8 @@ def test_profile_prints_a_table_per_step(bench_model_dir, capsys):
 
     profile_main(["--model", str(bench_model_dir), "--dtype", "float32", "--rows", "3"])
     out = capsys.readouterr().out
-    steps = ("prefill, 1,024 new tokens", "decode, batch 1, 64-token contexts", "decode, batch 16, 512-token contexts",
+    steps = ("prefill, 1,024 new tokens", "prefill, 8 x 128 new tokens after one shared 600-token prefix",
+             "decode, batch 1, 64-token contexts", "decode, batch 16, 512-token contexts",
              "decode, batch 64, 64-token contexts", "decode, 32 requests of 300 tokens after one 1,000-token prefix")  # fmt: skip
     for step in steps:
         assert f"== {step}:" in out
