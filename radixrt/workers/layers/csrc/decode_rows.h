@@ -231,8 +231,8 @@ inline void load_queries(const T* q, int64_t q_head_stride, int64_t vectors, flo
   }
 }
 
-// x[i] -> exp(x[i] - max) in place, and their sum: one pass, the sum in sum_of's order (16
-// interleaved partials over whole blocks of 16, the rest into the first, then a tree)
+// x[i] -> exp(x[i] - max) in place, and their sum, in one pass. The sum's order depends on n only:
+// 16 interleaved partials over whole blocks of 16, the rest into the first, then a tree.
 inline float exp_shifted_sum(float* x, int64_t n, float max) {
   alignas(32) float part[16] = {};
   int64_t i = 0;
