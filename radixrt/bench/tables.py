@@ -2,6 +2,7 @@
 
     python -m radixrt.bench.tables benchmarks/results/RUN.json                      # print them
     python -m radixrt.bench.tables benchmarks/results/RUN.json --into BENCHMARKS.md  # replace them
+    python -m radixrt.bench.tables A.json B.json ... --against llamacpp  # one table across runs
 
 With `--into`, the text between the `<!-- bench:tables begin -->` and `<!-- bench:tables end -->`
 lines is replaced. Every table is headed by the machine it ran on (CPU, ISA flags, threads).
@@ -155,12 +156,34 @@ def _acceptance(f: dict[str, Any]) -> str:
 def _targets(results: dict[str, Any]) -> list[str]:
     lines = ["| workload | target | goal | measured | |", "|---|---|---:|---:|---|"]
     for row in evaluate(results):
-        verdict = (
-            "met" if row["met"] else "not measured" if row["measured"] is None else f"missed by {row['short_by']:.0%}"
-        )
         measured = "-" if row["measured"] is None else f"{row['measured']:.2f}"
-        lines.append(f"| {row['workload']} | {row['target']} | {row['goal']:g} | {measured} | {verdict} |")
+        lines.append(f"| {row['workload']} | {row['target']} | {row['goal']:g} | {measured} | {_verdict(row)} |")
     return lines
+
+
+def _verdict(row: dict[str, Any]) -> str:
+    return "met" if row["met"] else "not measured" if row["measured"] is None else f"missed by {row['short_by']:.0%}"
+
+
+def across_runs(runs: list[tuple[dict[str, Any], str]], other: str) -> str:
+    """radixrt over `other`, one row per workload of each (results, source) run that measured both
+    (each ratio from its own run), highest programs/s ratio first, headed by every run's machine."""
+    rows = []
+    for results, source in runs:
+        judged = {(r["workload"], r["target"]): r for r in evaluate(results)}
+        for name, entry in results["workloads"].items():
+            ratios = entry.get("ratios", {}).get(other)
+            if not ratios or ratios.get("programs_per_s") is None:
+                continue
+            target = judged.get((name, f"prog/s vs {other}"))
+            rows.append((ratios["programs_per_s"], name, _verdict(target) if target else "-",
+                         _ratio(entry, other, "interactive_speedup"), f"`{source}`"))  # fmt: skip
+    lines = [f"| workload | programs/s over {other} | target | 1-program latency over {other} | results |",
+             "|---|---:|---|---:|---|"]  # fmt: skip
+    lines += [f"| {name} | {_times(ratio)} | {verdict} | {alone} | {source} |"
+              for ratio, name, verdict, alone, source in sorted(rows, key=lambda r: -r[0])]  # fmt: skip
+    captions = sorted({machine_line(results).removesuffix("*") + "*" for results, _ in runs})
+    return "\n\n".join(captions) + "\n\n" + "\n".join(lines) + "\n"
 
 
 def _micro(results: dict[str, Any]) -> list[str]:
@@ -274,10 +297,17 @@ def replace_between_markers(document: str, tables: str) -> str:
 
 def main(argv: list[str] | None = None, out: Callable[[str], Any] = print) -> None:
     parser = argparse.ArgumentParser(prog="python -m radixrt.bench.tables", description=__doc__.splitlines()[0])
-    parser.add_argument("results", help="a results JSON file written by `python -m radixrt.bench --json`")
+    parser.add_argument("results", nargs="+", help="results JSON files written by `python -m radixrt.bench --json`")
     parser.add_argument("--into", help="a Markdown file whose generated block is replaced")
+    parser.add_argument("--against", metavar="SYSTEM", help="one table of radixrt over SYSTEM across the runs given")
     args = parser.parse_args(argv)
-    tables = markdown(json.loads(Path(args.results).read_text()), source=args.results)
+    runs = [(json.loads(Path(path).read_text()), path) for path in args.results]
+    if args.against:
+        out(across_runs(runs, args.against))
+        return
+    if len(runs) > 1:
+        parser.error("several results files need --against (their tables one at a time otherwise)")
+    tables = markdown(*runs[0])
     if args.into:
         path = Path(args.into)
         path.write_text(replace_between_markers(path.read_text(), tables))

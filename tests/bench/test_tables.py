@@ -11,7 +11,7 @@ import pytest
 
 from radixrt.bench import report
 from radixrt.bench.crosscheck import crosscheck
-from radixrt.bench.tables import BEGIN, END, machine_line, main, markdown, replace_between_markers
+from radixrt.bench.tables import BEGIN, END, across_runs, machine_line, main, markdown, replace_between_markers
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -79,6 +79,33 @@ def test_into_replaces_only_the_generated_block(results, tmp_path):
     assert "old tables" not in text and text.endswith(END + "\n\nprose after\n")
     with pytest.raises(ValueError, match="no .* block"):
         replace_between_markers("no markers here", "tables")
+
+
+def test_against_gives_one_row_per_workload_of_every_run_from_its_own_ratios(results, tmp_path):
+    second = json.loads(json.dumps(results))  # another run: hellaswag, 4x llama.cpp, and no llama.cpp at all
+    entry = second["workloads"].pop("few_shot")
+    entry["systems"]["radixrt"]["programs_per_s"] = 4.0
+    entry["ratios"] = report.ratios(entry["systems"], entry["interactive"])
+    second["workloads"]["hellaswag"] = entry
+    second["machine"]["date_utc"] = "2026-12-06T00:00:00+00:00"
+    third = json.loads(json.dumps(results))
+    third["workloads"]["few_shot"]["ratios"].pop("llamacpp")
+    text = across_runs([(results, "a.json"), (second, "b.json"), (third, "c.json")], "llamacpp")
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert rows == [
+        "| hellaswag | 4.00x | met | 0.50x | `b.json` |",  # highest ratio first
+        "| few_shot | 2.00x | missed by 33% | 0.50x | `a.json` |",
+    ]
+    assert text.count("Test CPU 9000") == 2 and "2026-12-06T00:00:00" in text  # each run's machine, once
+    paths = []
+    for name, run in (("a.json", results), ("b.json", second)):
+        paths.append(str(tmp_path / name))
+        Path(paths[-1]).write_text(json.dumps(run))
+    printed = []
+    main([*paths, "--against", "llamacpp"], out=printed.append)
+    assert "| hellaswag | 4.00x | met |" in printed[0]
+    with pytest.raises(SystemExit):  # several files and no --against: which table would it be?
+        main(paths, out=printed.append)
 
 
 def test_benchmarks_md_has_a_generated_block():
