@@ -14,14 +14,12 @@ from pathlib import Path
 import pytest
 
 import radixrt
-from tests.cpu import MEASURED_PACKING, PACKS_PROMPT_ROWS
 
 ROOT = Path(__file__).resolve().parents[2]
 NO_KERNELS = {
     "decode_attention": "torch",
     "extend_attention": "torch",
     "shared_prefix_decode": "off",
-    "prompt_rows_packing": "off",
     "rms_norm": "torch",
     "silu_and_mul": "torch",
     "rotary": "torch",
@@ -52,10 +50,8 @@ def test_with_a_compiler_stats_show_the_cpu_kernels_where_they_apply(tiny_model_
     # float32 prefill the same, its kernel being the prompt rows as decode rows
     assert re.fullmatch(MEASURED_DECODE, kernels.pop("decode_attention"))
     assert re.fullmatch(MEASURED_DECODE, kernels.pop("extend_attention"))
-    packing = kernels.pop("prompt_rows_packing")  # measured where decode_attention packs prompt rows
-    assert re.fullmatch(MEASURED_PACKING, packing) if PACKS_PROMPT_ROWS else packing == "off"
     # shared-prefix decode (bf16 only) is off
-    dropped = ("decode_attention", "extend_attention", "prompt_rows_packing")
+    dropped = ("decode_attention", "extend_attention")
     assert kernels == {**{k: v for k, v in NO_KERNELS.items() if k not in dropped}, "rms_norm": "cpu_kernels",
                        "silu_and_mul": "cpu_kernels", "rotary": "cpu_kernels", "decode_layer": "cpu_kernels"}  # fmt: skip
 

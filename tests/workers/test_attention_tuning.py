@@ -14,12 +14,11 @@ from radixrt.radix_cache.pool import KVPool
 from radixrt.workers.forward_batch import ForwardBatch
 from radixrt.workers.layers import attention_tuning, cpu_kernels
 from radixrt.workers.layers.attention import AttentionChoice, TorchAttentionBackend, create_backend
-from radixrt.workers.layers.attention.torch_backend import KERNEL, NEVER_PACKED, TORCH, packs_prompt_rows
+from radixrt.workers.layers.attention.torch_backend import KERNEL, TORCH
 from radixrt.workers.model_runner import ModelRunner
 
 pytestmark = pytest.mark.skipif(cpu_kernels.load() is None, reason="needs radixrt's C++ CPU kernels")
 EXTEND = cpu_kernels.supports_extend(64, torch.bfloat16)  # this CPU runs the bf16 prefill kernel
-PACKS = not EXTEND and packs_prompt_rows(cpu_kernels.load())  # decode_attention packs long chains here
 needs_extend = pytest.mark.skipif(not EXTEND, reason="needs the C++ bf16 prefill attention (AVX512-BF16)")
 
 
@@ -44,55 +43,6 @@ def test_the_measurement_checks_every_candidate_and_times_both_of_each_op():
     assert not wrong and choice.decode in (KERNEL, TORCH) and choice.extend in (KERNEL, TORCH)
     assert choice.why["decode_attention"].startswith("measured ")
     assert choice.why["extend_attention"].startswith("measured ")
-    # which chains of rows decode_attention packs: timed where its build packs any (AVX2 without AVX-512)
-    if not PACKS:
-        assert m.packing == {} and choice.packing == AttentionChoice.packing
-        return
-    for kind, cases in attention_tuning.PACKING_CASES.items():
-        lengths = [rows for _, rows, _, _ in cases]
-        assert list(m.packing[kind]) == lengths and all(p > 0 and i > 0 for p, i in m.packing[kind].values())
-    own, sharing = choice.packing
-    assert own in (*[rows for _, rows, _, _ in attention_tuning.PACKING_CASES["own"]], NEVER_PACKED)
-    assert sharing in (*[rows for _, rows, _, _ in attention_tuning.PACKING_CASES["sharing"]], NEVER_PACKED)
-    assert choice.why["prompt_rows_packing"] == "measured"
-
-
-def test_packing_starts_at_the_fewest_rows_from_which_it_never_measured_slower():
-    threshold = attention_tuning.packing_threshold  # rows -> (seconds packed, seconds in place)
-    assert threshold({8: (2, 1), 16: (1, 2), 32: (1, 2), 64: (1, 2)}) == 16
-    assert threshold({8: (1, 2), 16: (3, 2), 32: (1, 2), 64: (1, 2)}) == 32  # slower at 16: from 32 only
-    assert threshold({8: (1, 2), 16: (1, 2), 32: (1, 2), 64: (2.1, 2)}) == NEVER_PACKED  # slower at the longest
-    assert threshold({4: (1, 1), 8: (1, 1)}) == 4  # a tie packs (the bits are the same)
-    timed = {op: {KERNEL: 1.0, TORCH: 2.0} for op in ("extend", "decode")}
-    both = dict.fromkeys(timed, (KERNEL, TORCH))
-    packing = {"own": {8: (2.0, 1.0), 16: (1.0, 2.0)}, "sharing": {4: (3.0, 1.0)}}
-    choice = attention_tuning.choose(attention_tuning.AttentionMeasurement(both, both, timed, packing))[0]
-    assert choice.packing == (16, NEVER_PACKED) and choice.why["prompt_rows_packing"] == "measured"
-    unmeasured = attention_tuning.choose(attention_tuning.AttentionMeasurement(both, both, timed))[0]
-    assert unmeasured.packing == AttentionChoice.packing and "prompt_rows_packing" not in unmeasured.why
-
-
-def test_the_backend_runs_and_describes_the_measured_packing_rule():
-    real, rules = cpu_kernels.load(), []
-
-    def recorded(*args):
-        rules.append(args[7:])
-        return real.decode_attention(*args)
-
-    ops = types.SimpleNamespace(decode_attention=recorded, packs_prompt_rows=real.packs_prompt_rows)
-    choice = AttentionChoice(KERNEL, KERNEL, {"prompt_rows_packing": "measured"}, packing=(16, 4))
-    backend = TorchAttentionBackend(9, 3, 64, None, ops, False, choice)
-    attend(backend, mixed_batch(invariant=True), torch.float32)  # decode and prompt rows: decode_attention
-    assert rules == [(16, 4)]
-    decoding = ForwardBatch.build([[1], [2]], [list(range(1, 41)), list(range(100, 160))])
-    backend.prepare(decoding)
-    assert backend.decode_kernel_args().packing == (16, 4)  # the fused decode step's op gets it too
-    described = backend.implementations()["prompt_rows_packing"]
-    assert described == ("chains of >= 16 rows, >= 4 after a shared prefix (measured)" if PACKS else "off")
-    never = TorchAttentionBackend(9, 3, 64, None, ops, False, AttentionChoice(packing=(NEVER_PACKED, 8)))
-    assert never.implementations()["prompt_rows_packing"] == (
-        "no chain on its own, >= 8 after a shared prefix" if PACKS else "off"
-    )
 
 
 def test_choose_keeps_the_kernel_unless_torch_is_more_than_5_percent_faster():
@@ -140,7 +90,6 @@ def test_radixrt_kernels_torch_measures_nothing(cache, monkeypatch):
         "decode_attention": "torch",
         "extend_attention": "torch",
         "shared_prefix_decode": "off",
-        "prompt_rows_packing": "off",
     }
     assert not (cache / "attention_tuning.json").exists()
 

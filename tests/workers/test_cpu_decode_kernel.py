@@ -20,7 +20,6 @@ pytestmark = pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c+
                                 reason="no C++ compiler")  # fmt: skip
 
 POOL_SLOTS = 4096
-NEVER = 1 << 30  # a packing threshold no chain reaches
 
 
 @pytest.fixture(scope="module")
@@ -114,14 +113,15 @@ def test_a_long_prompts_rows_get_the_bits_each_gets_alone(kernels, dtype, heads,
     assert_rows_get_their_bits_alone(kernels, q, k_pool, v_pool, slots, starts, lens)
 
 
-def shared_prefix_case(heads: int, kv_heads: int, dim: int, dtype: torch.dtype):
-    """Chains of rows after one 200-slot prefix (few-shot questions, a select's choices) and others:
-    on AVX2 builds, with decode_attention's default packing rule (32 rows; 8 after a shared prefix),
-    the prefix is packed once and the chains that share it read it from there."""
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("heads", "kv_heads", "dim"), [(9, 3, 64), (4, 2, 128), (16, 1, 32)])
+def test_prompts_after_a_shared_prefix_get_the_bits_each_gets_alone(kernels, dtype, heads, kv_heads, dim):
+    # chains of rows after one 200-slot prefix (few-shot questions, a select's choices): on AVX2
+    # builds the prefix is packed once and the chains that share it read it from there. Rows of
+    # each chain, then the slots before its first row:
     g = torch.Generator().manual_seed(dim)
     free = (torch.randperm(POOL_SLOTS - 1, generator=g) + 1).tolist()
     prefix, free = free[:200], free[200:]
-    # rows of each chain, then the slots before its first row
     chains = [
         (12, prefix),  # begins the family: packed because the next ones share with it
         (9, prefix),
@@ -143,30 +143,12 @@ def shared_prefix_case(heads: int, kv_heads: int, dim: int, dtype: torch.dtype):
     v_pool = torch.randn(POOL_SLOTS, kv_heads, dim, generator=g).to(dtype)
     slots = torch.tensor(indices)
     assert slots.max() < POOL_SLOTS
-    return q, k_pool, v_pool, slots, torch.tensor(starts), torch.tensor(lens)
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize(("heads", "kv_heads", "dim"), [(9, 3, 64), (4, 2, 128), (16, 1, 32)])
-def test_prompts_after_a_shared_prefix_get_the_bits_each_gets_alone(kernels, dtype, heads, kv_heads, dim):
-    assert_rows_get_their_bits_alone(kernels, *shared_prefix_case(heads, kv_heads, dim, dtype))
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_which_chains_are_packed_never_changes_a_bit(kernels, dtype):
-    # the packing rule (min_packed_rows, min_sharing_rows) is measured on each machine
-    # (attention_tuning.py): it picks a path, never the result
-    case = shared_prefix_case(9, 3, 64, dtype)
-    nothing_packed = kernels.decode_attention(*case, 0.125, NEVER, NEVER)
-    for rule in [(2, 2), (8, 4), (32, 8), (16, NEVER), (NEVER, 4)]:
-        assert torch.equal(kernels.decode_attention(*case, 0.125, *rule), nothing_packed), rule
-    with pytest.raises(RuntimeError, match="a packed chain has at least 2 rows"):
-        kernels.decode_attention(*case, 0.125, 1, 8)
+    assert_rows_get_their_bits_alone(kernels, q, k_pool, v_pool, slots, torch.tensor(starts), torch.tensor(lens))
 
 
 def test_prompt_rows_over_a_sequence_too_long_to_pack_get_the_bits_each_gets_alone(kernels):
     # 2.2M slots of bf16 K and V (over the 256 MB that prompt_rows.h may pack a call's sequences
-    # into), 32 rows (enough to be packed by decode_attention's default rule): the rows take
+    # into), 32 rows (enough to be packed, decode_attention.cpp's kMinPackedRows): the rows take
     # the unpacked loop (attend_rows) and still get their decode bits
     n, rows = 2_200_000, 32
     g = torch.Generator().manual_seed(7)

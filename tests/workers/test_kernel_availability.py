@@ -31,14 +31,12 @@ def test_the_torch_backend_reports_torch_without_kernels_and_the_kernels_with_th
         "decode_attention": "torch",
         "extend_attention": "torch",
         "shared_prefix_decode": "off",
-        "prompt_rows_packing": "off",
     }
-    loaded = object()  # stands for torch.ops.radixrt (one without packs_prompt_rows: an AVX-512 build's answer)
+    loaded = object()  # stands for torch.ops.radixrt
     assert TorchAttentionBackend(4, 2, 64, cpu_kernels=loaded, extend_kernel=True).implementations() == {
         "decode_attention": "cpu_kernels",
         "extend_attention": "cpu_kernels",
         "shared_prefix_decode": "cpu_kernels",
-        "prompt_rows_packing": "off",  # extend_attention runs: prompt rows never reach decode_attention
     }
 
 
@@ -50,7 +48,6 @@ def test_the_torch_backend_reports_what_was_measured_and_what_invariant_batches_
         "decode_attention": "cpu_kernels (measured 2.50x faster)",
         "extend_attention": "torch (measured 1.80x faster); batch-invariant: cpu_kernels",
         "shared_prefix_decode": "cpu_kernels",  # whichever decode candidate won
-        "prompt_rows_packing": "off",
     }
     # float32: prefill's kernel is decode_attention (prompt rows as decode rows); both measured slower
     why = {"decode_attention": "measured 1.30x faster", "extend_attention": "measured 1.20x faster"}
@@ -59,7 +56,6 @@ def test_the_torch_backend_reports_what_was_measured_and_what_invariant_batches_
         "decode_attention": "torch (measured 1.30x faster); batch-invariant: cpu_kernels",
         "extend_attention": "torch (measured 1.20x faster); batch-invariant: cpu_kernels",
         "shared_prefix_decode": "off",
-        "prompt_rows_packing": "off",
     }
 
 

@@ -9,19 +9,13 @@ torch attention backend's own `prepare` / `attend` on one layer of a small pool 
           one of 1,024 new tokens (the two times are added)
   decode  our decode kernel (`tiled_decode_attention` where the extend kernel runs, else
           `decode_attention`) vs one padded SDPA batch, on 16 requests of ~1,024 tokens
-and, on builds whose decode_attention packs long chains of rows (AVX2 without AVX-512), which chains
-pay for packing their sequence (csrc/decode_attention.cpp: min_packed_rows, min_sharing_rows; the
-bits are the same either way): chains of 8, 16, 32 and 64 rows over sequences of their own, and of
-4, 8 and 16 rows after one shared prefix, each timed packed and read in place; the fewest rows from
-which packing was no slower at every length timed is the threshold.
 Each candidate is first checked against a float64 softmax on a small mixed batch (a wrong one is
 never chosen), then timed: candidates take turns, and the median of their rounds counts. The kernel
 is kept unless torch measured more than 5% faster (`KERNEL_MARGIN`). The result is cached in
 `$RADIXRT_KERNEL_CACHE/attention_tuning.json` under the key of kernel_tuning.machine_key() (CPU,
 flags, compiled kernels, torch's version, threads) and the shape, so later starts measure nothing
 (unless other processes took the CPUs while it was timed: other_load.py).
-About 0.2 s for the embedded model's shape (bf16) on 2 AMD EPYC cores, ~0.5 s more where the
-packing is timed.
+About 0.2 s for the embedded model's shape (bf16) on 2 AMD EPYC cores.
 """
 
 from __future__ import annotations
@@ -31,7 +25,7 @@ import logging
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,19 +33,12 @@ import torch
 
 from radixrt.workers.forward_batch import ForwardBatch
 from radixrt.workers.layers import cpu_kernels, kernel_tuning
-from radixrt.workers.layers.attention.torch_backend import (
-    KERNEL,
-    NEVER_PACKED,
-    TORCH,
-    AttentionChoice,
-    TorchAttentionBackend,
-    packs_prompt_rows,
-)
+from radixrt.workers.layers.attention.torch_backend import KERNEL, TORCH, AttentionChoice, TorchAttentionBackend
 from radixrt.workers.layers.other_load import OtherLoad
 
 logger = logging.getLogger(__name__)
 
-TUNING_VERSION = 4  # bumped whenever how candidates are measured changes
+TUNING_VERSION = 3  # bumped whenever how candidates are measured changes
 PREFILLS = ((512, 512), (0, 1024))  # (cached prefix, new tokens) of the timed prefill requests
 DECODE_BATCH, DECODE_LEN = 16, 1024
 # the correctness check's batches: (cached prefix, new tokens) per request
@@ -62,11 +49,6 @@ MIN_SAMPLE_S = 5e-3  # calls are repeated until a sample lasts this long
 WRONG = "the kernel gave wrong results"
 KERNEL_MARGIN = 1.05  # the kernel is kept unless torch takes less than 1/KERNEL_MARGIN of its time
 OPS = {"extend": "extend_attention", "decode": "decode_attention"}  # op -> its name in implementations()
-# (chains, rows per chain, keys before a chain's rows, whether those are one prefix they all share)
-PACKING_CASES = {
-    "own": [(4, rows, 1000, False) for rows in (8, 16, 32, 64)],
-    "sharing": [(4, rows, 1000, True) for rows in (4, 8, 16)],
-}
 
 
 @dataclass(frozen=True)
@@ -77,24 +59,16 @@ class AttentionMeasurement:
     tried: dict[str, tuple[str, ...]]
     correct: dict[str, tuple[str, ...]]
     seconds: dict[str, dict[str, float]]
-    # PACKING_CASES' kind -> rows per chain -> (seconds packed, seconds in place); empty where
-    # decode_attention packs nothing
-    packing: dict[str, dict[int, tuple[float, float]]] = field(default_factory=dict)
 
     def to_json(self) -> dict:
         names = lambda d: {op: list(c) for op, c in d.items()}  # noqa: E731
-        packing = {kind: {str(rows): list(t) for rows, t in timed.items()} for kind, timed in self.packing.items()}
-        return {"tried": names(self.tried), "correct": names(self.correct), "seconds": self.seconds, "packing": packing}
+        return {"tried": names(self.tried), "correct": names(self.correct), "seconds": self.seconds}
 
     @classmethod
     def from_json(cls, data: dict) -> AttentionMeasurement:
         names = lambda d: {op: tuple(str(c) for c in cs) for op, cs in d.items()}  # noqa: E731
         seconds = {op: {str(c): float(s) for c, s in t.items()} for op, t in data["seconds"].items()}
-        packing = {
-            kind: {int(rows): (float(packed), float(in_place)) for rows, (packed, in_place) in timed.items()}
-            for kind, timed in data["packing"].items()
-        }
-        return cls(names(data["tried"]), names(data["correct"]), seconds, packing)
+        return cls(names(data["tried"]), names(data["correct"]), seconds)
 
 
 def shape_key(num_heads: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype) -> str:
@@ -127,23 +101,7 @@ def choose(m: AttentionMeasurement) -> tuple[AttentionChoice, set[str]]:
                 why[name] = f"measured {fast / slow:.2f}x slower, kept within {100 * (KERNEL_MARGIN - 1):.0f}%"
         else:  # one candidate left (or none: torch is the reference)
             used[op] = KERNEL if KERNEL in correct else TORCH
-    packing = AttentionChoice.packing
-    if m.packing:
-        packing = (packing_threshold(m.packing["own"]), packing_threshold(m.packing["sharing"]))
-        why["prompt_rows_packing"] = "measured"
-    return AttentionChoice(extend=used["extend"], decode=used["decode"], why=why, packing=packing), wrong
-
-
-def packing_threshold(timed: dict[int, tuple[float, float]]) -> int:
-    """The fewest rows from which packing measured no slower at every length timed (NEVER_PACKED:
-    slower at the longest)."""
-    threshold = NEVER_PACKED
-    for rows in sorted(timed, reverse=True):
-        packed, in_place = timed[rows]
-        if packed > in_place:
-            break
-        threshold = rows
-    return threshold
+    return AttentionChoice(extend=used["extend"], decode=used["decode"], why=why), wrong
 
 
 def measure(num_heads: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype, ops: Any, extend_kernel: bool):
@@ -162,44 +120,7 @@ def measure(num_heads: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype
         if len(correct[op]) > 1:  # nothing to choose from otherwise
             cases = [_Case(new[names[0]](), op, r, dtype, seed=2 + i) for i, r in enumerate(_timed_requests(op))]
             seconds[op] = _time_candidates({c: _timed_call(new[c], cases) for c in correct[op]})
-    packs = not extend_kernel and KERNEL in correct["decode"] and packs_prompt_rows(ops)
-    packing = _measure_packing(num_heads, num_kv_heads, head_dim, dtype, ops) if packs else {}
-    return AttentionMeasurement(tried, correct, seconds, packing)
-
-
-def _measure_packing(heads: int, kv_heads: int, dim: int, dtype: torch.dtype, ops: Any):
-    """PACKING_CASES, each timed with its chains packed (the rule's threshold at its rows) and read in place."""
-    result = {}
-    for kind, cases in PACKING_CASES.items():
-        result[kind] = {}
-        for chains, rows, prefix, shared in cases:
-            args = _chains_call(heads, kv_heads, dim, dtype, chains, rows, prefix, shared)
-            packed = (NEVER_PACKED, rows) if shared else (rows, NEVER_PACKED)
-            ways = {"packed": packed, "in_place": (NEVER_PACKED, NEVER_PACKED)}
-            timed = _time_candidates(
-                {way: functools.partial(ops.decode_attention, *args, *n) for way, n in ways.items()}
-            )
-            result[kind][rows] = (timed["packed"], timed["in_place"])
-    return result
-
-
-def _chains_call(
-    heads: int, kv_heads: int, dim: int, dtype: torch.dtype, chains: int, rows: int, prefix: int, shared: bool
-):
-    """decode_attention's arguments but the packing rule: `chains` prompts of `rows` rows each after
-    `prefix` keys (one prefix they all share, or one each), row j of a prompt over prefix + j + 1."""
-    gen = torch.Generator().manual_seed(7)
-    seqs, at = [], 1 + (prefix if shared else 0)
-    for _ in range(chains):
-        own = prefix * (not shared) + rows
-        seqs.append(([*range(1, 1 + prefix)] if shared else []) + [*range(at, at + own)])
-        at += own
-    k_pool, v_pool = (torch.randn(at, kv_heads, dim, generator=gen).to(dtype) for _ in range(2))
-    q = torch.randn(chains * rows, heads, dim, generator=gen).to(dtype)
-    kv_indices = torch.tensor([slot for seq in seqs for slot in seq])
-    starts = torch.tensor([c * (prefix + rows) for c in range(chains) for _ in range(rows)])
-    lens = torch.tensor([prefix + j + 1 for _ in range(chains) for j in range(rows)])
-    return q, k_pool, v_pool, kv_indices, starts, lens, dim**-0.5
+    return AttentionMeasurement(tried, correct, seconds)
 
 
 def cached_measure(
@@ -229,9 +150,6 @@ def plan(
     """The measured (or recalled) choice for this shape, logged once."""
     choice, wrong = choose(cached_measure(num_heads, num_kv_heads, head_dim, dtype, ops, extend_kernel))
     said = [f"{op} {getattr(choice, op)} ({choice.why[name]})" for op, name in OPS.items() if name in choice.why]
-    if "prompt_rows_packing" in choice.why:
-        own, sharing = (n if n < NEVER_PACKED else "never" for n in choice.packing)
-        said.append(f"prompt rows packed from {own} rows a chain, {sharing} after a shared prefix")
     if said:
         logger.info("attention kernels, measured on this CPU: %s", "; ".join(said))
     return choice, wrong

@@ -67,7 +67,7 @@ class FusedDecodeLayers:
         a = attention
         return self.ops.decode_layers(
             stack, hidden, cos, sin, kv_pool.k_buffers, kv_pool.v_buffers, a.out_slots, a.kv_indices, a.starts,
-            a.lens, a.scale, a.kernel, a.shared_min_requests, *a.packing,
+            a.lens, a.scale, a.kernel, a.shared_min_requests,
         )  # fmt: skip
 
     def _hooked(self) -> bool:

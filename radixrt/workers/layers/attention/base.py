@@ -35,7 +35,6 @@ class DecodeKernelArgs(NamedTuple):
     scale: float
     kernel: int  # DECODE, TILED (rounds as extend_attention does) or SHARED_PREFIX (csrc/decode_layer.cpp)
     shared_min_requests: int  # shared_prefix_decode's threshold
-    packing: tuple[int, int]  # decode_attention's min_packed_rows, min_sharing_rows (AttentionChoice.packing)
 
 
 # DecodeKernelArgs.kernel: decode_attention, tiled_decode_attention, shared_prefix_decode

@@ -75,13 +75,6 @@ SHARED_PREFIX_MIN_REQUESTS = 8
 
 
 KERNEL, TORCH = "cpu_kernels", "torch"
-NEVER_PACKED = 1 << 30  # a min_*_rows that no chain reaches
-
-
-def packs_prompt_rows(ops: Any) -> bool:
-    """Whether these kernels' decode_attention packs long chains of rows (AVX2 builds without AVX-512)."""
-    packs = getattr(ops, "packs_prompt_rows", None)
-    return bool(packs is not None and packs())
 
 
 @dataclass(frozen=True)
@@ -93,9 +86,6 @@ class AttentionChoice:
     extend: str = KERNEL
     decode: str = KERNEL
     why: dict[str, str] = field(default_factory=dict)
-    # decode_attention's min_packed_rows and min_sharing_rows (csrc/decode_attention.cpp): which
-    # chains of rows read their sequence packed, on AVX2 builds (measured, never changes a bit)
-    packing: tuple[int, int] = (32, 8)
 
 
 @dataclass
@@ -149,22 +139,7 @@ class TorchAttentionBackend(AttentionBackend):
         extend = self._describe("extend_attention", self.choice.extend, self.cpu_kernels is not None)
         # NOTE: shared_prefix_decode runs under the same conditions as extend_attention
         shared = KERNEL if self.extend_kernel else "off"
-        return {
-            "decode_attention": decode,
-            "extend_attention": extend,
-            "shared_prefix_decode": shared,
-            "prompt_rows_packing": self._describe_packing(),
-        }
-
-    def _describe_packing(self) -> str:
-        """e.g. "chains of >= 32 rows, >= 8 after a shared prefix (measured)"."""
-        if self.cpu_kernels is None or self.extend_kernel or not packs_prompt_rows(self.cpu_kernels):
-            return "off"
-        own, sharing = self.choice.packing
-        text = f"chains of >= {own} rows" if own < NEVER_PACKED else "no chain on its own"
-        text += f", >= {sharing} after a shared prefix" if sharing < NEVER_PACKED else ", none after a shared prefix"
-        why = self.choice.why.get("prompt_rows_packing")
-        return f"{text} ({why})" if why else text
+        return {"decode_attention": decode, "extend_attention": extend, "shared_prefix_decode": shared}
 
     def _describe(self, op: str, used: str, kernel: bool) -> str:
         """e.g. "torch (measured 1.80x faster); batch-invariant: cpu_kernels"."""
@@ -225,9 +200,8 @@ class TorchAttentionBackend(AttentionBackend):
             return None
         kernel = SHARED_PREFIX if g.shared_prefix else TILED if self.extend_kernel else DECODE  # as _attend_decode
         return DecodeKernelArgs(
-            self._out_slots, g.kv_indices, g.starts, g.lens, self.scale, kernel, SHARED_PREFIX_MIN_REQUESTS,
-            self.choice.packing,
-        )  # fmt: skip
+            self._out_slots, g.kv_indices, g.starts, g.lens, self.scale, kernel, SHARED_PREFIX_MIN_REQUESTS
+        )
 
     def attend(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer_id: int, kv_pool: KVBuffers
@@ -264,10 +238,8 @@ class TorchAttentionBackend(AttentionBackend):
         if g.slots is None:
             # where the extend kernel runs, decode rows take its arithmetic (and its speed: bf16 dot
             # products), so that a generated token's K/V is what a prefill of it would store
-            args = (q, k_buf, v_buf, g.kv_indices, g.starts, g.lens, self.scale)
-            if self.extend_kernel:
-                return self.cpu_kernels.tiled_decode_attention(*args)
-            return self.cpu_kernels.decode_attention(*args, *self.choice.packing)
+            run = self.cpu_kernels.tiled_decode_attention if self.extend_kernel else self.cpu_kernels.decode_attention
+            return run(q, k_buf, v_buf, g.kv_indices, g.starts, g.lens, self.scale)
         return self._attend_decode_padded(q, k_buf, v_buf, g)
 
     def _attend_decode_padded(

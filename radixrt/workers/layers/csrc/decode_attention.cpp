@@ -94,11 +94,11 @@ std::vector<int64_t> run_costs(const std::vector<int64_t>& run_starts, const int
 #if defined(RADIXRT_PROMPT_ROWS)
 constexpr int64_t kMaxPackedFloats = int64_t{64} << 20;  // 256 MB of packed K/V, else attend_rows
 constexpr int64_t kKeptPackedFloats = int64_t{16} << 20;  // packing buffers kept between calls, at most
+constexpr int64_t kMinPackedRows = 32;  // a sequence's rows that pay for packing it (see decode_attention_impl)
+constexpr int64_t kMinSharingRows = 8;  // ... where most of its keys are packed already (a shared prefix)
 constexpr int64_t kRunVectors = kPromptVectors;
-constexpr bool kPacksPromptRows = true;
 #else
 constexpr int64_t kRunVectors = kMaxGroup;
-constexpr bool kPacksPromptRows = false;  // decode_attention's min_*_rows change nothing here
 #endif
 
 #if defined(RADIXRT_PROMPT_ROWS)
@@ -169,7 +169,7 @@ bool pack_prompts(const T* k_ptr, const T* v_ptr, int64_t slot_stride, const int
 template <typename T>
 void decode_attention_impl(const at::Tensor& q, const at::Tensor& k_pool, const at::Tensor& v_pool,
                            const at::Tensor& kv_indices, const at::Tensor& kv_starts, const at::Tensor& kv_lens,
-                           double scale, int64_t min_packed_rows, int64_t min_sharing_rows, at::Tensor& out) {
+                           double scale, at::Tensor& out) {
   const int64_t batch = q.size(0), heads = q.size(1), dim = q.size(2);
   const int64_t kv_heads = k_pool.size(1), group = heads / kv_heads;
   const T* q_ptr = q.data_ptr<T>();
@@ -214,14 +214,17 @@ void decode_attention_impl(const at::Tensor& q, const at::Tensor& k_pool, const 
   std::vector<int64_t> seq_of;
   const auto attend_packed = attend_prompt_rows_for<T>(dim);
   // Packing reads and writes a sequence's keys, which a decoding request's few drafts or a short
-  // extend never pay back: their runs read K/V in place. So only chains of min_packed_rows rows or
-  // more are packed, and chains of min_sharing_rows or more whose keys come mostly from a prefix
-  // they share with the chain that began their family (packed once for all of them, with it). Both
-  // are measured on each machine (layers/attention_tuning.py): which path runs never changes a bit.
-  // On an AVX2 AMD EPYC (bf16, 9 heads / 3 kv heads, dim 64, 2 threads), ms per call packed / in
-  // place: 10 chains over 2,000 slots of their own, 8 rows 7.1 / 5.7, 16 rows 13.3 / 14.0, 24 rows
-  // 20.9 / 22.1; 32 chains over one shared 1,300-slot prefix, 8 rows 7.5 / 15.1, 16 rows 19.0 /
-  // 23.0, 20 rows 19.1 / 31.0.
+  // extend never pay back: their runs read K/V in place. So only chains of kMinPackedRows rows or
+  // more are packed, and chains of kMinSharingRows or more whose keys come mostly from a prefix
+  // they share with the chain that began their family (packed once for all of them, with it).
+  // Measured on an AVX2 AMD EPYC (bf16, 9 heads / 3 kv heads, dim 64, 2 threads), ms per call packed
+  // / in place: 10 chains over 2,000 slots of their own, 8 rows 7.1 / 5.7, 16 rows 13.3 / 14.0, 24
+  // rows 20.9 / 22.1; 32 chains over one shared 1,300-slot prefix, 8 rows 7.5 / 15.1, 16 rows 19.0 /
+  // 23.0, 20 rows 19.1 / 31.0; before packing was vectorized and shared, 2 rows (a token and one
+  // draft) over 3,000 slots 14.9 / 2.4. Lower thresholds chosen at start from such timings (16, and
+  // 4 after a shared prefix, where packing measured 5-20% faster on repeated calls) made the bench's
+  // react 10% slower (5 alternating pairs): in a forward each layer's K/V is cold, so packing's extra
+  // pass costs more than on repeated calls over the same keys.
   bool any_long = false;
   const auto mark = [&](int64_t first, int64_t end) {
     std::fill(long_chain.begin() + first, long_chain.begin() + end, true);
@@ -231,7 +234,7 @@ void decode_attention_impl(const at::Tensor& q, const at::Tensor& k_pool, const 
   for (int64_t b = 0, first = 0; b <= batch; ++b) {
     if (b < batch && chained(b)) continue;
     const int64_t rows = b - first;
-    if (rows >= min_sharing_rows) {
+    if (rows >= kMinSharingRows) {
       const bool shares = family >= 0 &&
                           shared_prefix_keys(slots + starts[family], lens[family_end - 1], slots + starts[first],
                                              lens[b - 1]) > 0;
@@ -243,7 +246,7 @@ void decode_attention_impl(const at::Tensor& q, const at::Tensor& k_pool, const 
         family_end = b;
       }
     }
-    if (rows >= min_packed_rows) mark(first, b);
+    if (rows >= kMinPackedRows) mark(first, b);
     first = b;
   }
   if (any_long) {
@@ -297,7 +300,7 @@ void decode_attention_impl(const at::Tensor& q, const at::Tensor& k_pool, const 
 // least one slot each. Returns [B, H * D] in q's dtype.
 at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k_pool, const at::Tensor& v_pool,
                             const at::Tensor& kv_indices, const at::Tensor& kv_starts, const at::Tensor& kv_lens,
-                            double scale, int64_t min_packed_rows, int64_t min_sharing_rows) {
+                            double scale) {
   TORCH_CHECK(q.device().is_cpu() && k_pool.device().is_cpu() && v_pool.device().is_cpu(), "CPU tensors only");
   TORCH_CHECK(q.dim() == 3 && k_pool.dim() == 3, "q must be [B, H, D] and the pools [slots, Hkv, D]");
   TORCH_CHECK(q.stride(2) == 1, "q's head dim must be contiguous");
@@ -313,7 +316,6 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k_pool, const
     TORCH_CHECK(t->scalar_type() == at::kLong && t->is_contiguous(), "indices must be contiguous int64");
   }
   TORCH_CHECK(kv_starts.numel() == q.size(0) && kv_lens.numel() == q.size(0), "one start and length per row");
-  TORCH_CHECK(min_packed_rows >= 2 && min_sharing_rows >= 2, "a packed chain has at least 2 rows");
   const int64_t* starts = kv_starts.data_ptr<int64_t>();
   const int64_t* lens = kv_lens.data_ptr<int64_t>();
   for (int64_t b = 0; b < q.size(0); ++b) {
@@ -323,12 +325,10 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k_pool, const
   auto out = at::empty({q.size(0), q.size(1) * dim}, q.options());
   switch (q.scalar_type()) {
     case at::kBFloat16:
-      decode_attention_impl<at::BFloat16>(q, k_pool, v_pool, kv_indices, kv_starts, kv_lens, scale, min_packed_rows,
-                                          min_sharing_rows, out);
+      decode_attention_impl<at::BFloat16>(q, k_pool, v_pool, kv_indices, kv_starts, kv_lens, scale, out);
       break;
     case at::kFloat:
-      decode_attention_impl<float>(q, k_pool, v_pool, kv_indices, kv_starts, kv_lens, scale, min_packed_rows,
-                                   min_sharing_rows, out);
+      decode_attention_impl<float>(q, k_pool, v_pool, kv_indices, kv_starts, kv_lens, scale, out);
       break;
     default:
       TORCH_CHECK(false, "decode_attention supports bfloat16 and float32, got ", q.scalar_type());
@@ -340,8 +340,7 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k_pool, const
 TORCH_LIBRARY_FRAGMENT(radixrt, m) {
   m.def(
       "decode_attention(Tensor q, Tensor k_pool, Tensor v_pool, Tensor kv_indices, Tensor kv_starts, "
-      "Tensor kv_lens, float scale, int min_packed_rows=32, int min_sharing_rows=8) -> Tensor");
-  m.def("packs_prompt_rows() -> bool", [] { return kPacksPromptRows; });
+      "Tensor kv_lens, float scale) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(radixrt, CPU, m) { m.impl("decode_attention", &decode_attention); }

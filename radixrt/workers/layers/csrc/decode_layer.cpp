@@ -135,7 +135,7 @@ void check_step(const std::vector<at::Tensor>& k_pools, const std::vector<at::Te
 struct StepRows {
   const at::Tensor &cos, &sin, &out_slots, &kv_indices, &kv_starts, &kv_lens;
   double scale;
-  int64_t heads, kv_heads, attention, shared_min_requests, min_packed_rows, min_sharing_rows;
+  int64_t heads, kv_heads, attention, shared_min_requests;
 };
 
 // hidden [T, hidden]: the previous layer's MLP output (or the embeddings, with no residual);
@@ -158,8 +158,7 @@ std::tuple<at::Tensor, at::Tensor> decode_layer(const at::Tensor& hidden, const 
   at::Tensor attended;
   switch (step.attention) {
     case DECODE:
-      attended = decode_attention(q, k_pool, v_pool, step.kv_indices, step.kv_starts, step.kv_lens, step.scale,
-                                  step.min_packed_rows, step.min_sharing_rows);
+      attended = decode_attention(q, k_pool, v_pool, step.kv_indices, step.kv_starts, step.kv_lens, step.scale);
       break;
     case TILED:
       attended = tiled_decode_attention(q, k_pool, v_pool, step.kv_indices, step.kv_starts, step.kv_lens, step.scale);
@@ -215,17 +214,15 @@ std::tuple<at::Tensor, at::Tensor> decode_layers(const c10::intrusive_ptr<Decode
                                                  std::vector<at::Tensor> v_pools, const at::Tensor& out_slots,
                                                  const at::Tensor& kv_indices, const at::Tensor& kv_starts,
                                                  const at::Tensor& kv_lens, double scale, int64_t attention,
-                                                 int64_t shared_min_requests, int64_t min_packed_rows,
-                                                 int64_t min_sharing_rows) {
+                                                 int64_t shared_min_requests) {
   const size_t count = stack->layers.size();
   TORCH_CHECK(k_pools.size() == count && v_pools.size() == count, "k_pools and v_pools must hold one pool for each of ",
               count, " layers");
   TORCH_CHECK(attention == DECODE || attention == TILED || attention == SHARED_PREFIX, "unknown attention kernel ",
               attention);
   check_step(k_pools, v_pools, hidden, out_slots, stack->kv_heads);
-  const StepRows step{cos,   sin,          out_slots,       kv_indices, kv_starts,           kv_lens,
-                      scale, stack->heads, stack->kv_heads, attention,  shared_min_requests, min_packed_rows,
-                      min_sharing_rows};
+  const StepRows step{cos,   sin,          out_slots,      kv_indices, kv_starts, kv_lens,
+                      scale, stack->heads, stack->kv_heads, attention,  shared_min_requests};
   at::Tensor out = hidden;
   Optional residual;
   for (size_t l = 0; l < count; ++l) {
@@ -245,8 +242,7 @@ TORCH_LIBRARY_FRAGMENT(radixrt, m) {
   m.def(
       "decode_layers(__torch__.torch.classes.radixrt.DecodeStack stack, Tensor(a!) hidden, Tensor cos, Tensor sin, "
       "Tensor(b!)[] k_pools, Tensor(c!)[] v_pools, Tensor out_slots, Tensor kv_indices, Tensor kv_starts, "
-      "Tensor kv_lens, float scale, int attention, int shared_min_requests, int min_packed_rows=32, "
-      "int min_sharing_rows=8) -> (Tensor, Tensor(a!))");
+      "Tensor kv_lens, float scale, int attention, int shared_min_requests) -> (Tensor, Tensor(a!))");
 }
 
 TORCH_LIBRARY_IMPL(radixrt, CPU, m) { m.impl("decode_layers", &decode_layers); }

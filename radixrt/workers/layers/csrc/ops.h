@@ -12,7 +12,7 @@ at::Tensor silu_and_mul(const at::Tensor& gate_up);
 at::Tensor rotary_(at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
 at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k_pool, const at::Tensor& v_pool,
                             const at::Tensor& kv_indices, const at::Tensor& kv_starts, const at::Tensor& kv_lens,
-                            double scale, int64_t min_packed_rows, int64_t min_sharing_rows);
+                            double scale);
 at::Tensor tiled_decode_attention(const at::Tensor& q, const at::Tensor& k_pool, const at::Tensor& v_pool,
                                   const at::Tensor& kv_indices, const at::Tensor& kv_starts, const at::Tensor& kv_lens,
                                   double scale);
