@@ -182,7 +182,12 @@ def across_runs(runs: list[tuple[dict[str, Any], str]], other: str) -> str:
              "|---|---:|---|---:|---|"]  # fmt: skip
     lines += [f"| {name} | {_times(ratio)} | {verdict} | {alone} | {source} |"
               for ratio, name, verdict, alone, source in sorted(rows, key=lambda r: -r[0])]  # fmt: skip
-    captions = sorted({machine_line(results).removesuffix("*") + "*" for results, _ in runs})
+    if not rows:
+        measured = sorted(
+            {o for results, _ in runs for e in results["workloads"].values() for o in e.get("ratios", {})}
+        )
+        raise ValueError(f"no run given measured radixrt against {other!r}; these did against: {', '.join(measured)}")
+    captions = sorted({machine_line(results) for results, _ in runs})
     return "\n\n".join(captions) + "\n\n" + "\n".join(lines) + "\n"
 
 
@@ -303,7 +308,12 @@ def main(argv: list[str] | None = None, out: Callable[[str], Any] = print) -> No
     args = parser.parse_args(argv)
     runs = [(json.loads(Path(path).read_text()), path) for path in args.results]
     if args.against:
-        out(across_runs(runs, args.against))
+        if args.into:
+            parser.error("--against prints its table; --into replaces one run's tables (use them apart)")
+        try:
+            out(across_runs(runs, args.against))
+        except ValueError as e:
+            parser.error(str(e))
         return
     if len(runs) > 1:
         parser.error("several results files need --against (their tables one at a time otherwise)")

@@ -108,6 +108,24 @@ def test_against_gives_one_row_per_workload_of_every_run_from_its_own_ratios(res
         main(paths, out=printed.append)
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--against", "llama.cpp"], "no run given measured radixrt against 'llama.cpp'; these did against: llamacpp"),
+        (["--against", "llamacpp", "--into", "BENCH.md"], "--against prints its table"),
+    ],
+)
+def test_against_with_a_system_no_run_measured_or_with_into_is_refused(results, tmp_path, capsys, args, message):
+    path = tmp_path / "a.json"
+    path.write_text(json.dumps(results))
+    (tmp_path / "BENCH.md").write_text(f"{BEGIN}\nkept\n{END}\n")
+    printed = []
+    with pytest.raises(SystemExit):
+        main([str(path), *[str(tmp_path / a) if a.endswith(".md") else a for a in args]], out=printed.append)
+    assert message in capsys.readouterr().err and not printed
+    assert "kept" in (tmp_path / "BENCH.md").read_text()  # nothing written
+
+
 def test_benchmarks_md_has_a_generated_block():
     replace_between_markers((REPO / "BENCHMARKS.md").read_text(), "tables")
 
