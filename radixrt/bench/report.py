@@ -88,6 +88,8 @@ def machine_info() -> dict[str, Any]:
 
     return {
         "cpu": _cpu_field("model name") or platform.processor() or "unknown",
+        # NOTE: a virtual machine's model name can hide the generation ("AMD EPYC" for Zen 4 and Zen 5)
+        "cpu_id": _cpu_id(),
         "isa": [f for f in ISA_FLAGS if f in (_cpu_field("flags") or "").split()],
         "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
@@ -100,6 +102,15 @@ def machine_info() -> dict[str, Any]:
         "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         **_llama_cpp_info(),
     }
+
+
+def _cpu_id() -> str | None:
+    """The x86 family, model and stepping numbers, which tell apart CPUs sold under one name."""
+    fields = [
+        (label, _cpu_field(name))
+        for label, name in (("family", "cpu family"), ("model", "model"), ("stepping", "stepping"))
+    ]
+    return ", ".join(f"{label} {value}" for label, value in fields if value) or None
 
 
 def _cpu_field(name: str) -> str | None:

@@ -59,7 +59,8 @@ def machine_line(results: dict[str, Any], source: str | None = None) -> str:
     if s.get("rounds", 1) > 1:
         mode += f", {s['rounds']} rounds (ratios: the rounds' median, their range in brackets)"
     where = f"; results: `{source}`" if source else ""
-    return (f"*{m.get('cpu', '?')}, {m.get('cores', '?')} cores, ISA {' '.join(m.get('isa', [])) or '?'}; "
+    cpu = f"{m.get('cpu', '?')} ({m['cpu_id']})" if m.get("cpu_id") else m.get("cpu", "?")
+    return (f"*{cpu}, {m.get('cores', '?')} cores, ISA {' '.join(m.get('isa', [])) or '?'}; "
             f"{m.get('torch_threads', '?')} threads for every system{llama}; {mode}, seed {s.get('seed', '?')}, "
             f"{m.get('date_utc', '?')}{where}*")  # fmt: skip
 

@@ -50,6 +50,10 @@ def test_every_table_is_headed_by_the_machine(results):
     assert "float32" not in caption  # bf16, the default, goes unsaid; another dtype is said
     results["settings"]["dtype"] = "float32"
     assert "--quick, float32, seed 0" in machine_line(results)
+    # CPUs sold under one name are told apart by their family and model numbers, where recorded
+    assert "(family" not in caption
+    results["machine"]["cpu_id"] = "family 26, model 2, stepping 1"
+    assert machine_line(results).startswith("*Test CPU 9000 (family 26, model 2, stepping 1), 2 cores")
 
 
 def test_figures_and_ratios_are_the_jsons(results):

@@ -74,68 +74,70 @@ struct Epilogue {
 };
 
 #if defined(__AVX512VNNI__)
-// rows r0 .. r0 + ROWS of the tile, ROWS <= HALF_ROWS
-template <typename T, int ROWS>
+// acc += the int32 sums of QUADS quads from quad p0 on, for ROWS rows and the tile's NB blocks; wb
+// is quad p0's NB 64-byte block vectors
+template <int ROWS, int NB, int QUADS>
+inline void group_sums(const __m512i* wb, const int32_t* const (&xp)[ROWS], int64_t p0, __m512i (&acc)[ROWS][NB]) {
+  // NOTE: at one or two rows a single chain of VPDPBUSDs per column waits on its latency; int32 sums
+  // are exact, so giving odd quads their own chain changes no result
+  constexpr int CHAINS = ROWS <= 2 && QUADS > 1 ? 2 : 1;
+  __m512i part[CHAINS][ROWS][NB];
+  for (int c = 0; c < CHAINS; ++c)
+    for (int r = 0; r < ROWS; ++r)
+      for (int b = 0; b < NB; ++b) part[c][r][b] = c == 0 ? acc[r][b] : _mm512_setzero_si512();
+#pragma GCC unroll 8
+  for (int i = 0; i < QUADS; ++i) {
+    __m512i wv[NB];
+    for (int b = 0; b < NB; ++b) {
+      radixrt_linear::prefetch_ahead(wb + NB * i + b);
+      wv[b] = _mm512_loadu_si512(wb + NB * i + b);
+    }
+    for (int r = 0; r < ROWS; ++r) {
+      const __m512i xv = _mm512_set1_epi32(xp[r][p0 + i]);
+      for (int b = 0; b < NB; ++b) part[i % CHAINS][r][b] = _mm512_dpbusd_epi32(part[i % CHAINS][r][b], wv[b], xv);
+    }
+  }
+  for (int r = 0; r < ROWS; ++r)
+    for (int b = 0; b < NB; ++b) acc[r][b] = CHAINS == 2 ? _mm512_add_epi32(part[0][r][b], part[CHAINS - 1][r][b]) : part[0][r][b];
+}
+
+// rows r0 .. r0 + ROWS of the tile's NB blocks, ROWS <= HALF_ROWS. NB and ROWS are compile-time so
+// that every sum lives in a register (with a run-time block count gcc kept them all on the stack).
+template <typename T, int ROWS, int NB>
 void tile_vnni(const uint8_t* w, const Epilogue& e, int64_t r0, const Tile& t, T* y, int64_t ldy) {
   const QuantizedRows& q = *e.rows;
   const int64_t quads = ceil_div(t.k, QUAD);
-  const __m512i* wb = reinterpret_cast<const __m512i*>(w);  // [quads][nb] of 64 bytes
-  const at::Half* gs = e.group_scale ? e.group_scale + t.col0 * q.groups : nullptr;  // [nb][groups][16]
-  __m512 accf[ROWS][TILE_BLOCKS];
+  const __m512i* wb = reinterpret_cast<const __m512i*>(w);  // [quads][NB] of 64 bytes
+  const at::Half* gs = e.group_scale ? e.group_scale + t.col0 * q.groups : nullptr;  // [NB][groups][16]
+  __m512 accf[ROWS][NB];
   for (int r = 0; r < ROWS; ++r)
-    for (int64_t b = 0; b < TILE_BLOCKS; ++b) accf[r][b] = _mm512_setzero_ps();
+    for (int b = 0; b < NB; ++b) accf[r][b] = _mm512_setzero_ps();
   const int32_t* xp[ROWS];
   for (int r = 0; r < ROWS; ++r) xp[r] = reinterpret_cast<const int32_t*>(q.x.data() + (r0 + r) * q.padded);
   for (int64_t g = 0; g < q.groups; ++g) {
-    __m512i acc[ROWS][TILE_BLOCKS];
+    __m512i acc[ROWS][NB];
     for (int r = 0; r < ROWS; ++r)
-      for (int64_t b = 0; b < TILE_BLOCKS; ++b) acc[r][b] = _mm512_setzero_si512();
-    const int64_t p1 = std::min(quads, (g + 1) * GROUP_QUADS);
-    if (t.nb == TILE_BLOCKS) {
-      const auto step = [&](int64_t p, __m512i(&sums)[ROWS][TILE_BLOCKS]) {
-        radixrt_linear::prefetch_ahead(wb + 2 * p);
-        radixrt_linear::prefetch_ahead(wb + 2 * p + 1);
-        const __m512i w0 = _mm512_loadu_si512(wb + 2 * p), w1 = _mm512_loadu_si512(wb + 2 * p + 1);
-        for (int r = 0; r < ROWS; ++r) {
-          const __m512i xv = _mm512_set1_epi32(xp[r][p]);
-          sums[r][0] = _mm512_dpbusd_epi32(sums[r][0], w0, xv);
-          sums[r][1] = _mm512_dpbusd_epi32(sums[r][1], w1, xv);
-        }
-      };
-      int64_t p = g * GROUP_QUADS;
-      if constexpr (ROWS <= 2) {
-        // NOTE: at one or two rows a single chain of VPDPBUSDs per column waits on its latency;
-        // int32 sums are exact, so odd quads' own chain changes no result
-        __m512i odd[ROWS][TILE_BLOCKS];
-        for (int r = 0; r < ROWS; ++r)
-          for (int64_t b = 0; b < TILE_BLOCKS; ++b) odd[r][b] = _mm512_setzero_si512();
-        for (; p + 1 < p1; p += 2) {
-          step(p, acc);
-          step(p + 1, odd);
-        }
-        for (int r = 0; r < ROWS; ++r)
-          for (int64_t b = 0; b < TILE_BLOCKS; ++b) acc[r][b] = _mm512_add_epi32(acc[r][b], odd[r][b]);
-      }
-      for (; p < p1; ++p) step(p, acc);
+      for (int b = 0; b < NB; ++b) acc[r][b] = _mm512_setzero_si512();
+    const int64_t p0 = g * GROUP_QUADS, p1 = std::min(quads, p0 + GROUP_QUADS);
+    if (p1 - p0 == GROUP_QUADS) {
+      group_sums<ROWS, NB, GROUP_QUADS>(wb + NB * p0, xp, p0, acc);
     } else {
-      for (int64_t p = g * GROUP_QUADS; p < p1; ++p) {
-        const __m512i w0 = _mm512_loadu_si512(wb + p);
-        for (int r = 0; r < ROWS; ++r) acc[r][0] = _mm512_dpbusd_epi32(acc[r][0], w0, _mm512_set1_epi32(xp[r][p]));
-      }
+      for (int64_t p = p0; p < p1; ++p) group_sums<ROWS, NB, 1>(wb + NB * p, xp, p, acc);
     }
-    __m512 sw[TILE_BLOCKS];
-    for (int64_t b = 0; b < t.nb && gs; ++b)
-      sw[b] = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(gs + (b * q.groups + g) * BLOCK)));
+    __m512 sw[NB];
+    for (int b = 0; b < NB; ++b)
+      sw[b] = gs ? _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(gs + (b * q.groups + g) * BLOCK)))
+                 : _mm512_set1_ps(1.f);
     for (int r = 0; r < ROWS; ++r) {
       const int64_t at = (r0 + r) * q.groups + g;
       const __m512i surplus = _mm512_set1_epi32(128 * q.sum[at]);
       const __m512 sx = _mm512_set1_ps(q.scale[at]);
-      for (int64_t b = 0; b < t.nb; ++b)
+      for (int b = 0; b < NB; ++b)
         accf[r][b] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r][b], surplus)),
                                      gs ? _mm512_mul_ps(sx, sw[b]) : sx, accf[r][b]);
     }
   }
-  for (int64_t b = 0; b < t.nb; ++b) {
+  for (int b = 0; b < NB; ++b) {
     const int64_t col = t.col0 + b * BLOCK, width = std::min<int64_t>(BLOCK, t.n - col);
     const __mmask16 mask = static_cast<__mmask16>((1u << width) - 1);
     const __m512 scale = e.scale ? _mm512_maskz_loadu_ps(mask, e.scale + col) : _mm512_set1_ps(1.f);
@@ -240,7 +242,11 @@ void int8_impl(const at::Tensor& x, const at::Tensor& packed, const Epilogue& sc
     for (int64_t h = r0; h < r0 + count; h += HALF_ROWS) {
       const int64_t rows_here = std::min(HALF_ROWS, r0 + count - h);
       radixrt_linear::with_rows(rows_here, [&](auto r) {
-        if constexpr (decltype(r)::value <= HALF_ROWS) tile_vnni<T, decltype(r)::value>(w, e, h, t, yp + h * n, n);
+        constexpr int R = decltype(r)::value;
+        if constexpr (R <= HALF_ROWS) {
+          if (t.nb == TILE_BLOCKS) tile_vnni<T, R, TILE_BLOCKS>(w, e, h, t, yp + h * n, n);
+          else tile_vnni<T, R, 1>(w, e, h, t, yp + h * n, n);
+        }
       });
     }
 #elif defined(__AVX2__)
