@@ -132,7 +132,12 @@ def test_an_extend_kernel_that_gives_wrong_results_is_never_chosen(cache, monkey
     monkeypatch.setattr(cpu_kernels, "load", lambda: ops)
     backend = create_backend("torch", "cpu", num_heads=9, num_kv_heads=3, head_dim=64, dtype=torch.bfloat16)
     assert backend.cpu_kernels is ops and not backend.extend_kernel
-    assert backend.implementations()["extend_attention"] == "torch (the kernel gave wrong results)"
+    # batch-invariant forwards attend prompt rows with decode_attention (measured correct), never the wrong op
+    described = "torch (the kernel gave wrong results); batch-invariant: cpu_kernels"
+    assert backend.implementations()["extend_attention"] == described
+    decode_rows = TorchAttentionBackend(9, 3, 64, None, ops, False, AttentionChoice(KERNEL, KERNEL))
+    expected = attend(decode_rows, mixed_batch(invariant=True), torch.bfloat16)
+    assert torch.equal(attend(backend, mixed_batch(invariant=True), torch.bfloat16), expected)
 
 
 def mixed_batch(invariant: bool) -> ForwardBatch:
