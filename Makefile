@@ -2,7 +2,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup lint demo test bench clean
+.PHONY: setup lint demo test bench gpu-wheels gpu-check clean
 
 setup: $(STAMP)
 
@@ -47,6 +47,27 @@ bench: setup
 	  CMAKE_ARGS="$(LLAMACPP_CMAKE_ARGS)" $(PY) -m pip install -q --no-binary llama-cpp-python '$(LLAMACPP)' \
 	  || echo "llama-cpp-python could not be built: the bench runs without the llamacpp systems"; }
 	$(PY) -m radixrt.bench --workload all --quick --json bench.json --plot bench.png --markdown bench.md
+
+# A lent GPU machine (no network; python3 with torch, transformers, triton, nvcc and pytest) lacks
+# radixrt's other dependencies and flashinfer: `make gpu-wheels` downloads them here as wheels into
+# .whl/ (14 MB; carry it), and `make gpu-check` there installs them and runs radixrt/bench/gpu_check.py.
+# flashinfer compiles its kernels on first use (minutes): into .gpu-cache/, which a warm machine keeps
+# between calls. GPU_CHECK_ARGS=--skip-tests or --skip-8b splits the check over several calls.
+GPU_WHEELS := flashinfer-python==0.6.0 'apache-tvm-ffi>=0.1.6,<0.2' outlines-core==0.2.14 msgspec==0.23.0 \
+	pyzmq==27.3.0 gguf==0.19.0
+GPU_PLATFORMS := $(foreach p,manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64 \
+	manylinux1_x86_64,--platform $(p))
+GPU_SITE := /tmp/radixrt-gpu-site
+
+gpu-wheels:
+	python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  $(GPU_PLATFORMS) -d .whl $(GPU_WHEELS)
+
+gpu-check:
+	test ! -d .whl || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+	  --target $(GPU_SITE) .whl/*.whl
+	PYTHONPATH=$(GPU_SITE):$(CURDIR) FLASHINFER_WORKSPACE_BASE=$(CURDIR)/.gpu-cache MAX_JOBS=16 \
+	  python3 -m radixrt.bench.gpu_check --out $${OUT:-gpu-check} $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV)

@@ -35,6 +35,12 @@ class ServerArgs:
         " GGUF file the model was imported from, Q8_0 and Q4_1 as stored; CPU)",
         default="none",
     )
+    cuda_graph_max_bs: int = _opt(
+        "largest decode batch replayed from a CUDA graph (graphs for 1, 2, 4, 8, then every 8 up to it; larger"
+        " batches run eagerly; CUDA with the flashinfer backend)",
+        default=64,
+    )
+    disable_cuda_graph: bool = _opt("run every decode step eagerly on CUDA (no graphs)", default=False)
     batch_invariant: str = _opt(
         "auto | on | off: kernels whose rows never depend on the batch or on cache hits (auto: for batches with"
         " a greedy request; every batch where that costs <= 10%, as measured at start-up)",
@@ -132,6 +138,7 @@ class ServerArgs:
         if self.schedule_policy not in POLICIES:
             raise ValueError(f"schedule_policy must be one of {POLICIES}, got {self.schedule_policy!r}")
         for name in (
+            "cuda_graph_max_bs",
             "max_running_requests",
             "chunked_prefill_size",
             "max_wait_passes",

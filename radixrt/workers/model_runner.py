@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from radixrt import envs
+from radixrt.workers.decode_graphs import CudaGraph, DecodeGraphs
 from radixrt.workers.forward_batch import ForwardBatch
 from radixrt.workers.gguf_weights import serve_gguf_tensors
 from radixrt.workers.layers import cpu_kernels
@@ -101,6 +102,7 @@ class ModelRunner:
         if ops is not None:
             self.model.fused_decode = FusedDecodeLayers(self.model.model.layers, ops)
         self.kernels["decode_layer"] = "cpu_kernels" if ops is not None else "off"
+        self.graphs: DecodeGraphs | None = None  # capture_decode_graphs
 
     def kv_shape(self) -> tuple[int, int, int]:
         """(num_layers, n_kv_heads, head_dim) of the KV pool this model needs."""
@@ -125,10 +127,30 @@ class ModelRunner:
         fit = int(_available_ram() * mem_fraction) // self.bytes_per_slot()
         return max(1, min(CPU_DEFAULT_SLOTS, fit))
 
+    def graphs_supported(self) -> str | None:
+        """Why decode steps cannot replay CUDA graphs here, or None where they can."""
+        if self.device.type != "cuda":
+            return "not a CUDA device"
+        if self.backend.implementations()["decode_attention"] != "flashinfer":
+            return "the torch attention backend plans on the host inside the forward"
+        return None
+
+    @torch.inference_mode()
+    def capture_decode_graphs(self, kv_pool: KVBuffers, max_batch: int, max_kv_tokens: int,
+                              new_graph=CudaGraph) -> None:  # fmt: skip
+        """Capture one decode graph per batch-size bucket up to `max_batch` over `kv_pool`
+        (workers/decode_graphs.py); later decode batches that fit replay them."""
+        graphs = DecodeGraphs(self.model, self.backend, kv_pool, max_batch, max_kv_tokens, self.device)
+        graphs.capture(new_graph)
+        self.graphs = graphs
+        self.kernels["decode_graphs"] = f"batch sizes {graphs.buckets[0]}-{graphs.buckets[-1]}"
+
     @torch.inference_mode()
     def forward(self, batch: ForwardBatch, kv_pool: KVBuffers) -> torch.Tensor:
         """Logits `[len(batch.logits_indices), vocab]` float32; writes the batch's K/V to the pool."""
         self.linears.switch.on = batch.invariant
+        if self.graphs is not None and self.graphs.kv_pool is kv_pool and self.graphs.fits(batch):
+            return self.graphs.run(batch)
         return self.model(batch, kv_pool, self.backend)
 
 

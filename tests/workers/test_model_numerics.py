@@ -56,17 +56,24 @@ CONFIGS = {
 
 @pytest.fixture(scope="module", params=sorted(CONFIGS))
 def tiny_model(request, tmp_path_factory):
-    """(checkpoint folder, transformers model in float32) with non-trivial norms and biases."""
+    return make_tiny_model(request.param, tmp_path_factory)
+
+
+def make_tiny_model(name: str, tmp_path_factory, **overrides):
+    """(checkpoint folder, transformers model in float32) with non-trivial norms and biases;
+    `overrides` set attributes of the config (e.g. a wider head for flashinfer)."""
     torch.manual_seed(0)
-    config = CONFIGS[request.param]()
+    config = CONFIGS[name]()
+    for key, value in overrides.items():
+        setattr(config, key, value)
     hf = AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
     with torch.no_grad():
-        for name, param in hf.named_parameters():
-            if name.endswith("norm.weight"):
+        for param_name, param in hf.named_parameters():
+            if param_name.endswith("norm.weight"):
                 param.copy_(1 + 0.2 * torch.randn_like(param))
-            elif name.endswith("bias"):
+            elif param_name.endswith("bias"):
                 param.copy_(0.2 * torch.randn_like(param))
-    path = tmp_path_factory.mktemp(request.param)
+    path = tmp_path_factory.mktemp(name)
     hf.save_pretrained(path, safe_serialization=True)
     return path, hf
 
@@ -94,7 +101,7 @@ def run_step(runner: ModelRunner, pool: KVPool, steps: list[tuple[Seq, int, bool
         logit_rows.append(rows)
         positions.append([seq.done + r for r in rows])
         seq.done += n
-    batch = ForwardBatch.build(new_ids, seq_slots, logit_rows)
+    batch = ForwardBatch.build(new_ids, seq_slots, logit_rows, device=runner.device)
     logits = runner.forward(batch, pool)
     assert logits.dtype == torch.float32
     assert logits.shape == (sum(len(r) for r in logit_rows), runner.model_config.vocab_size)

@@ -82,6 +82,7 @@ class Scheduler:
         layers, kv_heads, head_dim = runner.kv_shape()
         pool = KVPool(num_slots + 1, layers, kv_heads, head_dim, runner.dtype, runner.device)
         table = ReqToToken(args.max_running_requests, self.context_length + 1, runner.device)
+        self._capture_graphs(args, pool)
         speculate = args.speculative == "ngram"
         ngrams = new_ngram_index(pool.capacity) if speculate and not args.disable_radix_cache else None
         self.cache = CacheManager(
@@ -142,6 +143,18 @@ class Scheduler:
         for req in list(self.running):
             self.cache.release(req)
         self.persistence.save_now()
+
+    def _capture_graphs(self, args: ServerArgs, pool: KVPool) -> None:
+        """Decode graphs on CUDA with flashinfer, unless --disable-cuda-graph (workers/decode_graphs.py)."""
+        why_not = "disabled" if args.disable_cuda_graph else getattr(self.runner, "graphs_supported", lambda: "-")()
+        if why_not is not None:
+            if self.runner.device.type == "cuda":
+                log.info("decode steps run eagerly: %s", why_not)
+            return
+        max_batch = min(args.cuda_graph_max_bs, args.max_running_requests)
+        # sequences may share prefix slots, so a batch's indices can outnumber the pool's slots
+        max_kv_tokens = min(max_batch * self.context_length, 1 << 23)
+        self.runner.capture_decode_graphs(pool, max_batch, max_kv_tokens)
 
     def _load_cache(self, args: ServerArgs) -> CachePersistence:
         from radixrt import __version__

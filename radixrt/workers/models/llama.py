@@ -181,12 +181,21 @@ class LlamaForCausalLM(nn.Module):
 
     def forward(self, batch: ForwardBatch, kv_pool: KVBuffers, backend: AttentionBackend) -> torch.Tensor:
         """Logits `[R, vocab]` float32 for `batch.logits_indices`; writes the batch's K/V."""
+        self.prepare(batch, backend)
+        return self.run_layers(batch, kv_pool, backend)
+
+    def prepare(self, batch: ForwardBatch, backend: AttentionBackend) -> None:
+        """The host work of a forward: checks, and the backend's plan. A replayed CUDA graph
+        (workers/decode_graphs.py) runs this before each replay and `run_layers` only in its capture."""
         if max(batch.seq_lens) > self.rotary.max_positions:
             raise ValueError(
                 f"sequence of {max(batch.seq_lens)} tokens exceeds the model's "
                 f"max_position_embeddings {self.rotary.max_positions}"
             )
         backend.prepare(batch)
+
+    def run_layers(self, batch: ForwardBatch, kv_pool: KVBuffers, backend: AttentionBackend) -> torch.Tensor:
+        """After `prepare`: the forward's device work, from the embedding to the logits."""
         hidden = self.model.embed_tokens(batch.input_ids)  # [T, hidden]
         cos, sin = self.rotary.lookup(batch.positions, hidden.dtype)
         fused = None

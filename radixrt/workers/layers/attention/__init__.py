@@ -25,15 +25,19 @@ def create_backend(
     dtype: torch.dtype,
     scale: float | None = None,
 ) -> AttentionBackend:
-    """Build backend `name`; "auto" is flashinfer on CUDA when importable, else torch. On the CPU
-    with radixrt's kernels, what the torch backend runs was measured on this CPU (attention_tuning);
-    with RADIXRT_KERNELS=torch there are no kernels and nothing is measured."""
+    """Build backend `name`; "auto" is flashinfer on CUDA (an error where it is not installed:
+    a GPU worker without it would run eagerly on torch's SDPA, a fraction of its speed), torch on
+    the CPU. On the CPU with radixrt's kernels, what the torch backend runs was measured on this
+    CPU (attention_tuning); with RADIXRT_KERNELS=torch there are no kernels and nothing is measured."""
     if name not in BACKENDS:
         raise ValueError(f"unknown attention backend {name!r}; choose from {BACKENDS}")
     device = torch.device(device)
     if name == "auto":
-        usable = device.type == "cuda" and importlib.util.find_spec("flashinfer") is not None
-        name = "flashinfer" if usable else "torch"
+        name = "flashinfer" if device.type == "cuda" else "torch"
+        if name == "flashinfer" and importlib.util.find_spec("flashinfer") is None:
+            raise ValueError(
+                "CUDA needs flashinfer: pip install 'radixrt[gpu]' (or --attention-backend torch, without CUDA graphs)"
+            )
     if name == "torch":
         kernels, extend_kernel, choice = None, False, None
         if device.type == "cpu" and dtype in (torch.bfloat16, torch.float32):

@@ -72,6 +72,12 @@ class AttentionBackend(ABC):
         """What runs `decode_attention`, `extend_attention` and `shared_prefix_decode`: "cpu_kernels"
         (radixrt's C++), "torch", "flashinfer", or "off" for an optional kernel this backend never uses."""
 
+    def graph_buffers(self, batch_size: int, max_kv_tokens: int) -> None:
+        """Before a decode graph of `batch_size` rows is captured (workers/decode_graphs.py): from
+        now on, `prepare` of a decode batch of that size writes its plan only into buffers made here
+        for at most `max_kv_tokens` K/V rows, since a replayed graph reads the addresses it was
+        captured with. Backends whose `prepare` keeps nothing on the device need none."""
+
     def decode_kernel_args(self) -> DecodeKernelArgs | None:
         """After `prepare`: the prepared batch's decode rows for `decode_layers`, where every row
         decodes on the C++ decode kernels; None otherwise (and for backends without them)."""

@@ -4,9 +4,13 @@ The KV pool is a paged cache with page size 1: a slot is a page, so a request's 
 `kv_indices`, every `last_page_len` is 1, and a layer's buffer `[num_slots, Hkv, D]` is viewed
 as the NHD page table `[num_slots, 1, Hkv, D]`. One wrapper is planned per forward (decode
 wrapper for batches of one-token decodes, prefill wrapper otherwise) and run by every layer.
+Decode batches replayed from CUDA graphs (workers/decode_graphs.py) plan into a wrapper of their
+batch size whose buffers the graph reads (`graph_buffers`).
 """
 
 from __future__ import annotations
+
+import itertools
 
 import torch
 
@@ -37,39 +41,51 @@ class FlashInferAttentionBackend(AttentionBackend):
         except ImportError as exc:
             raise ValueError("the flashinfer backend needs flashinfer: pip install 'radixrt[gpu]'") from exc
         self.dtype = dtype
-        workspace = torch.zeros(WORKSPACE_BYTES, dtype=torch.uint8, device=self.device)
-        self._prefill = flashinfer.BatchPrefillWithPagedKVCacheWrapper(workspace, "NHD")
+        self._flashinfer = flashinfer
+        self._workspace = torch.zeros(WORKSPACE_BYTES, dtype=torch.uint8, device=self.device)
+        self._prefill = flashinfer.BatchPrefillWithPagedKVCacheWrapper(self._workspace, "NHD")
         # NOTE: tensor cores pay off for decode when several query heads share a kv head.
+        self._tensor_cores = num_heads // num_kv_heads >= 4
         self._decode = flashinfer.BatchDecodeWithPagedKVCacheWrapper(
-            workspace, "NHD", use_tensor_cores=num_heads // num_kv_heads >= 4
+            self._workspace, "NHD", use_tensor_cores=self._tensor_cores
         )
+        self._graph_decode: dict[int, object] = {}  # batch size -> a wrapper whose buffers a graph reads
+        self._graph_indices: torch.Tensor | None = None  # shared by them: one plan at a time
         self._wrapper = None
         self._out_slots: torch.Tensor | None = None
 
     def implementations(self) -> dict[str, str]:
         return {"decode_attention": "flashinfer", "extend_attention": "flashinfer", "shared_prefix_decode": "off"}
 
+    def graph_buffers(self, batch_size: int, max_kv_tokens: int) -> None:
+        if self._graph_indices is None or self._graph_indices.numel() < max_kv_tokens:
+            self._graph_indices = torch.zeros(max_kv_tokens, dtype=torch.int32, device=self.device)
+        self._graph_decode[batch_size] = self._flashinfer.BatchDecodeWithPagedKVCacheWrapper(
+            self._workspace,
+            "NHD",
+            use_cuda_graph=True,
+            use_tensor_cores=self._tensor_cores,
+            paged_kv_indptr_buffer=torch.zeros(batch_size + 1, dtype=torch.int32, device=self.device),
+            paged_kv_indices_buffer=self._graph_indices,
+            paged_kv_last_page_len_buffer=torch.ones(batch_size, dtype=torch.int32, device=self.device),
+        )
+
     def prepare(self, batch: ForwardBatch) -> None:
         self._out_slots = batch.out_slots
         kv_indices = batch.kv_indices.to(torch.int32)
-        last_page_len = torch.ones(batch.batch_size, dtype=torch.int32, device=self.device)
+        # NOTE: the plan reads indptr and last_page_len on the host: given there, no device sync
+        kv_indptr = torch.tensor([0, *itertools.accumulate(batch.seq_lens)], dtype=torch.int32)
+        last_page_len = torch.ones(batch.batch_size, dtype=torch.int32)
         common = {"q_data_type": self.dtype, "kv_data_type": self.dtype, "sm_scale": self.scale}
         heads = (self.num_heads, self.num_kv_heads, self.head_dim, 1)  # page size 1
         # NOTE: a decoding request verifying draft tokens brings several rows; the prefill wrapper's
         # causal mask over its cached prefix attends them as decode steps would
         if batch.is_decode and batch.num_tokens == batch.batch_size:
-            self._decode.plan(batch.kv_indptr, kv_indices, last_page_len, *heads, **common)
-            self._wrapper = self._decode
+            self._wrapper = self._graph_decode.get(batch.batch_size, self._decode)
+            self._wrapper.plan(kv_indptr, kv_indices, last_page_len, *heads, **common)
         else:
-            self._prefill.plan(
-                batch.qo_indptr,
-                batch.kv_indptr,
-                kv_indices,
-                last_page_len,
-                *heads,
-                causal=True,
-                **common,
-            )
+            qo_indptr = torch.tensor([0, *itertools.accumulate(batch.extend_lens)], dtype=torch.int32)
+            self._prefill.plan(qo_indptr, kv_indptr, kv_indices, last_page_len, *heads, causal=True, **common)
             self._wrapper = self._prefill
 
     def attend(
