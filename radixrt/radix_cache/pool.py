@@ -96,12 +96,24 @@ class KVPool:
 
 
 class ReqToToken:
-    """`[max_running, max_context]` table of slot ids per running request, plus free rows."""
+    """`[max_running, max_context]` table of slot ids per running request, plus free rows.
 
-    def __init__(self, max_running: int, max_context: int, device: torch.device | str = "cpu"):
-        self.table = torch.zeros((max_running, max_context), dtype=torch.int64, device=device)
+    On a GPU, writes wait on the host and go to the device together, in one copy, when the table
+    is next read (a decode step appends one slot to every running request: one small copy each
+    would be a host round trip per request). On the CPU they are made at once."""
+
+    def __init__(self, max_running: int, max_context: int, device: torch.device | str = "cpu",
+                 deferred: bool | None = None):  # fmt: skip
+        self._table = torch.zeros((max_running, max_context), dtype=torch.int64, device=device)
         self.max_context = max_context
         self._free_rows = list(range(max_running - 1, -1, -1))
+        self._deferred = self._table.device.type != "cpu" if deferred is None else deferred
+        self._pending: list[tuple[int, int, torch.Tensor]] = []
+
+    @property
+    def table(self) -> torch.Tensor:
+        self.flush()
+        return self._table
 
     @property
     def num_free(self) -> int:
@@ -114,7 +126,28 @@ class ReqToToken:
         self._free_rows.append(row)
 
     def write(self, row: int, start: int, slots: torch.Tensor) -> None:
-        self.table[row, start : start + slots.numel()] = slots.to(self.table.device)
+        if not self._deferred:
+            self._table[row, start : start + slots.numel()] = slots.to(self._table.device)
+            return
+        self._pending.append((row, start, slots.to("cpu", torch.int64)))
+
+    def flush(self) -> None:
+        """Make the waiting writes, in order: of several writes to one entry the last one stays."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        key = torch.cat([row * self.max_context + torch.arange(start, start + s.numel()) for row, start, s in pending])
+        values = torch.cat([s for _, _, s in pending])
+        entries, which = torch.unique(key, return_inverse=True)
+        if entries.numel() < key.numel():  # index_put_ leaves repeated indices' order unspecified
+            last = torch.full((entries.numel(),), -1, dtype=torch.int64)
+            last.scatter_reduce_(0, which, torch.arange(key.numel()), "amax")
+            key, values = key[last], values[last]
+        packed = torch.stack([key, values])
+        if self._table.device.type == "cuda":
+            packed = packed.pin_memory()
+        key, values = packed.to(self._table.device, non_blocking=True)
+        self._table.view(-1).index_put_((key,), values)
 
     def read(self, row: int, length: int) -> torch.Tensor:
         return self.table[row, :length]

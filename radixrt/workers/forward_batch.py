@@ -10,6 +10,7 @@ sequence (cached prefix + new tokens), whose slot ids are `kv_indices[kv_indptr[
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -92,6 +93,60 @@ class ForwardBatch:
             extend_lens=extend_lens,
             seq_lens=seq_lens,
             logits_indices=as_long(rows),
+            prefill=prefill,
+            invariant=invariant,
+        )
+
+    @classmethod
+    def from_table(
+        cls,
+        new_ids: list[list[int]],
+        table: torch.Tensor,
+        rows: list[int],
+        seq_lens: list[int],
+        logit_rows: list[list[int]] | None = None,
+        prefill: list[bool] | None = None,
+        invariant: bool = False,
+    ) -> ForwardBatch:
+        """`build`'s batch where request i's slots are the first `seq_lens[i]` entries of
+        `table[rows[i]]` (the request-to-token table, on the model's device): the host's numbers go
+        to the device in one copy, and the slot ids are gathered there in a few whole-batch ops,
+        not sliced request by request (a step's host time stays flat in the batch size)."""
+        extend_lens = [len(ids) for ids in new_ids]
+        assert all(0 < e <= s for e, s in zip(extend_lens, seq_lens)), (extend_lens, seq_lens)
+        if logit_rows is None:
+            logit_rows = [[e - 1] for e in extend_lens]
+        tokens, batch, total = sum(extend_lens), len(extend_lens), sum(seq_lens)
+        qo = [0, *itertools.accumulate(extend_lens)]
+        host = [t for ids in new_ids for t in ids] + rows + seq_lens + extend_lens
+        host += [qo[i] + r for i, rs in enumerate(logit_rows) for r in rs]
+        numbers = torch.tensor(host, dtype=torch.int64)
+        if table.device.type == "cuda":
+            numbers = numbers.pin_memory().to(table.device, non_blocking=True)
+        input_ids, rows_t, seq_t, ext_t, logits_indices = numbers.split(
+            [tokens, batch, batch, batch, len(host) - tokens - 3 * batch]
+        )
+        kv_indptr = torch.nn.functional.pad(torch.cumsum(seq_t, 0), (1, 0))
+        qo_indptr = torch.nn.functional.pad(torch.cumsum(ext_t, 0), (1, 0))
+        # slot j of request i: table[rows[i], j], for j < seq_lens[i]
+        kv_pos = torch.arange(total, device=table.device) - torch.repeat_interleave(
+            kv_indptr[:-1], seq_t, output_size=total
+        )
+        kv_indices = table[torch.repeat_interleave(rows_t, seq_t, output_size=total), kv_pos]
+        # new token k of request i sits at position seq_lens[i] - extend_lens[i] + k
+        first = torch.repeat_interleave(seq_t - ext_t - qo_indptr[:-1], ext_t, output_size=tokens)
+        positions = torch.arange(tokens, device=table.device) + first
+        out_slots = table[torch.repeat_interleave(rows_t, ext_t, output_size=tokens), positions]
+        return cls(
+            input_ids=input_ids,
+            positions=positions,
+            out_slots=out_slots,
+            qo_indptr=qo_indptr.to(torch.int32),
+            kv_indptr=kv_indptr.to(torch.int32),
+            kv_indices=kv_indices,
+            extend_lens=extend_lens,
+            seq_lens=list(seq_lens),
+            logits_indices=logits_indices,
             prefill=prefill,
             invariant=invariant,
         )

@@ -108,3 +108,19 @@ def test_req_to_token_write_then_read_round_trips():
     table.write(row, 0, torch.tensor([5, 6, 7]))
     table.write(row, 3, torch.tensor([9]))
     assert table.read(row, 4).tolist() == [5, 6, 7, 9]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_deferred_writes_read_as_immediate_ones(seed):
+    """A GPU's table keeps writes until the next read and makes them in one copy: whatever the
+    order, overlaps and reads between them, it reads as the table that wrote at once."""
+    gen = torch.Generator().manual_seed(seed)
+    now, later = ReqToToken(4, 32), ReqToToken(4, 32, deferred=True)
+    for step in range(200):
+        row, start = int(torch.randint(0, 4, (1,), generator=gen)), int(torch.randint(0, 30, (1,), generator=gen))
+        slots = torch.randint(1, 1000, (int(torch.randint(1, 33 - start, (1,), generator=gen)),), generator=gen)
+        now.write(row, start, slots)
+        later.write(row, start, slots)
+        if step % 7 == 6:
+            assert torch.equal(later.read(row, 32), now.read(row, 32))
+    assert torch.equal(later.table, now.table)

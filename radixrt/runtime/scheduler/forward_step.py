@@ -75,14 +75,21 @@ class ForwardStep:
 
     def _run(self, plan: list[tuple[Req, int]]) -> list[StepResult]:
         rows, sample_rows, prompt_rows = self._rows(plan)
-        batch = ForwardBatch.build(
-            new_ids=[req.fill_ids(req.computed, req.computed + n - len(req.draft)) + req.draft for req, n in plan],
-            seq_slots=[self.cache.seq_slots(req, req.computed + n) for req, n in plan],
-            logit_rows=rows,
-            device=self.runner.device,
-            prefill=[not self._decodes(req, n) for req, n in plan],
-            invariant=self._invariant(plan),
-        )
+        new_ids = [req.fill_ids(req.computed, req.computed + n - len(req.draft)) + req.draft for req, n in plan]
+        prefill = [not self._decodes(req, n) for req, n in plan]
+        if self.runner.device.type == "cuda":  # one host-to-device copy, slots gathered on the device
+            seq_lens = [req.computed + n for req, n in plan]
+            batch = ForwardBatch.from_table(new_ids, self.cache.table.table, [req.row for req, _ in plan], seq_lens,
+                                            rows, prefill, self._invariant(plan))  # fmt: skip
+        else:  # measured on the CPU: slicing request by request is faster up to 64 requests of 2,000 tokens
+            batch = ForwardBatch.build(
+                new_ids=new_ids,
+                seq_slots=[self.cache.seq_slots(req, req.computed + n) for req, n in plan],
+                logit_rows=rows,
+                device=self.runner.device,
+                prefill=prefill,
+                invariant=self._invariant(plan),
+            )
         logits = self.runner.forward(batch, self.cache.pool)  # [R, vocab] float32
         self.forward_tokens += batch.num_tokens
         results = self._sample(plan, logits, sample_rows)
