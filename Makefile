@@ -50,18 +50,21 @@ bench: setup
 
 # A lent GPU machine (no network; python3 with torch, transformers, triton, nvcc and pytest) lacks
 # radixrt's other dependencies and flashinfer: `make gpu-wheels` downloads them here as wheels into
-# .whl/ (14 MB; carry it), and `make gpu-check` there installs them and runs radixrt/bench/gpu_check.py.
+# .whl/ (~25 MB with the embedded model's tokenizer; carry it), and `make gpu-check` there installs them and runs radixrt/bench/gpu_check.py.
 # flashinfer compiles its kernels on first use (minutes): into .gpu-cache/, which a warm machine keeps
 # between calls. GPU_CHECK_ARGS=--skip-tests or --skip-8b splits the check over several calls.
 GPU_WHEELS := flashinfer-python==0.6.0 'apache-tvm-ffi>=0.1.6,<0.2' outlines-core==0.2.14 msgspec==0.23.0 \
-	pyzmq==27.3.0 gguf==0.19.0
+	pyzmq==27.3.0 gguf==0.19.0 fastapi==0.165.0 starlette==1.10.0 pydantic==2.14.4 pydantic-core==2.50.5 \
+	annotated-types==0.8.0 typing-inspection==0.4.5 uvicorn==0.55.0 jsonschema==4.26.0 \
+	jsonschema-specifications==2025.9.1 referencing==0.37.0 rpds-py==2026.9.1
 GPU_PLATFORMS := $(foreach p,manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64 \
 	manylinux1_x86_64,--platform $(p))
 GPU_SITE := /tmp/radixrt-gpu-site
 
-gpu-wheels:
+gpu-wheels: setup
 	python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 	  $(GPU_PLATFORMS) -d .whl $(GPU_WHEELS)
+	$(PY) -m radixrt.bench.gpu_check --export-tokenizer .whl/tokenizer
 
 gpu-check:
 	test ! -d .whl || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \

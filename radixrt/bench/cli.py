@@ -43,11 +43,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-batch", type=int, default=64, help="server max_running_requests = transformers batch")
     p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"),
                    help="what radixrt and transformers compute in (float32: what CPUs without native bf16 run)")  # fmt: skip
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where radixrt and transformers run")
     p.add_argument("--no-micro", action="store_true", help="skip the engine micro-benchmarks")
     p.add_argument("--json", dest="json_out", default=None, help="write the results here (benchmarks/results/...)")
     p.add_argument("--plot", default=None, help="write a PNG chart here")
     p.add_argument("--markdown", default=None, help="write the tables (as in BENCHMARKS.md) here")
     args = p.parse_args(argv)
+    if args.device == "cuda" and not args.no_micro:
+        p.error("the engine micro-benchmarks run on the CPU: add --no-micro to --device cuda")
     if args.workload == "none" and args.no_micro:
         p.error("--workload none with --no-micro runs nothing")
     named = {"all": list(WORKLOADS), "none": []}
@@ -89,8 +92,12 @@ def main(argv: list[str] | None = None) -> int:
         "settings": _settings(args),
         "skipped_systems": skipped,
     }
+    if args.device == "cuda":
+        import torch
+
+        results["machine"]["gpu"] = torch.cuda.get_device_name()
     config = SystemConfig(model=args.model, max_batch=args.max_batch, threads=results["machine"]["torch_threads"],
-                          gguf=args.gguf, dtype=args.dtype)  # fmt: skip
+                          gguf=args.gguf, dtype=args.dtype, device=args.device)  # fmt: skip
     plan = Plan(args.workloads, [s for s in args.system_names if s not in skipped], args.quick, args.num_programs,
                 args.interactive, args.parallel, args.seed, args.rounds)  # fmt: skip
     results["workloads"] = run_suite(config, plan, lambda text: tokenizer.encode(text, add_special_tokens=True), _log)
@@ -140,7 +147,7 @@ def _micro(args: argparse.Namespace, config: SystemConfig, skipped: dict[str, st
 
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
     keys = ("quick", "num_programs", "interactive", "parallel", "seed", "rounds", "model", "gguf", "max_batch",
-            "system_names", "workloads", "dtype")  # fmt: skip
+            "system_names", "workloads", "dtype", "device")  # fmt: skip
     return {k: getattr(args, k) for k in keys} | {"command": "python -m radixrt.bench " + " ".join(sys.argv[1:])}
 
 

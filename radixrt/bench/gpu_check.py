@@ -9,6 +9,10 @@
    prefill tokens/s of one 4,096-token prompt.
 3. Batch-1 decode at SmolLM2-135M's shapes (the embedded model's), where launching a step's kernels,
    not reading its bytes, is the cost that CUDA graphs remove.
+4. The agentic workloads (`python -m radixrt.bench --quick --device cuda`) on radixrt and
+   transformers on this GPU, on a random-weight model of SmolLM2-135M's shape with the embedded
+   model's tokenizer (carried in .whl/tokenizer: `--export-tokenizer` writes it on a machine that
+   has the embedded model). Random weights decode every output to its length limit.
 
 Each step is timed on the model runner, as the engine runs it: the batch built on the host, the
 forward, the argmax copied back. Results go to `--out`/gpu-check.json after every part, so a run cut
@@ -194,6 +198,49 @@ def prefill_rate(runner: Any, pool: Any, device: str) -> float:
     return PREFILL_TOKENS / statistics.median(times[1:])
 
 
+WORKLOADS = "multi_turn,json_decode,react,tree_of_thought"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+                   "generation_config.json")  # fmt: skip
+
+
+def export_tokenizer(dest: Path) -> None:
+    """The embedded model's tokenizer files, for a GPU machine that cannot install the model."""
+    import shutil
+
+    from radixrt.workers.model_store import resolve_model
+
+    source = resolve_model("default")
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in TOKENIZER_FILES:
+        if (source / name).exists():
+            shutil.copy(source / name, dest / name)
+
+
+def run_workloads(tokenizer: Path, work: Path, out: Path, device: str = "cuda", shape: dict[str, Any] = SMOLLM2_135M,
+                  bench_args: tuple[str, ...] = ("--quick", "--workload", WORKLOADS)) -> dict[str, Any]:  # fmt: skip
+    """Part 4: the bench's workloads on radixrt and transformers on the GPU, random weights."""
+    import shutil
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    folder = work / "smollm2-random"
+    config = LlamaConfig(
+        **SMOLLM2_135M, max_position_embeddings=8192, rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2
+    )
+    LlamaForCausalLM(config).save_pretrained(folder, safe_serialization=True)
+    for name in TOKENIZER_FILES:
+        if (tokenizer / name).exists():
+            shutil.copy(tokenizer / name, folder / name)
+    command = [sys.executable, "-m", "radixrt.bench", "--model", str(folder), "--device", device, "--no-micro",
+               "--systems", "radixrt,transformers", *bench_args,
+               "--json", str(out / "workloads.json"), "--markdown", str(out / "workloads.md")]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True)
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    print("\n".join(lines[-30:]), flush=True)
+    ratios = [line for line in lines if line.startswith("[ratio]")]
+    return {"returncode": done.returncode, "command": " ".join(command[1:]), "ratios": ratios}
+
+
 def run_tests() -> dict[str, Any]:
     # NOTE: tests/workers only: other folders import what a bare GPU machine lacks (Ray, the HTTP stack)
     command = [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "tests/workers", "-p", "no:cacheprovider",
@@ -221,6 +268,10 @@ def markdown(result: dict[str, Any]) -> str:
             )
             out.append(f"| {r['model']} | {r['batch']} | {r['eager_tokens_per_s']:,.0f} | {r['graph_tokens_per_s']:,.0f} |"
                        f" {r['graph_over_eager']:.2f}x | {bound} |")  # fmt: skip
+    workloads = result.get("workloads", {})
+    if workloads:
+        out += ["", "Workloads on this GPU (radixrt over transformers, random weights; `workloads.md` has the tables):"]
+        out += [f"- {line}" for line in workloads.get("ratios", [])] or [f"- {workloads}"]
     for r in result.get("rows", []):
         if "prefill_tokens_per_s" in r:
             out += [
@@ -235,7 +286,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="gpu-check", help="folder for gpu-check.json and gpu-check.md")
     parser.add_argument("--skip-tests", action="store_true")
     parser.add_argument("--skip-8b", action="store_true")
+    parser.add_argument("--skip-workloads", action="store_true")
+    parser.add_argument("--tokenizer", default=".whl/tokenizer", help="the embedded model's tokenizer files (part 4)")
+    parser.add_argument(
+        "--export-tokenizer", metavar="DIR", help="write the embedded model's tokenizer files here, and stop"
+    )
     args = parser.parse_args(argv)
+    if args.export_tokenizer:
+        export_tokenizer(Path(args.export_tokenizer))
+        return
     import torch
 
     if not torch.cuda.is_available():
@@ -267,6 +326,11 @@ def main(argv: list[str] | None = None) -> None:
             done = list(result["rows"])
             measure_decode(name, shape, batches, result["bandwidth_gbps"], Path(work),
                            lambda rows, done=done: (result.__setitem__("rows", done + rows), save()))  # fmt: skip
+        if not args.skip_workloads:
+            if (Path(args.tokenizer) / "tokenizer.json").exists():
+                result["workloads"] = run_workloads(Path(args.tokenizer), Path(work), out)
+            else:
+                result["workloads"] = {"skipped": f"no tokenizer in {args.tokenizer} (make gpu-wheels writes it)"}
     save()
     print(markdown(result))
 

@@ -136,6 +136,7 @@ class HFBatcher:
 
     def _run_gen(self, jobs: list[GenJob]) -> list[Any]:
         ids, mask = self._pad_left([job.ids for job in jobs])
+        ids, mask = ids.to(self.model.device), mask.to(self.model.device)
         control = RowControl([job.spec for job in jobs], ids.shape[1], self.eos_ids, self.decode)
         processors = LogitsProcessorList()
         if any(job.spec.matcher is not None for job in jobs):
@@ -166,6 +167,7 @@ class HFBatcher:
         sequences = [seq for job in jobs for seq in job.sequences]
         ids, mask = self._pad_left([row for row, _ in sequences])
         keep = min(max(len(row) - start for row, start in sequences) + 1, ids.shape[1])
+        ids, mask = ids.to(self.model.device), mask.to(self.model.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: positions count real tokens
         logits = self.model(ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep).logits
         logprobs = torch.log_softmax(logits.float(), dim=-1)  # [B, keep, V]

@@ -46,7 +46,7 @@ class SystemConfig:
     """What every system shares. `max_batch` is the server's max_running_requests and the
     transformers batch limit; `kv_slots` sizes the server's KV cache (tokens); `threads` is
     llama.cpp's thread count (torch uses the same number); `gguf` the file `llamacpp` runs
-    (None: the embedded model's)."""
+    (None: the embedded model's); `device` where radixrt and transformers run (cpu, cuda)."""
 
     model: str = "default"
     dtype: str = "bfloat16"
@@ -55,6 +55,7 @@ class SystemConfig:
     request_timeout_s: float = 1800.0
     threads: int = 2
     gguf: str | None = None
+    device: str = "cpu"
 
 
 class Session:
@@ -105,7 +106,7 @@ def _start_server(name: str, config: SystemConfig) -> Session:
     from radixrt.runtime.server.server_handle import launch_server
 
     args = ServerArgs(
-        model=config.model, dtype=config.dtype, device="cpu", port=0, log_level="warning",
+        model=config.model, dtype=config.dtype, device=config.device, port=0, log_level="warning",
         max_running_requests=config.max_batch, kv_slots=config.kv_slots, **{**RADIXRT_FLAGS, **SERVER_FLAGS[name]},
     )  # fmt: skip
     handle = launch_server(args)
@@ -129,7 +130,8 @@ def _start_transformers(config: SystemConfig) -> Session:
         raise ValueError(f"the transformers baseline needs an explicit dtype, got {config.dtype!r}")
     transformers.utils.logging.disable_progress_bar()  # one progress line per workload is enough
     backend = TransformersBackend(resolve_model(config.model), dtype=getattr(torch, config.dtype),
-                                  max_batch=config.max_batch, grammar_cache_dir=grammar_cache_dir())  # fmt: skip
+                                  max_batch=config.max_batch, grammar_cache_dir=grammar_cache_dir(),
+                                  device=config.device)  # fmt: skip
     return Session("transformers", backend)
 
 

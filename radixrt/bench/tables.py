@@ -60,6 +60,8 @@ def machine_line(results: dict[str, Any], source: str | None = None) -> str:
         mode += f", {s['rounds']} rounds (ratios: the rounds' median, their range in brackets)"
     where = f"; results: `{source}`" if source else ""
     cpu = f"{m.get('cpu', '?')} ({m['cpu_id']})" if m.get("cpu_id") else m.get("cpu", "?")
+    if s.get("device") == "cuda":
+        cpu = f"{m.get('gpu', 'a CUDA GPU')} (radixrt and transformers), host {cpu}"
     return (f"*{cpu}, {m.get('cores', '?')} cores, ISA {' '.join(m.get('isa', [])) or '?'}; "
             f"{m.get('torch_threads', '?')} threads for every system{llama}; {mode}, seed {s.get('seed', '?')}, "
             f"{m.get('date_utc', '?')}{where}*")  # fmt: skip

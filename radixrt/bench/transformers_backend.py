@@ -39,7 +39,7 @@ class TransformersBackend(Backend):
     """`model_dir`: an HF folder (config.json, safetensors, tokenizer.json). Thread-safe."""
 
     def __init__(self, model_dir: str | Path, *, dtype: torch.dtype = torch.bfloat16, max_batch: int = 64,
-                 max_batch_tokens: int = 32768, grammar_cache_dir: Path | None = None):  # fmt: skip
+                 max_batch_tokens: int = 32768, grammar_cache_dir: Path | None = None, device: str = "cpu"):  # fmt: skip
         from transformers import AutoModelForCausalLM
 
         self.model_dir = str(model_dir)
@@ -51,7 +51,7 @@ class TransformersBackend(Backend):
         self._compiler_lock = threading.Lock()
         self._rids = itertools.count()
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(self.eos_ids)
-        self.batcher = HFBatcher(lambda: AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=dtype).eval(), pad_id=pad, eos_ids=self.eos_ids, decode=self._decode,
+        self.batcher = HFBatcher(lambda: AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=dtype).to(device).eval(), pad_id=pad, eos_ids=self.eos_ids, decode=self._decode,
                                  max_batch=max_batch, max_batch_tokens=max_batch_tokens)  # fmt: skip
 
     def chat_template(self) -> ChatTemplate:

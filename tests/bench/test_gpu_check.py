@@ -29,3 +29,14 @@ def test_decode_and_prefill_rows_and_their_table(tmp_path, monkeypatch):
     table = gpu_check.markdown({"device": "cpu", "rows": rows, "tests": {"summary": "3 passed"}})
     assert "GPU tests: 3 passed" in table
     assert "| llama3-8b | 3 |" in table and "Prefill, llama3-8b, one 64-token prompt" in table
+
+
+def test_the_workloads_part_runs_the_bench_on_a_random_model_with_the_exported_tokenizer(tmp_path):
+    gpu_check.export_tokenizer(tmp_path / "tokenizer")
+    assert (tmp_path / "tokenizer" / "tokenizer.json").exists()
+    shape = {**TINY, "vocab_size": 49152, "tie_word_embeddings": True}
+    args = ("--workload", "few_shot", "--num-programs", "2", "--interactive", "0")  # one-token answers: quick
+    result = gpu_check.run_workloads(tmp_path / "tokenizer", tmp_path, tmp_path, device="cpu", shape=shape, bench_args=args)
+    assert result["returncode"] == 0, result
+    assert result["ratios"] and result["ratios"][0].startswith("[ratio] few_shot programs/s transformers: ")
+    assert "few_shot" in (tmp_path / "workloads.md").read_text()

@@ -116,3 +116,10 @@ def test_workload_none_runs_the_micro_benchmarks_only():
         parse_args(["--workload", "none", "--no-micro"])
     with pytest.raises(SystemExit):
         parse_args(["--workload", "nope"])
+
+
+def test_the_device_flag_and_the_cpu_only_micro_benchmarks():
+    assert parse_args(["--device", "cuda", "--no-micro"]).device == "cuda"
+    assert parse_args([]).device == "cpu"
+    with pytest.raises(SystemExit):
+        parse_args(["--device", "cuda"])  # the micro-benchmarks run on the CPU

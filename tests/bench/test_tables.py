@@ -201,3 +201,9 @@ def test_llamacpp_ratios_are_radixrts_rates_over_llama_cpps():
     llama = {"prefill_tokens_per_s": 500.0, "decode_tokens_per_s": {"1": 60.0}}
     assert llamacpp_ratios(micro, llama) == {"prefill": 2.0, "decode_batch_1": 1.5, "gguf_prefill": 1.5,
                                              "gguf_decode_batch_1": 2.5}  # fmt: skip
+
+
+def test_a_gpu_run_names_the_gpu_and_the_host(results):
+    results["settings"]["device"] = "cuda"
+    results["machine"]["gpu"] = "NVIDIA H100 80GB HBM3"
+    assert machine_line(results).startswith("*NVIDIA H100 80GB HBM3 (radixrt and transformers), host Test CPU 9000")
