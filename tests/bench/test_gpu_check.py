@@ -36,7 +36,9 @@ def test_the_workloads_part_runs_the_bench_on_a_random_model_with_the_exported_t
     assert (tmp_path / "tokenizer" / "tokenizer.json").exists()
     shape = {**TINY, "vocab_size": 49152, "tie_word_embeddings": True}
     args = ("--workload", "few_shot", "--num-programs", "2", "--interactive", "0")  # one-token answers: quick
-    result = gpu_check.run_workloads(tmp_path / "tokenizer", tmp_path, tmp_path, device="cpu", shape=shape, bench_args=args)
+    result = gpu_check.run_workloads(
+        tmp_path / "tokenizer", tmp_path, tmp_path, device="cpu", shape=shape, bench_args=args
+    )
     assert result["returncode"] == 0, result
     assert result["ratios"] and result["ratios"][0].startswith("[ratio] few_shot programs/s transformers: ")
     assert "few_shot" in (tmp_path / "workloads.md").read_text()
