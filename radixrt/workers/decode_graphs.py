@@ -68,6 +68,13 @@ class CudaGraph:
         self.pool = pool
 
     def capture(self, step: Callable[[], torch.Tensor]) -> torch.Tensor:
+        # a warm-up on a side stream first (PyTorch's advice): lazy allocations, cuBLAS workspaces
+        # and JIT-loaded kernels happen outside the graph
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            step()
+        torch.cuda.current_stream().wait_stream(side)
         with torch.cuda.graph(self.graph, pool=self.pool):
             out = step()
         return out
@@ -121,9 +128,8 @@ class DecodeGraphs:
         """One graph per bucket, the largest first (later ones reuse its memory)."""
         for size in reversed(self.buckets):
             batch = self._static_batch(size, [1] * size)
-            self.backend.graph_buffers(size, batch)
+            self.backend.graph_buffers(size, self.kv_indices.numel())
             self.model.prepare(batch, self.backend)
-            self.model.run_layers(batch, self.kv_pool, self.backend)  # warm-up: lazy allocations happen outside
             graph = new_graph(pool)
             self._outputs[size] = graph.capture(lambda b=batch: self.model.run_layers(b, self.kv_pool, self.backend))
             self._graphs[size] = graph

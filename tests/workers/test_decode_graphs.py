@@ -156,3 +156,14 @@ def test_graph_flags_are_checked_and_reach_the_cli():
     args = ServerArgs.from_cli(parser.parse_args(["--cuda-graph-max-bs", "16", "--disable-cuda-graph"]), environ={})
     assert (args.cuda_graph_max_bs, args.disable_cuda_graph) == (16, True)
     assert (ServerArgs().cuda_graph_max_bs, ServerArgs().disable_cuda_graph) == (64, False)
+
+
+def test_the_backend_makes_buffers_for_each_bucket_before_its_capture(runner, monkeypatch):
+    """flashinfer plans graph batches into buffers made here: one call per bucket, sized for the
+    largest index run a replay copies (the real rows' slots and one per padding row)."""
+    calls = []
+    monkeypatch.setattr(runner.backend, "graph_buffers", lambda size, kv_tokens: calls.append((size, kv_tokens)))
+    pool = prefilled_pool(runner)
+    runner.capture_decode_graphs(pool, MAX_BATCH, max_kv_tokens=512, new_graph=EagerGraph)
+    runner.graphs = None
+    assert calls == [(4, 512 + 4), (2, 512 + 4), (1, 512 + 4)]
