@@ -167,3 +167,16 @@ def test_the_backend_makes_buffers_for_each_bucket_before_its_capture(runner, mo
     runner.capture_decode_graphs(pool, MAX_BATCH, max_kv_tokens=512, new_graph=EagerGraph)
     runner.graphs = None
     assert calls == [(4, 512 + 4), (2, 512 + 4), (1, 512 + 4)]
+
+
+def test_flashinfer_plans_into_a_graphs_buffers_only_what_fits_them():
+    """An eager decode batch of a bucket's size whose indices outgrow the graph's buffer plans into
+    the plain wrapper (the graph's plan would refuse it)."""
+    from radixrt.workers.layers.attention.flashinfer_backend import FlashInferAttentionBackend
+
+    backend = FlashInferAttentionBackend.__new__(FlashInferAttentionBackend)  # no CUDA here: its choice alone
+    backend._decode, backend._graph_decode = "plain", {4: "graph of 4"}
+    backend._graph_indices = torch.zeros(100, dtype=torch.int32)
+    assert backend._decode_wrapper(4, 100) == "graph of 4"
+    assert backend._decode_wrapper(4, 101) == "plain"
+    assert backend._decode_wrapper(3, 10) == "plain"

@@ -70,6 +70,14 @@ class FlashInferAttentionBackend(AttentionBackend):
             paged_kv_last_page_len_buffer=torch.ones(batch_size, dtype=torch.int32, device=self.device),
         )
 
+    def _decode_wrapper(self, batch_size: int, kv_tokens: int):
+        """A graph's wrapper for decode batches of its size whose indices fit its buffer (the
+        graph reads them there), the plain one for the rest."""
+        graph = self._graph_decode.get(batch_size)
+        if graph is not None and kv_tokens <= self._graph_indices.numel():
+            return graph
+        return self._decode
+
     def prepare(self, batch: ForwardBatch) -> None:
         self._out_slots = batch.out_slots
         kv_indices = batch.kv_indices.to(torch.int32)
@@ -81,7 +89,7 @@ class FlashInferAttentionBackend(AttentionBackend):
         # NOTE: a decoding request verifying draft tokens brings several rows; the prefill wrapper's
         # causal mask over its cached prefix attends them as decode steps would
         if batch.is_decode and batch.num_tokens == batch.batch_size:
-            self._wrapper = self._graph_decode.get(batch.batch_size, self._decode)
+            self._wrapper = self._decode_wrapper(batch.batch_size, kv_indices.numel())
             self._wrapper.plan(kv_indptr, kv_indices, last_page_len, *heads, **common)
         else:
             qo_indptr = torch.tensor([0, *itertools.accumulate(batch.extend_lens)], dtype=torch.int32)
