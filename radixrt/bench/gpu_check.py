@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -256,6 +257,8 @@ def markdown(result: dict[str, Any]) -> str:
            f" copy bandwidth {result.get('bandwidth_gbps', 0):,.0f} GB/s; {result.get('date', '')}*", ""]  # fmt: skip
     if "tests" in result:
         out += [f"GPU tests: {result['tests']['summary']}", ""]
+    for part, error in result.get("errors", {}).items():
+        out += [f"{part} failed: `{error.strip().splitlines()[-1]}` (the JSON has the traceback)", ""]
     decode = [r for r in result.get("rows", []) if "batch" in r]
     if decode:
         out += ["| model | batch | eager tok/s | CUDA graphs tok/s | graphs / eager | batch-1 bound tok/s | bound / graphs |",
@@ -324,8 +327,13 @@ def main(argv: list[str] | None = None) -> None:
             models.append(("llama3-8b", LLAMA3_8B, DECODE_BATCHES))
         for name, shape, batches in models:
             done = list(result["rows"])
-            measure_decode(name, shape, batches, result["bandwidth_gbps"], Path(work),
-                           lambda rows, done=done: (result.__setitem__("rows", done + rows), save()))  # fmt: skip
+            try:  # a part that fails is recorded, and the others still run: device minutes are few
+                measure_decode(name, shape, batches, result["bandwidth_gbps"], Path(work),
+                               lambda rows, done=done: (result.__setitem__("rows", done + rows), save()))  # fmt: skip
+            except Exception:
+                result.setdefault("errors", {})[name] = traceback.format_exc(limit=8)
+                print(result["errors"][name], flush=True)
+                save()
         if not args.skip_workloads:
             if (Path(args.tokenizer) / "tokenizer.json").exists():
                 result["workloads"] = run_workloads(Path(args.tokenizer), Path(work), out)

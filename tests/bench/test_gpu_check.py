@@ -29,6 +29,8 @@ def test_decode_and_prefill_rows_and_their_table(tmp_path, monkeypatch):
     table = gpu_check.markdown({"device": "cpu", "rows": rows, "tests": {"summary": "3 passed"}})
     assert "GPU tests: 3 passed" in table
     assert "| llama3-8b | 3 |" in table and "Prefill, llama3-8b, one 64-token prompt" in table
+    failed = gpu_check.markdown({"rows": [], "errors": {"smollm2-135m": "Traceback (...)\nValueError: no kernel"}})
+    assert "smollm2-135m failed: `ValueError: no kernel`" in failed
 
 
 def test_the_workloads_part_runs_the_bench_on_a_random_model_with_the_exported_tokenizer(tmp_path):
