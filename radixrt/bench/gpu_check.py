@@ -161,10 +161,7 @@ def measure_decode(name: str, shape: dict[str, Any], batches: tuple[int, ...], b
             row["bound_over_graph"] = row["bound_tokens_per_s"] / replayed
         rows.append(row)
         report(rows)
-        print(
-            f"[gpu_check] {name} decode batch {batch}: eager {eager:,.0f} tok/s, graphs {replayed:,.0f} tok/s",
-            flush=True,
-        )
+        _log(f"{name} decode batch {batch}: eager {eager:,.0f} tok/s, graphs {replayed:,.0f} tok/s")
     if name == "llama3-8b":
         rows.append(
             {
@@ -240,6 +237,10 @@ def run_workloads(tokenizer: Path, work: Path, out: Path, device: str = "cuda", 
     print("\n".join(lines[-30:]), flush=True)
     ratios = [line for line in lines if line.startswith("[ratio]")]
     return {"returncode": done.returncode, "command": " ".join(command[1:]), "ratios": ratios}
+
+
+def _log(text: str) -> None:
+    print(f"[gpu_check] {time.strftime('%H:%M:%S')} {text}", flush=True)
 
 
 def run_tests() -> dict[str, Any]:
@@ -318,15 +319,18 @@ def main(argv: list[str] | None = None) -> None:
         (out / "gpu-check.md").write_text(markdown(result))
 
     if not args.skip_tests:
+        _log("the GPU tests (pytest -m gpu tests/workers; flashinfer compiles its kernels on first use: minutes)")
         result["tests"] = run_tests()
         save()
     result["bandwidth_gbps"] = copy_bandwidth_gbps()
+    _log(f"device-to-device copy: {result['bandwidth_gbps']:,.0f} GB/s")
     with tempfile.TemporaryDirectory() as work:
         models = [("smollm2-135m", SMOLLM2_135M, (1, 16))]
         if not args.skip_8b:
             models.append(("llama3-8b", LLAMA3_8B, DECODE_BATCHES))
         for name, shape, batches in models:
             done = list(result["rows"])
+            _log(f"{name}: capturing decode graphs, then decode at batch sizes {batches}")
             try:  # a part that fails is recorded, and the others still run: device minutes are few
                 measure_decode(name, shape, batches, result["bandwidth_gbps"], Path(work),
                                lambda rows, done=done: (result.__setitem__("rows", done + rows), save()))  # fmt: skip
@@ -336,6 +340,7 @@ def main(argv: list[str] | None = None) -> None:
                 save()
         if not args.skip_workloads:
             if (Path(args.tokenizer) / "tokenizer.json").exists():
+                _log(f"the workloads {WORKLOADS} on radixrt and transformers (--quick)")
                 result["workloads"] = run_workloads(Path(args.tokenizer), Path(work), out)
             else:
                 result["workloads"] = {"skipped": f"no tokenizer in {args.tokenizer} (make gpu-wheels writes it)"}
