@@ -50,7 +50,7 @@ bench: setup
 
 # A lent GPU machine (no network; python3 with torch, transformers, triton, nvcc and pytest) lacks
 # radixrt's other dependencies and flashinfer: `make gpu-wheels` downloads them here as wheels into
-# .whl/ (~25 MB with the embedded model's tokenizer; carry it), and `make gpu-check` there installs them and runs radixrt/bench/gpu_check.py.
+# .whl/ (21 MB with the embedded model's tokenizer; carry it), and `make gpu-check` there installs them and runs radixrt/bench/gpu_check.py.
 # flashinfer compiles its kernels on first use (minutes): into .gpu-cache/, which a warm machine keeps
 # between calls. GPU_CHECK_ARGS=--skip-tests or --skip-8b splits the check over several calls.
 GPU_WHEELS := flashinfer-python==0.6.0 'apache-tvm-ffi>=0.1.6,<0.2' outlines-core==0.2.14 msgspec==0.23.0 \

@@ -51,6 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.device == "cuda" and not args.no_micro:
         p.error("the engine micro-benchmarks run on the CPU: add --no-micro to --device cuda")
+    if args.device == "cuda" and not _cuda_available():
+        p.error("--device cuda: torch sees no CUDA device here")
     if args.workload == "none" and args.no_micro:
         p.error("--workload none with --no-micro runs nothing")
     named = {"all": list(WORKLOADS), "none": []}
@@ -143,6 +145,12 @@ def _micro(args: argparse.Namespace, config: SystemConfig, skipped: dict[str, st
         micro["vs_llamacpp"] = llamacpp_ratios(micro, micro["llamacpp"])
         _log("[micro] radixrt / llama.cpp: " + ", ".join(f"{k} {v:.2f}x" for k, v in micro["vs_llamacpp"].items()))
     return micro
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _settings(args: argparse.Namespace) -> dict[str, Any]:

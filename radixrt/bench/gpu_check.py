@@ -222,9 +222,7 @@ def run_workloads(tokenizer: Path, work: Path, out: Path, device: str = "cuda", 
     from transformers import LlamaConfig, LlamaForCausalLM
 
     folder = work / "smollm2-random"
-    config = LlamaConfig(
-        **SMOLLM2_135M, max_position_embeddings=8192, rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2
-    )
+    config = LlamaConfig(**shape, max_position_embeddings=8192, rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2)
     LlamaForCausalLM(config).save_pretrained(folder, safe_serialization=True)
     for name in TOKENIZER_FILES:
         if (tokenizer / name).exists():
@@ -314,7 +312,7 @@ def main(argv: list[str] | None = None) -> None:
     except ImportError as exc:
         result["flashinfer"] = f"not importable: {exc}"
 
-    def save(rows: list[dict[str, Any]] | None = None) -> None:
+    def save() -> None:
         (out / "gpu-check.json").write_text(json.dumps(result, indent=1))
         (out / "gpu-check.md").write_text(markdown(result))
 

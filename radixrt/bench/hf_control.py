@@ -46,7 +46,7 @@ class RowControl(StoppingCriteria):
                 reason = self._step(spec, generated[row].tolist(), n)
                 if reason is not None:
                     self.done[row], self.lengths[row], self.reasons[row] = True, n, reason
-        return self.done.to(input_ids.device)
+        return self.done.to(input_ids.device, copy=True)
 
     def _step(self, spec: RowSpec, ids: list[int], n: int) -> dict[str, Any] | None:
         """Why the row stops after its n-th token, or None to go on."""

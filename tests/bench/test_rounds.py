@@ -118,8 +118,15 @@ def test_workload_none_runs_the_micro_benchmarks_only():
         parse_args(["--workload", "nope"])
 
 
-def test_the_device_flag_and_the_cpu_only_micro_benchmarks():
+def test_the_device_flag_and_the_cpu_only_micro_benchmarks(monkeypatch, capsys):
+    from radixrt.bench import cli
+
+    monkeypatch.setattr(cli, "_cuda_available", lambda: True)
     assert parse_args(["--device", "cuda", "--no-micro"]).device == "cuda"
     assert parse_args([]).device == "cpu"
     with pytest.raises(SystemExit):
         parse_args(["--device", "cuda"])  # the micro-benchmarks run on the CPU
+    monkeypatch.setattr(cli, "_cuda_available", lambda: False)
+    with pytest.raises(SystemExit):
+        parse_args(["--device", "cuda", "--no-micro"])
+    assert "--device cuda: torch sees no CUDA device here" in capsys.readouterr().err
